@@ -1,0 +1,79 @@
+"""How a store is configured: ``StoreConfig`` and the database path rules.
+
+Path resolution follows the original, first match wins: an explicit path, then the
+``MCPR_DB`` environment variable (ignored when empty), then ``~/.mcpr/store.db``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["StoreConfig", "resolve_db_path"]
+
+DEFAULT_DB: Final = Path("~/.mcpr/store.db")
+
+#: 8 MiB of shared memory. A typical request event is about 100 bytes on the wire, so this
+#: holds some 80,000 of them: more than the original's 10,000-event channel (a 10-second buffer
+#: at 1,000 requests/s), with room for large schema payloads.
+DEFAULT_QUEUE_BYTES: Final = 8 * 1024 * 1024
+
+#: Events a process may hold before handing them to the queue. They only pile up while the
+#: queue is full or the writer is being replaced; beyond this, ``record()`` drops and counts.
+DEFAULT_BUFFER_EVENTS: Final = 10_000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Settings for ``Store.open``.
+
+    ``db_path`` None resolves as ``resolve_db_path`` says. ``batch_interval`` (seconds) and
+    ``batch_size`` bound how long and how many events the writer gathers per transaction.
+    ``shutdown_timeout`` bounds ``shutdown()``; ``start_timeout`` bounds the writer's start.
+    Raises ``ValueError`` for a setting out of range, naming it.
+    """
+
+    db_path: str | os.PathLike[str] | None = None
+    mcpr_version: str = "unknown"
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    buffer_events: int = DEFAULT_BUFFER_EVENTS
+    batch_interval: float = 0.2
+    batch_size: int = 500
+    shutdown_timeout: float = 30.0
+    start_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require(self.queue_bytes >= 64 * 1024, "queue_bytes", "at least 65536", self.queue_bytes)
+        _require(self.buffer_events >= 1, "buffer_events", "at least 1", self.buffer_events)
+        _require(0 < self.batch_interval <= 60, "batch_interval", "in (0, 60] s",
+                 self.batch_interval)
+        _require(1 <= self.batch_size <= 100_000, "batch_size", "in [1, 100000]",
+                 self.batch_size)
+        _require(self.shutdown_timeout > 0, "shutdown_timeout", "positive",
+                 self.shutdown_timeout)
+        _require(self.start_timeout > 0, "start_timeout", "positive", self.start_timeout)
+        if not isinstance(self.mcpr_version, str) or not self.mcpr_version:
+            raise ValueError("StoreConfig.mcpr_version must be a non-empty string")
+
+    def resolved_path(self) -> Path:
+        """The database path this configuration points at (not created)."""
+        return resolve_db_path(self.db_path)
+
+
+def _require(ok: bool, name: str, what: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"StoreConfig.{name} must be {what}, got {value!r}")
+
+
+def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Explicit path > ``MCPR_DB`` (when non-empty) > ``~/.mcpr/store.db``, user-expanded."""
+    if explicit is not None:
+        if not os.fspath(explicit):
+            raise ValueError("database path is empty")
+        return Path(explicit).expanduser()
+    env = os.environ.get("MCPR_DB", "")
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_DB.expanduser()

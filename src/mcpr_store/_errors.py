@@ -1,0 +1,21 @@
+"""The exceptions the store raises. Every message names what failed and what to do."""
+
+from __future__ import annotations
+
+__all__ = ["StoreError", "StoreIOError", "StoreSQLiteError", "WriterStartError"]
+
+
+class StoreError(Exception):
+    """Base class: the store could not be opened or used."""
+
+
+class StoreIOError(StoreError):
+    """A filesystem problem: the directory or file cannot be created or opened."""
+
+
+class StoreSQLiteError(StoreError):
+    """SQLite refused the database: not a database, corrupt, or a migration failed."""
+
+
+class WriterStartError(StoreError):
+    """The writer process could not be started or did not report ready in time."""
