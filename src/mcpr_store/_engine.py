@@ -109,7 +109,8 @@ class _Sender:
         self.closing = False  # set by shutdown(): send the last events, then the final message
         self.deadline = float("inf")  # while closing: when to give up on a full queue
         self.taken = 0  # events taken out of the buffer (sender thread only)
-        self.drops: dict[str, int] = {}
+        self.drops: dict[str, int] = {}  # by reason
+        self.untaken_drops = 0  # drops of events that were never taken out of the buffer
         self.max_message = store.config.queue_bytes // 4
 
     # -- called from any thread ---------------------------------------------------------
@@ -124,12 +125,15 @@ class _Sender:
                     self.thread.start()
         self.wake.set()
 
-    def drop(self, reason: str, count: int = 1) -> None:
+    def drop(self, reason: str, count: int = 1, *, taken: bool = False) -> None:
+        """Count ``count`` dropped events; ``taken`` if the sender had taken them already."""
         with self.lock:
             self.drops[reason] = self.drops.get(reason, 0) + count
+            if not taken:
+                self.untaken_drops += count
 
     def recorded(self) -> int:
-        return self.taken + len(self.buffer) + self.dropped()
+        return self.taken + len(self.buffer) + self.untaken_drops
 
     def dropped(self) -> int:
         return sum(self.drops.values())
@@ -178,7 +182,7 @@ class _Sender:
             event = events[0]
             self._send([replace(event, error_msg=event.error_msg[:ERROR_MSG_MAX])])
         else:
-            self.drop("too_large")
+            self.drop("too_large", taken=True)
             log.warning("dropped a %s of %d bytes: larger than a queue message may be (%d)",
                         type(events[0]).__name__, len(message), self.max_message)
 
@@ -191,7 +195,7 @@ class _Sender:
             except Full:
                 if time.monotonic() >= self.deadline:
                     if events:
-                        self.drop("shutdown_timeout", events)
+                        self.drop("shutdown_timeout", events, taken=True)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, _PUT_RETRY_MAX)
@@ -329,10 +333,16 @@ class Store:
         thread.join(max(0.0, deadline - time.monotonic()))
         clean = not thread.is_alive()
         if not clean:
+            stranded = 0
+            while sender.buffer:  # popped one by one: the stuck sender may still take one
+                try:
+                    sender.buffer.popleft()
+                except IndexError:
+                    break
+                stranded += 1
+            sender.drop("shutdown_timeout", stranded)
             log.error("mcpr-store: could not hand %d buffered events to the writer within "
-                      "%.1f s; they are dropped", len(sender.buffer), timeout)
-            sender.drop("shutdown_timeout", len(sender.buffer))
-            sender.buffer.clear()
+                      "%.1f s; they are dropped", stranded, timeout)
         if self.is_owner and self._writer is not None:
             clean = self._wait_writer(deadline) and clean
         self._clean = clean

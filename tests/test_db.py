@@ -1,0 +1,233 @@
+"""Opening databases: creation, file modes, errors, and every migration path.
+
+The legacy databases are built here from the facts file's description of each version (not
+from our own migration code), with data, as the original at that version would have left
+them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import query, request, scalar
+
+from mcpr_store import Store, StoreConfig, StoreError, StoreIOError, StoreSQLiteError
+from mcpr_store._db import open_database
+
+V1 = """
+CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,
+  ts INTEGER NOT NULL, proxy TEXT NOT NULL, session_id TEXT, method TEXT NOT NULL, tool TEXT,
+  latency_ms INTEGER NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok','error','timeout')),
+  error_code TEXT, error_msg TEXT, bytes_in INTEGER, bytes_out INTEGER);
+CREATE INDEX idx_requests_ts ON requests(ts);
+CREATE INDEX idx_requests_proxy ON requests(proxy, ts);
+CREATE INDEX idx_requests_tool ON requests(tool, ts) WHERE tool IS NOT NULL;
+CREATE INDEX idx_requests_session ON requests(session_id) WHERE session_id IS NOT NULL;
+CREATE INDEX idx_requests_status ON requests(status, ts);
+CREATE INDEX idx_requests_slow ON requests(proxy, latency_ms DESC, ts);
+CREATE TABLE sessions (session_id TEXT PRIMARY KEY, proxy TEXT NOT NULL,
+  started_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL, ended_at INTEGER,
+  client_name TEXT, client_version TEXT, client_platform TEXT,
+  total_calls INTEGER NOT NULL DEFAULT 0, total_errors INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX idx_sessions_proxy ON sessions(proxy, started_at);
+CREATE INDEX idx_sessions_client ON sessions(client_name, client_platform);
+CREATE INDEX idx_sessions_active ON sessions(proxy, last_seen_at) WHERE ended_at IS NULL;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1'), ('created_at', '1700000000000');
+INSERT INTO requests (request_id, ts, proxy, session_id, method, tool, latency_ms, status)
+  VALUES ('old1', 1, 'p', 's1', 'tools/call', 'search', 42, 'ok');
+INSERT INTO sessions VALUES ('s1', 'p', 1, 1, NULL, 'claude-ai', '1', 'claude', 1, 0);
+"""
+V2 = """
+CREATE TABLE server_schema (id INTEGER PRIMARY KEY AUTOINCREMENT, upstream_url TEXT NOT NULL,
+  method TEXT NOT NULL, payload TEXT NOT NULL, captured_at INTEGER NOT NULL,
+  schema_hash TEXT NOT NULL, UNIQUE(upstream_url, method));
+CREATE INDEX idx_server_schema_upstream ON server_schema(upstream_url);
+CREATE TABLE schema_changes (id INTEGER PRIMARY KEY AUTOINCREMENT, upstream_url TEXT NOT NULL,
+  method TEXT NOT NULL, change_type TEXT NOT NULL, item_name TEXT, old_hash TEXT,
+  new_hash TEXT, detected_at INTEGER NOT NULL);
+CREATE INDEX idx_schema_changes_upstream ON schema_changes(upstream_url, detected_at);
+INSERT INTO server_schema (upstream_url, method, payload, captured_at, schema_hash)
+  VALUES ('http://u', 'tools/list', '{"tools":[]}', 5, 'h1');
+INSERT INTO schema_changes (upstream_url, method, change_type, new_hash, detected_at)
+  VALUES ('http://u', 'tools/list', 'initial', 'h1', 5);
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+"""
+V3 = """
+CREATE TABLE server_schema_new (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  proxy TEXT NOT NULL DEFAULT 'default', upstream_url TEXT NOT NULL, method TEXT NOT NULL,
+  payload TEXT NOT NULL, captured_at INTEGER NOT NULL, schema_hash TEXT NOT NULL,
+  UNIQUE(proxy, upstream_url, method));
+INSERT INTO server_schema_new (id, upstream_url, method, payload, captured_at, schema_hash)
+  SELECT id, upstream_url, method, payload, captured_at, schema_hash FROM server_schema;
+DROP TABLE server_schema;
+ALTER TABLE server_schema_new RENAME TO server_schema;
+CREATE INDEX idx_schema_proxy ON server_schema(proxy, upstream_url);
+ALTER TABLE schema_changes ADD COLUMN proxy TEXT NOT NULL DEFAULT 'default';
+DROP INDEX idx_schema_changes_upstream;
+CREATE INDEX idx_schema_changes_proxy ON schema_changes(proxy, detected_at);
+UPDATE meta SET value = '3' WHERE key = 'schema_version';
+"""
+V4 = """
+ALTER TABLE requests RENAME COLUMN latency_ms TO latency_us;
+UPDATE requests SET latency_us = latency_us * 1000;
+DROP INDEX idx_requests_slow;
+CREATE INDEX idx_requests_slow ON requests(proxy, latency_us DESC, ts);
+UPDATE meta SET value = '4' WHERE key = 'schema_version';
+"""
+LEGACY = {1: [V1], 2: [V1, V2], 3: [V1, V2, V3], 4: [V1, V2, V3, V4]}
+
+REQUEST_COLUMNS = ["id", "request_id", "ts", "proxy", "session_id", "method", "tool",
+                   "latency_us", "status", "error_code", "error_msg", "bytes_in", "bytes_out",
+                   "resource_uri", "prompt_name"]
+INDEXES = {
+    "idx_requests_ts", "idx_requests_proxy", "idx_requests_tool", "idx_requests_session",
+    "idx_requests_status", "idx_requests_slow", "idx_sessions_proxy", "idx_sessions_client",
+    "idx_sessions_active", "idx_schema_proxy", "idx_schema_changes_proxy",
+}
+
+
+def build_legacy(path: Path, version: int) -> None:
+    conn = sqlite3.connect(path)
+    for script in LEGACY[version]:
+        conn.executescript(script)
+    conn.close()
+
+
+def layout(path: Path) -> dict[str, list[str]]:
+    conn = sqlite3.connect(path)
+    tables = [t for (t,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    result = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+    result["indexes"] = sorted(n for (n,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    conn.close()
+    return result
+
+
+def meta(path: Path) -> dict[str, str]:
+    return dict(query(path, "SELECT key, value FROM meta"))
+
+
+def test_fresh_database__has_schema_v5(db_path: Path) -> None:
+    open_database(db_path, "1.2.3")
+    tables = layout(db_path)
+    assert tables["requests"] == REQUEST_COLUMNS
+    assert tables["sessions"] == [
+        "session_id", "proxy", "started_at", "last_seen_at", "ended_at", "client_name",
+        "client_version", "client_platform", "total_calls", "total_errors"]
+    assert tables["server_schema"] == [
+        "id", "proxy", "upstream_url", "method", "payload", "captured_at", "schema_hash"]
+    assert tables["schema_changes"] == [
+        "id", "upstream_url", "method", "change_type", "item_name", "old_hash", "new_hash",
+        "detected_at", "proxy"]
+    assert set(tables["indexes"]) == INDEXES
+    m = meta(db_path)
+    assert m["schema_version"] == "5" and m["mcpr_version"] == "1.2.3"
+    assert int(m["created_at"]) > 1_700_000_000_000
+    assert scalar(db_path, "PRAGMA journal_mode") == "wal"
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_migration__from_every_version_keeps_data(db_path: Path, version: int) -> None:
+    build_legacy(db_path, version)
+    open_database(db_path, "new")
+    assert layout(db_path) == layout_of_fresh(db_path.parent / "fresh.db")
+    m = meta(db_path)
+    assert (m["schema_version"], m["created_at"], m["mcpr_version"]) == (
+        "5", "1700000000000", "new")
+    expected_latency = 42 * 1000  # v4 converts ms to µs exactly once
+    assert query(db_path, "SELECT request_id, latency_us, resource_uri FROM requests") == [
+        ("old1", expected_latency, None)]
+    if version >= 2:
+        assert query(db_path, "SELECT proxy, upstream_url, schema_hash FROM server_schema") == [
+            ("default", "http://u", "h1")]
+        assert query(db_path, "SELECT proxy, change_type FROM schema_changes") == [
+            ("default", "initial")]
+
+
+def layout_of_fresh(path: Path) -> dict[str, list[str]]:
+    open_database(path, "x")
+    return layout(path)
+
+
+def test_migrated_database__takes_new_events(
+    db_path: Path, open_store: Callable[..., Store]
+) -> None:
+    build_legacy(db_path, 1)
+    store = open_store()
+    store.record(request("new1", session_id="s1", ts=9))
+    assert store.shutdown()
+    assert query(db_path, "SELECT total_calls, last_seen_at FROM sessions") == [(2, 9)]
+
+
+def test_open_twice__only_stamps_the_version(db_path: Path) -> None:
+    open_database(db_path, "a")
+    before = meta(db_path)
+    open_database(db_path, "b")
+    after = meta(db_path)
+    assert after == {**before, "mcpr_version": "b"}
+
+
+def test_newer_schema__is_refused_untouched(db_path: Path) -> None:
+    open_database(db_path, "a")
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreSQLiteError, match=r"schema version 6, newer .* \(5\)"):
+        Store.open(StoreConfig(db_path=db_path))
+    assert meta(db_path)["mcpr_version"] == "a"
+    assert db_path.read_bytes() == before
+
+
+def test_open__not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(StoreSQLiteError, match=f"{path}.*not a database"):
+        Store.open(StoreConfig(db_path=path))
+    assert path.read_text().startswith("these are my notes")
+
+
+def test_open__directory_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreIOError, match=f"failed to create database directory {blocker}"):
+        Store.open(StoreConfig(db_path=blocker / "sub" / "store.db"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_open__directory_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(StoreIOError, match="failed to create database file"):
+        Store.open(StoreConfig(db_path=locked / "store.db"))
+
+
+def test_store_error__is_the_base_of_every_open_failure() -> None:
+    assert issubclass(StoreIOError, StoreError) and issubclass(StoreSQLiteError, StoreError)
+
+
+def test_file_modes__0600_file_in_0700_directory(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "store.db"
+    with Store.open(StoreConfig(db_path=path)) as store:
+        store.record(request("r1"))
+        assert store.flush()
+        for name in ("store.db", "store.db-wal", "store.db-shm"):
+            assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_db_path__mcpr_db_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCPR_DB", str(tmp_path / "env.db"))
+    assert StoreConfig().resolved_path() == tmp_path / "env.db"
+    assert StoreConfig(db_path=tmp_path / "x.db").resolved_path() == tmp_path / "x.db"
+    monkeypatch.setenv("MCPR_DB", "")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert StoreConfig().resolved_path() == tmp_path / ".mcpr" / "store.db"
