@@ -106,8 +106,8 @@ def test_context_manager__shuts_down_on_exit(db_path: Path) -> None:
     with Store.open(StoreConfig(db_path=db_path)) as store:
         store.record(request("r1"))
         pid = store.stats().writer_pid
-    assert pid is not None and not psutil.pid_exists(pid) or \
-        psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert pid is not None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 1
 
 
