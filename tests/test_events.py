@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 
 import pytest
 
@@ -12,7 +13,7 @@ from mcpr_store import (
     SchemaVersionEvent,
     SessionClosed,
     SessionEvent,
-    client_platform,
+    platform_for_client,
 )
 
 
@@ -24,7 +25,7 @@ from mcpr_store import (
     ("claude-in-cursor", "claude"),  # first match wins
 ])
 def test_client_platform__first_match_case_insensitive(name: str | None, platform: str) -> None:
-    assert client_platform(name) == platform
+    assert platform_for_client(name) == platform
     assert SessionEvent(session_id="s", proxy="p", started_at=1,
                         client_name=name).client_platform == platform
 
@@ -60,3 +61,21 @@ def test_schema_event__hash_and_payload() -> None:
 
 def test_session_closed__fields() -> None:
     assert SessionClosed(session_id="s", ended_at=5) == SessionClosed("s", 5)
+
+
+@pytest.mark.parametrize("cls", [RequestEvent, SessionEvent, SchemaVersionEvent])
+def test_event_constructor__matches_its_fields(cls: type) -> None:
+    """Each ``__new__`` repeats its fields; they must not drift apart."""
+    params = list(inspect.signature(cls.__new__).parameters)[1:]
+    assert params == list(cls._fields)  # type: ignore[attr-defined]
+    for name in cls._fields:  # type: ignore[attr-defined]
+        default = inspect.signature(cls.__new__).parameters[name].default
+        field_default = cls._field_defaults.get(name, inspect.Parameter.empty)  # type: ignore[attr-defined]
+        if name not in ("status", "content_hash", "client_platform"):
+            assert default == field_default, name
+
+
+def test_events__are_immutable() -> None:
+    event = RequestEvent(request_id="r", ts=1, proxy="p")
+    with pytest.raises(AttributeError):
+        event.tool = "x"  # type: ignore[misc]

@@ -9,7 +9,7 @@ from typing import Any
 
 from conftest import query, request, session
 
-from mcpr_store import SchemaVersionEvent, SessionClosed, Store
+from mcpr_store import RequestStatus, SchemaVersionEvent, SessionClosed, Store
 from mcpr_store._apply import schema_diff
 
 
@@ -198,3 +198,22 @@ def test_batches__500_events_per_transaction(
     stats = store.stats()
     assert stats.committed == 2_000
     assert stats.batches >= 4  # at most 500 events in one transaction
+
+
+def test_str_and_int_subclasses__are_stored_as_plain_values(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    import enum
+
+    class Tool(enum.StrEnum):
+        SEARCH = "search"
+
+    class Size(enum.IntEnum):
+        SMALL = 10
+
+    store = open_store()
+    store.record(request("r1", tool=Tool.SEARCH, bytes_in=Size.SMALL))
+    store.record(request("r2")._replace(status=RequestStatus.ERROR))
+    assert store.shutdown()
+    assert query(db_path, "SELECT tool, bytes_in, status FROM requests ORDER BY id") == [
+        ("search", 10, "ok"), ("search", 10, "error")]

@@ -20,7 +20,7 @@ from ._events import (
     SchemaVersionEvent,
     SessionClosed,
     SessionEvent,
-    client_platform,
+    platform_for_client,
 )
 
 try:
@@ -42,6 +42,6 @@ __all__ = [
     "StoreStats",
     "WriterStartError",
     "__version__",
-    "client_platform",
+    "platform_for_client",
     "resolve_db_path",
 ]

@@ -20,8 +20,9 @@ DEFAULT_DB: Final = Path("~/.mcpr/store.db")
 #: at 1,000 requests/s), with room for large schema payloads.
 DEFAULT_QUEUE_BYTES: Final = 8 * 1024 * 1024
 
-#: Events a process may hold before handing them to the queue. They only pile up while the
-#: queue is full or the writer is being replaced; beyond this, ``record()`` drops and counts.
+#: Events of one kind a process may hold before handing them to the queue. They only pile up
+#: while the queue is full or the writer is being replaced; beyond this, ``record()`` drops
+#: and counts.
 DEFAULT_BUFFER_EVENTS: Final = 10_000
 
 

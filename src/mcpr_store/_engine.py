@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from queue import Full
 from types import TracebackType
 from typing import Any, Final, Self
@@ -36,17 +36,18 @@ import psutil
 from . import _db
 from ._config import StoreConfig
 from ._events import (
-    ERROR_MSG_MAX,
-    EVENT_TYPES,
+    EVENT_CLASSES,
+    KIND_NAMES,
     MESSAGE_EVENTS,
     Event,
-    RequestEvent,
+    SessionEvent,
     encode_detach,
     encode_events,
     encode_flush,
     encode_stop,
     queue_dumps,
     queue_loads,
+    shrink_request,
 )
 from ._shared import SharedCounters, Slot
 from ._spawn import WriterSpec, start_writer
@@ -94,12 +95,20 @@ class StoreStats:
 
 
 class _Sender:
-    """This process's buffer, its sender thread and its counters."""
+    """This process's buffers, its sender thread and its counters.
+
+    One buffer per event class, so ``record()`` finds the buffer and checks the type with one
+    dict lookup, and the sender turns a run of one class into wire rows without asking each
+    event what it is.
+    """
 
     def __init__(self, store: Store) -> None:
         self.pid = os.getpid()
         self.store = store
-        self.buffer: deque[Event] = deque()
+        self.buffers: dict[type, deque[Event]] = {cls: deque() for cls in EVENT_CLASSES}
+        # Sessions drain first: their requests may sit in the same round.
+        self.drain_order = sorted(enumerate(self.buffers.values()),
+                                  key=lambda slot: EVENT_CLASSES[slot[0]] is not SessionEvent)
         self.capacity = store.config.buffer_events
         self.accepting = True
         self.wake = threading.Event()
@@ -132,8 +141,11 @@ class _Sender:
             if not taken:
                 self.untaken_drops += count
 
+    def buffered(self) -> int:
+        return sum(len(buffer) for buffer in self.buffers.values())
+
     def recorded(self) -> int:
-        return self.taken + len(self.buffer) + self.untaken_drops
+        return self.taken + self.buffered() + self.untaken_drops
 
     def dropped(self) -> int:
         return sum(self.drops.values())
@@ -147,7 +159,7 @@ class _Sender:
             with self.lock:
                 tokens, self.flush_tokens = self.flush_tokens, []
                 closing = self.closing
-            if not tokens and not closing and len(self.buffer) < MESSAGE_EVENTS:
+            if not tokens and not closing and self.buffered() < MESSAGE_EVENTS:
                 time.sleep(_LINGER)
             self._drain()
             for token in tokens:
@@ -162,29 +174,32 @@ class _Sender:
         return encode_detach(self.pid, self.recorded(), self.dropped())
 
     def _drain(self) -> None:
-        buffer = self.buffer
-        while buffer:
-            n = min(len(buffer), MESSAGE_EVENTS)
-            events = [buffer.popleft() for _ in range(n)]
-            self.taken += n
-            self._send(events)
+        for slot, buffer in self.drain_order:
+            pop = buffer.popleft
+            while buffer:
+                n = min(len(buffer), MESSAGE_EVENTS)
+                rows = [tuple(pop()) for _ in range(n)]
+                self.taken += n
+                self._send(slot, rows)
 
-    def _send(self, events: list[Any]) -> None:
-        message = encode_events(self.pid, self.recorded(), self.dropped(), events)
+    def _send(self, slot: int, rows: list[tuple[Any, ...]]) -> None:
+        message = encode_events(self.pid, self.recorded(), self.dropped(), slot, rows)
         if len(message) <= self.max_message:
-            self._put(message, len(events))
-        elif len(events) > 1:
-            half = len(events) // 2
-            self._send(events[:half])
-            self._send(events[half:])
-        elif _has_long_error_msg(events[0]):
-            # The writer would cut it to 512 characters anyway; cut it here so it fits.
-            event = events[0]
-            self._send([replace(event, error_msg=event.error_msg[:ERROR_MSG_MAX])])
-        else:
-            self.drop("too_large", taken=True)
-            log.warning("dropped a %s of %d bytes: larger than a queue message may be (%d)",
-                        type(events[0]).__name__, len(message), self.max_message)
+            self._put(message, len(rows))
+            return
+        if len(rows) > 1:
+            half = len(rows) // 2
+            self._send(slot, rows[:half])
+            self._send(slot, rows[half:])
+            return
+        # The writer cuts error_msg to 512 characters anyway; cut it here so the event fits.
+        shrunk = shrink_request(rows[0]) if KIND_NAMES[slot] == "request" else None
+        if shrunk is not None:
+            self._send(slot, [shrunk])
+            return
+        self.drop("too_large", taken=True)
+        log.warning("dropped a %s event of %d bytes: larger than a queue message may be (%d)",
+                    KIND_NAMES[slot], len(message), self.max_message)
 
     def _put(self, message: bytes, events: int) -> None:
         delay = _PUT_RETRY_MIN
@@ -199,11 +214,6 @@ class _Sender:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, _PUT_RETRY_MAX)
-
-
-def _has_long_error_msg(event: Any) -> bool:
-    return (type(event) is RequestEvent and isinstance(event.error_msg, str)
-            and len(event.error_msg) > ERROR_MSG_MAX)
 
 
 class Store:
@@ -263,12 +273,12 @@ class Store:
         When the store is shut down or the buffer is full the event is dropped and counted
         (``StoreStats.dropped_by_reason``). Do not change an event after recording it.
         """
-        if event.__class__ not in EVENT_TYPES:
+        sender = self._sender
+        buffer = sender.buffers.get(event.__class__)
+        if buffer is None:
             raise TypeError(
                 "Store.record() takes a RequestEvent, SessionEvent, SessionClosed or "
                 f"SchemaVersionEvent, not {type(event).__name__}")
-        sender = self._sender
-        buffer = sender.buffer
         if sender.accepting and len(buffer) < sender.capacity:
             buffer.append(event)
             if len(buffer) == 1:
@@ -334,12 +344,13 @@ class Store:
         clean = not thread.is_alive()
         if not clean:
             stranded = 0
-            while sender.buffer:  # popped one by one: the stuck sender may still take one
-                try:
-                    sender.buffer.popleft()
-                except IndexError:
-                    break
-                stranded += 1
+            for buffer in sender.buffers.values():
+                while buffer:  # one by one: the stuck sender may still take one
+                    try:
+                        buffer.popleft()
+                    except IndexError:
+                        break
+                    stranded += 1
             sender.drop("shutdown_timeout", stranded)
             log.error("mcpr-store: could not hand %d buffered events to the writer within "
                       "%.1f s; they are dropped", stranded, timeout)
@@ -391,7 +402,7 @@ class Store:
                 by_reason["other_processes"] = c[Slot.FOREIGN_DROPPED]
             depth = max(0, recorded - dropped - c[Slot.RECEIVED])
         else:
-            depth = len(sender.buffer)
+            depth = sender.buffered()
         pid = c[Slot.WRITER_PID] or None
         return StoreStats(
             recorded=recorded,
@@ -401,7 +412,7 @@ class Store:
             queue_depth=depth,
             writer_pid=pid,
             writer_alive=self._writer_alive(pid),
-            buffered=len(sender.buffer),
+            buffered=sender.buffered(),
             batches=c[Slot.BATCHES],
             commit_failures=c[Slot.COMMIT_FAILURES],
             last_commit_ms=c[Slot.LAST_COMMIT_MS] or None,

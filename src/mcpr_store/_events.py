@@ -1,7 +1,7 @@
 """What crosses the queue: the four event kinds and the messages that carry them.
 
-Events are plain dataclasses the proxy builds on its hot path. The producer turns each one
-into a tuple of builtins (``tuple(event.__dict__.values())``, field order) and packs up to
+Events are NamedTuples the proxy builds on its hot path. The producer turns each one into a
+plain tuple of builtins (``tuple(event)``, field order) and packs up to
 ``MESSAGE_EVENTS`` of them into one ``marshal``-encoded message, because one queue put per
 event costs 10+ µs while one put per 256 events costs well under 1 µs per event. ``marshal``
 is used rather than pickle because it is about twice as fast for tuples of str/int/None and
@@ -18,8 +18,7 @@ import enum
 import hashlib
 import json
 import marshal
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "Event",
@@ -28,7 +27,7 @@ __all__ = [
     "SchemaVersionEvent",
     "SessionClosed",
     "SessionEvent",
-    "client_platform",
+    "platform_for_client",
 ]
 
 
@@ -40,14 +39,13 @@ class RequestStatus(enum.StrEnum):
     TIMEOUT = "timeout"
 
 
-@dataclass
-class RequestEvent:
-    """One MCP request, as seen by the proxy. ``ts`` is unix ms; ``latency_us`` microseconds.
+# Events are NamedTuples: immutable once recorded, the cheapest Python object to build, and
+# one C-level ``tuple(event)`` away from their wire row. Where a field needs normalising at
+# construction, a subclass defines ``__new__`` with the same parameters as the fields
+# (``tests/test_events.py`` checks the two agree).
 
-    ``status`` may be a ``RequestStatus`` or its string value; it is stored as the string.
-    ``error_msg`` is cut to 512 characters by the writer.
-    """
 
+class _RequestFields(NamedTuple):
     request_id: str
     ts: int
     proxy: str
@@ -57,25 +55,47 @@ class RequestEvent:
     resource_uri: str | None = None
     prompt_name: str | None = None
     latency_us: int = 0
-    status: RequestStatus | str = RequestStatus.OK
+    status: str = RequestStatus.OK.value
     error_code: str | None = None
     error_msg: str | None = None
     bytes_in: int | None = None
     bytes_out: int | None = None
 
-    def __post_init__(self) -> None:
-        # Keep the wire tuple made of builtins only (marshal refuses enum members).
-        if isinstance(self.status, RequestStatus):
-            self.status = self.status.value
 
+class RequestEvent(_RequestFields):
+    """One MCP request, as seen by the proxy. ``ts`` is unix ms; ``latency_us`` microseconds.
 
-@dataclass
-class SessionEvent:
-    """An MCP session started (the ``initialize`` handshake). ``started_at`` is unix ms.
-
-    ``client_platform`` is derived from ``client_name`` when not given.
+    ``status`` may be a ``RequestStatus`` or its string value; it is kept as the string, since
+    the wire carries builtins only. ``error_msg`` is cut to 512 characters by the writer.
     """
 
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        request_id: str,
+        ts: int,
+        proxy: str,
+        session_id: str | None = None,
+        method: str = "",
+        tool: str | None = None,
+        resource_uri: str | None = None,
+        prompt_name: str | None = None,
+        latency_us: int = 0,
+        status: RequestStatus | str = RequestStatus.OK,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
+    ) -> RequestEvent:
+        if status.__class__ is RequestStatus:
+            status = status._value_
+        return tuple.__new__(cls, (
+            request_id, ts, proxy, session_id, method, tool, resource_uri, prompt_name,
+            latency_us, status, error_code, error_msg, bytes_in, bytes_out))
+
+
+class _SessionFields(NamedTuple):
     session_id: str
     proxy: str
     started_at: int
@@ -83,45 +103,74 @@ class SessionEvent:
     client_version: str | None = None
     client_platform: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.client_platform is None and isinstance(self.client_name, str | None):
-            self.client_platform = client_platform(self.client_name)
+
+class SessionEvent(_SessionFields):
+    """An MCP session started (the ``initialize`` handshake). ``started_at`` is unix ms.
+
+    ``client_platform`` is derived from ``client_name`` when not given.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        session_id: str,
+        proxy: str,
+        started_at: int,
+        client_name: str | None = None,
+        client_version: str | None = None,
+        client_platform: str | None = None,
+    ) -> SessionEvent:
+        if client_platform is None and isinstance(client_name, str | None):
+            client_platform = platform_for_client(client_name)
+        return tuple.__new__(cls, (session_id, proxy, started_at, client_name, client_version,
+                                   client_platform))
 
 
-@dataclass
-class SessionClosed:
+class SessionClosed(NamedTuple):
     """An MCP session ended at ``ended_at`` (unix ms)."""
 
     session_id: str
     ended_at: int
 
 
-@dataclass
-class SchemaVersionEvent:
-    """A server schema captured by the proxy: the ``result`` of ``method`` from ``upstream_url``.
-
-    ``payload`` is the JSON text of the result, or a JSON-compatible value that is serialised
-    here. ``content_hash`` is the SHA-256 hex digest of the payload text when not given.
-
-    Raises ``ValueError`` at construction when a non-text payload cannot be serialised.
-    """
-
+class _SchemaFields(NamedTuple):
     ts: int
     proxy: str
     upstream_url: str
     method: str
-    payload: Any
-    content_hash: str | None = None
+    payload: str
+    content_hash: str
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.payload, str):
+
+class SchemaVersionEvent(_SchemaFields):
+    """A server schema captured by the proxy: the ``result`` of ``method`` from ``upstream_url``.
+
+    ``payload`` is the JSON text of the result, or a JSON-compatible value that is serialised
+    here (sorted keys, compact). ``content_hash`` is the SHA-256 hex digest of the payload
+    text when not given. Raises ``ValueError`` when a non-text payload cannot be serialised.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        ts: int,
+        proxy: str,
+        upstream_url: str,
+        method: str,
+        payload: Any,
+        content_hash: str | None = None,
+    ) -> SchemaVersionEvent:
+        if not isinstance(payload, str):
             try:
-                self.payload = json.dumps(self.payload, sort_keys=True, separators=(",", ":"))
+                payload = json.dumps(payload, sort_keys=True, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
                 raise ValueError(
                     f"SchemaVersionEvent payload is not JSON-serialisable: {exc}") from exc
-        if self.content_hash is None:
-            self.content_hash = payload_hash(self.payload)
+        if content_hash is None:
+            content_hash = payload_hash(payload)
+        return tuple.__new__(cls, (ts, proxy, upstream_url, method, payload, content_hash))
 
 
 Event = RequestEvent | SessionEvent | SessionClosed | SchemaVersionEvent
@@ -142,13 +191,14 @@ _PLATFORMS: Final = (
 )
 
 
-def client_platform(client_name: str | None) -> str:
+def platform_for_client(client_name: str | None) -> str:
     """The platform label the original derives from an MCP client name (``unknown`` if none)."""
     name = (client_name or "").lower()
     for needles, platform in _PLATFORMS:
         if any(needle in name for needle in needles):
             return platform
     return "unknown"
+
 
 
 # --- the wire -------------------------------------------------------------------------------
@@ -166,29 +216,31 @@ MSG_DETACH: Final = 4  # (kind, pid, recorded, dropped): a non-owner process's f
 
 #: Number of fields of each event kind, so the writer can reject a tuple of the wrong shape.
 FIELD_COUNTS: Final = {
-    "request": len(RequestEvent.__dataclass_fields__),
-    "session": len(SessionEvent.__dataclass_fields__),
-    "close": len(SessionClosed.__dataclass_fields__),
-    "schema": len(SchemaVersionEvent.__dataclass_fields__),
+    "request": len(RequestEvent._fields),
+    "session": len(SessionEvent._fields),
+    "close": len(SessionClosed._fields),
+    "schema": len(SchemaVersionEvent._fields),
 }
 
-_SLOT: Final = {RequestEvent: 0, SessionEvent: 1, SessionClosed: 2, SchemaVersionEvent: 3}
-EVENT_TYPES: Final = frozenset(_SLOT)
+#: Event classes in the order of a MSG_EVENTS message's lists (their "slot").
+EVENT_CLASSES: Final = (RequestEvent, SessionEvent, SessionClosed, SchemaVersionEvent)
+KIND_NAMES: Final = tuple(FIELD_COUNTS)
 
 ERROR_MSG_MAX: Final = 512
 
 
-def encode_events(pid: int, recorded: int, dropped: int, events: list[Any]) -> bytes:
-    """One ``MSG_EVENTS`` message holding ``events`` (exact event classes only).
+def encode_events(pid: int, recorded: int, dropped: int, slot: int,
+                  rows: list[tuple[Any, ...]]) -> bytes:
+    """One ``MSG_EVENTS`` message holding ``rows`` of kind ``slot``.
 
-    An event whose fields are not all builtins that marshal accepts (str, int, float, None,
-    ...) is not sent as data: it travels as an ``invalid`` entry (kind name and reason) so the
-    writer counts and reports it, and the other events of the message are unaffected.
+    A row is an event's field values in declaration order, ``tuple(event)``.
+
+    A row with a field marshal refuses (anything but builtins: str, int, float, None, ...) is
+    not sent as data: it travels as an ``invalid`` entry (kind name and reason) so the writer
+    counts and reports it, and the other rows of the message are unaffected.
     """
-    lists: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [])
-    slot = _SLOT
-    for event in events:
-        lists[slot[event.__class__]].append(tuple(event.__dict__.values()))
+    lists: list[list[tuple[Any, ...]]] = [[], [], [], []]
+    lists[slot] = rows
     try:
         return marshal.dumps((MSG_EVENTS, pid, recorded, dropped, *lists, []))
     except ValueError:
@@ -196,9 +248,13 @@ def encode_events(pid: int, recorded: int, dropped: int, events: list[Any]) -> b
 
 
 def _encode_checked(
-    pid: int, recorded: int, dropped: int, lists: tuple[list[tuple[Any, ...]], ...]
+    pid: int, recorded: int, dropped: int, lists: list[list[tuple[Any, ...]]]
 ) -> bytes:
-    """The slow path of ``encode_events``: find the events marshal refuses, one by one."""
+    """The slow path of ``encode_events``: find the rows marshal refuses, one by one.
+
+    A value of a ``str`` or ``int`` subclass (an enum member, say) is sent as the plain value;
+    anything else marshal refuses makes its row invalid.
+    """
     invalid: list[tuple[str, str]] = []
     clean: list[list[tuple[Any, ...]]] = []
     for kind, rows in zip(FIELD_COUNTS, lists, strict=True):
@@ -207,24 +263,36 @@ def _encode_checked(
             try:
                 marshal.dumps(row)
             except ValueError:
-                invalid.append((kind, _describe_bad_field(kind, row)))
-            else:
-                kept.append(row)
+                row = tuple(_plain(value) for value in row)
+                try:
+                    marshal.dumps(row)
+                except ValueError:
+                    invalid.append((kind, _describe_bad_field(kind, row)))
+                    continue
+            kept.append(row)
         clean.append(kept)
     return marshal.dumps((MSG_EVENTS, pid, recorded, dropped, *clean, invalid))
 
 
 _FIELD_NAMES: Final = {
-    "request": tuple(RequestEvent.__dataclass_fields__),
-    "session": tuple(SessionEvent.__dataclass_fields__),
-    "close": tuple(SessionClosed.__dataclass_fields__),
-    "schema": tuple(SchemaVersionEvent.__dataclass_fields__),
+    "request": RequestEvent._fields,
+    "session": SessionEvent._fields,
+    "close": SessionClosed._fields,
+    "schema": SchemaVersionEvent._fields,
 }
 
 
 def field_names(kind: str) -> tuple[str, ...]:
     """Field names of an event kind, in wire order."""
     return _FIELD_NAMES[kind]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str) and type(value) is not str:
+        return str.__str__(value)
+    if isinstance(value, int) and type(value) not in (int, bool):
+        return int.__int__(value)
+    return value
 
 
 def _describe_bad_field(kind: str, row: tuple[Any, ...]) -> str:
@@ -234,6 +302,18 @@ def _describe_bad_field(kind: str, row: tuple[Any, ...]) -> str:
         except ValueError:
             return f"{name} has unsupported type {type(value).__name__}"
     return "event has extra attributes"
+
+
+_ERROR_MSG_INDEX: Final = _FIELD_NAMES["request"].index("error_msg")
+
+
+def shrink_request(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The request row with ``error_msg`` cut to what the writer stores anyway, or None when
+    there is nothing to cut."""
+    msg = row[_ERROR_MSG_INDEX] if len(row) > _ERROR_MSG_INDEX else None
+    if not isinstance(msg, str) or len(msg) <= ERROR_MSG_MAX:
+        return None
+    return (*row[:_ERROR_MSG_INDEX], msg[:ERROR_MSG_MAX], *row[_ERROR_MSG_INDEX + 1:])
 
 
 def encode_flush(pid: int, token: int) -> bytes:
