@@ -217,3 +217,46 @@ def test_session_and_requests__counters(open_store: Callable[..., Store], db_pat
     assert store.shutdown()
     assert query(db_path, "SELECT started_at, last_seen_at, total_calls, total_errors, "
                           "client_platform FROM sessions") == [(100, 300, 3, 2, "claude")]
+
+
+def test_shutdown__sends_the_sentinel_through_a_full_queue(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    store = open_store(queue_bytes=64 * 1024, buffer_events=100_000)
+    writer = psutil.Process(store.stats().writer_pid)
+    writer.suspend()  # the queue fills and stays full until the writer resumes
+    try:
+        for i in range(5_000):
+            store.record(request(f"r{i}", error_msg="x" * 200))
+        wait_for(lambda: store.stats().buffered > 1_000, what="the queue to fill")
+    finally:
+        threading.Timer(0.5, writer.resume).start()
+    assert store.shutdown(timeout=60)
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 5_000
+    stats = store.stats()
+    assert (stats.committed, stats.dropped) == (5_000, 0)
+
+
+def test_shutdown__timeout_says_so_and_ends_the_writer(
+    open_store: Callable[..., Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(queue_bytes=64 * 1024)
+    writer = psutil.Process(store.stats().writer_pid)
+    writer.suspend()
+    for i in range(3_000):
+        store.record(request(f"r{i}", error_msg="x" * 200))
+    started = time.monotonic()
+    assert store.shutdown(timeout=1.0) is False
+    assert time.monotonic() - started < 5
+    assert not writer.is_running() or writer.status() == psutil.STATUS_ZOMBIE
+    assert "killing it" in caplog.text or "dropped" in caplog.text
+    stats = store.stats()
+    assert not stats.writer_alive
+    assert stats.dropped_by_reason.get("shutdown_timeout", 0) > 0
+
+
+def test_open__writer_not_ready_in_time_is_a_clear_error(db_path: Path) -> None:
+    from mcpr_store import WriterStartError
+
+    with pytest.raises(WriterStartError, match="not ready within"):
+        Store.open(StoreConfig(db_path=db_path, start_timeout=0.001))
