@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.util
 import os
 import random
 import subprocess
@@ -30,11 +33,11 @@ from queue import Full
 from types import TracebackType
 from typing import Any, Final, Self
 
-import faster_fifo
 import psutil
 
 from . import _db
 from ._config import StoreConfig
+from ._errors import WriterStartError
 from ._events import (
     EVENT_CLASSES,
     KIND_NAMES,
@@ -45,10 +48,9 @@ from ._events import (
     encode_events,
     encode_flush,
     encode_stop,
-    queue_dumps,
-    queue_loads,
     shrink_request,
 )
+from ._queue import create_queue, repair_if_wedged
 from ._shared import SharedCounters, Slot
 from ._spawn import WriterSpec, start_writer
 
@@ -64,6 +66,9 @@ _LINGER: Final = 0.005
 _IDLE_WAKE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
 _PUT_RETRY_MAX: Final = 0.02
+#: How often the owner checks the writer and the queue lock: a dead writer is replaced, and a
+#: lock left by a dead process released, within this plus the writer's start (~0.1-0.3 s).
+_WATCH_EVERY: Final = 0.1
 #: Bound on waiting at interpreter exit for a store that was never shut down.
 _EXIT_TIMEOUT: Final = 10.0
 
@@ -76,17 +81,25 @@ class StoreStats:
 
     In the owner, ``recorded`` and ``dropped`` add up every process that holds the store (a
     worker's numbers as of its last message to the writer); in a forked worker they are the
-    worker's own. After the owner's ``shutdown()``:
-    ``recorded == committed + rejected + dropped``.
+    worker's own. ``lost`` counts events that died with a process: taken by a writer that was
+    killed before committing them, or queued when a dead process's queue lock had to be
+    released. After the owner's ``shutdown()``:
+    ``recorded == committed + rejected + dropped + lost``.
     """
 
     recorded: int
     committed: int
     rejected: int
     dropped: int
+    lost: int
     queue_depth: int
     writer_pid: int | None
     writer_alive: bool
+    writer_rss_bytes: int | None
+    writer_cpu_seconds: float | None
+    writer_restarts: int
+    queue_repairs: int
+    db_reopens: int
     buffered: int
     batches: int
     commit_failures: int
@@ -112,7 +125,9 @@ class _Sender:
         self.capacity = store.config.buffer_events
         self.accepting = True
         self.wake = threading.Event()
-        self.lock = threading.Lock()  # counters written from several threads, thread start
+        # Guards counters written from several threads and the thread's start. Re-entrant: a
+        # signal handler calling shutdown() may interrupt this thread while it holds it.
+        self.lock = threading.RLock()
         self.thread: threading.Thread | None = None
         self.flush_tokens: list[int] = []
         self.closing = False  # set by shutdown(): send the last events, then the final message
@@ -152,6 +167,27 @@ class _Sender:
 
     # -- the sender thread ----------------------------------------------------------------
 
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def sweep(self, reason: str) -> int:
+        """Drop and count whatever is still buffered; return how many."""
+        swept = 0
+        for buffer in self.buffers.values():
+            while buffer:  # one by one: a stuck sender may still take one
+                try:
+                    buffer.popleft()
+                except IndexError:
+                    break
+                swept += 1
+        if swept:
+            self.drop(reason, swept)
+        return swept
+
+    def put_final(self, message: bytes) -> None:
+        """Put a control message, retrying while the queue is full, until the deadline."""
+        self._put(message, 0)
+
     def _run(self) -> None:
         while True:
             self.wake.wait(_IDLE_WAKE)
@@ -166,6 +202,8 @@ class _Sender:
                 self._put(encode_flush(self.pid, token), 0)
             if closing:
                 self._put(self._final_message(), 0)
+                if self.store.is_owner:
+                    self.store._stop_sent = True
                 return
 
     def _final_message(self) -> bytes:
@@ -219,30 +257,37 @@ class _Sender:
 class Store:
     """Handle to the storage engine: record events from the hot path, shut down once.
 
-    Open with ``Store.open(config)``; use as a context manager to shut down on exit.
+    Open with ``Store.open(config)``; use as a context manager to shut down on exit. A
+    process forked from the owner inherits a working handle; a ``multiprocessing`` child
+    started with ``spawn`` or ``forkserver`` gets one when the store is a ``Process``
+    argument.
     """
 
-    def __init__(
-        self,
-        config: StoreConfig,
-        queue: Any,
-        counters: SharedCounters,
-        db_path: str,
-        owner_pid: int,
-        writer: subprocess.Popen[bytes] | None,
-    ) -> None:
+    def __init__(self, config: StoreConfig, spec: WriterSpec,
+                 writer: subprocess.Popen[bytes] | None) -> None:
         self.config = config
-        self.queue = queue
-        self.counters = counters
-        self.db_path = db_path
-        self._owner_pid = owner_pid
+        self.queue = spec.queue
+        self.counters: SharedCounters = spec.counters
+        self.db_path = spec.db_path
+        self._spec = spec
+        self._owner_pid = spec.owner_pid
         self._writer = writer
+        self._writer_lock = threading.RLock()
         self._closed = False
         self._clean = True
-        self._close_lock = threading.Lock()
+        self._stop_sent = False  # the owner's sentinel is in the queue
+        # Re-entrant: a signal handler may call shutdown() while this thread is inside it.
+        self._close_lock = threading.RLock()
         self._sender = _Sender(self)
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
         _stores.add(self)
         atexit.register(self._at_exit)
+        multiprocessing.util.register_after_fork(self, Store._exit_with_multiprocessing)
+        if writer is not None:
+            self._monitor = threading.Thread(target=self._watch_writer,
+                                             name="mcpr-store-monitor", daemon=True)
+            self._monitor.start()
 
     @classmethod
     def open(cls, config: StoreConfig | None = None) -> Store:
@@ -257,13 +302,11 @@ class Store:
         config = config or StoreConfig()
         path = config.resolved_path()
         _db.open_database(path, config.mcpr_version)
-        queue = faster_fifo.Queue(
-            max_size_bytes=config.queue_bytes, loads=queue_loads, dumps=queue_dumps)
-        counters = SharedCounters()
-        spec = WriterSpec(queue, counters, str(path), os.getpid(), config.batch_interval,
+        spec = WriterSpec(create_queue(config.queue_bytes), SharedCounters(), str(path),
+                          config.mcpr_version, os.getpid(), config.batch_interval,
                           config.batch_size)
         writer = start_writer(spec, config.start_timeout)
-        return cls(config, queue, counters, str(path), os.getpid(), writer)
+        return cls(config, spec, writer)
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -271,7 +314,8 @@ class Store:
         """Hand ``event`` to the writer. Never blocks; never raises except ``TypeError``.
 
         When the store is shut down or the buffer is full the event is dropped and counted
-        (``StoreStats.dropped_by_reason``). Do not change an event after recording it.
+        (``StoreStats.dropped_by_reason``). Events are immutable, so recording one twice
+        records it twice (the writer then rejects the duplicate ``request_id``).
         """
         sender = self._sender
         buffer = sender.buffers.get(event.__class__)
@@ -317,10 +361,11 @@ class Store:
         """Send what is buffered, then stop (owner) or detach (any other process).
 
         The owner sends the sentinel, even when the queue is full, and waits for the writer's
-        final commit and exit. Blocks at most ``timeout`` seconds (default
-        ``config.shutdown_timeout``); on timeout it logs so, counts what it could not send as
-        dropped, and kills the writer. Idempotent. Returns whether everything was handed over
-        and, in the owner, committed.
+        final commit and exit (a writer that dies meanwhile is replaced, and the sentinel
+        sent again). Blocks at most ``timeout`` seconds (default ``config.shutdown_timeout``);
+        on timeout it logs so, counts what it could not send as dropped, and kills the
+        writer. Idempotent. Returns whether everything was handed over and, in the owner,
+        committed.
         """
         with self._close_lock:
             if self._closed:
@@ -329,6 +374,17 @@ class Store:
         atexit.unregister(self._at_exit)
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        clean = self._stop_sender(deadline, timeout)
+        if self.is_owner and self._writer is not None:
+            clean = self._wait_writer(deadline) and clean
+            self._monitor_stop.set()
+            if self._monitor is not None and self._monitor is not threading.current_thread():
+                self._monitor.join()
+            self._settle_accounts()
+        self._clean = clean
+        return clean
+
+    def _stop_sender(self, deadline: float, timeout: float) -> bool:
         sender = self._sender
         with sender.lock:
             sender.accepting = False
@@ -341,38 +397,49 @@ class Store:
                 thread.start()
         sender.wake.set()
         thread.join(max(0.0, deadline - time.monotonic()))
-        clean = not thread.is_alive()
-        if not clean:
-            stranded = 0
-            for buffer in sender.buffers.values():
-                while buffer:  # one by one: the stuck sender may still take one
-                    try:
-                        buffer.popleft()
-                    except IndexError:
-                        break
-                    stranded += 1
-            sender.drop("shutdown_timeout", stranded)
-            log.error("mcpr-store: could not hand %d buffered events to the writer within "
-                      "%.1f s; they are dropped", stranded, timeout)
-        if self.is_owner and self._writer is not None:
-            clean = self._wait_writer(deadline) and clean
-        self._clean = clean
-        return clean
+        if not thread.is_alive():
+            return True
+        stranded = sender.sweep("shutdown_timeout")
+        log.error("mcpr-store: could not hand %d buffered events to the writer within "
+                  "%.1f s; they are dropped", stranded, timeout)
+        return False
 
     def _wait_writer(self, deadline: float) -> bool:
-        assert self._writer is not None
-        try:
-            self._writer.wait(max(0.0, deadline - time.monotonic()))
-            return self._writer.returncode == 0
-        except subprocess.TimeoutExpired:
-            log.error("mcpr-store: the writer (pid %d) did not finish by the shutdown "
-                      "deadline; killing it", self._writer.pid)
-            self._writer.kill()
-            self._writer.wait()
-            return False
+        """Wait for the writer's clean exit; the monitor replaces one that dies meanwhile."""
+        while time.monotonic() < deadline:
+            with self._writer_lock:
+                writer = self._writer
+                assert writer is not None
+                if writer.poll() == 0:
+                    return True
+            time.sleep(0.005)
+        with self._writer_lock:
+            writer = self._writer
+            assert writer is not None
+            self._monitor_stop.set()
+            if writer.poll() is None:
+                log.error("mcpr-store: the writer (pid %d) did not finish by the shutdown "
+                          "deadline; killing it", writer.pid)
+                writer.kill()
+                writer.wait()
+        return False
+
+    def _settle_accounts(self) -> None:
+        """After the writer's exit: whatever is neither committed, rejected nor dropped was
+        lost (taken by a writer that died, or sent by a process that died)."""
+        stats = self.stats()
+        missing = stats.recorded - stats.committed - stats.rejected - stats.dropped - stats.lost
+        if missing > 0:
+            self.counters.add(Slot.LOST, missing)
+            log.warning("mcpr-store: %d events were lost to processes that died", missing)
 
     def _at_exit(self) -> None:
         self.shutdown(timeout=min(self.config.shutdown_timeout, _EXIT_TIMEOUT))
+
+    def _exit_with_multiprocessing(self) -> None:
+        # A multiprocessing child leaves through os._exit(), past atexit; its own exit hook
+        # runs Finalize callbacks, so the forked child's handle detaches there.
+        multiprocessing.util.Finalize(None, self._at_exit, exitpriority=50)
 
     def __enter__(self) -> Self:
         return self
@@ -385,11 +452,49 @@ class Store:
     ) -> None:
         self.shutdown()
 
+    # -- the owner's watch over the writer ------------------------------------------------
+
+    def _watch_writer(self) -> None:
+        """Owner only: replace a writer that died, release a queue lock a dead process holds."""
+        while not self._monitor_stop.wait(_WATCH_EVERY):
+            if repair_if_wedged(self.queue) is not None:
+                self.counters.add(Slot.QUEUE_REPAIRS, 1)
+            with self._writer_lock:
+                if self._monitor_stop.is_set():
+                    return
+                writer = self._writer
+                assert writer is not None
+                code = writer.poll()
+                if code is None or (code == 0 and self._stop_sent):
+                    continue
+                self._replace_writer(writer, code)
+
+    def _replace_writer(self, dead: subprocess.Popen[bytes], code: int) -> None:
+        c = self.counters
+        lost = c[Slot.RECEIVED] - c[Slot.COMMITTED] - c[Slot.REJECTED]
+        if lost > 0:
+            c.add(Slot.LOST, lost)
+        c[Slot.RECEIVED] = c[Slot.COMMITTED] + c[Slot.REJECTED]
+        log.warning("mcpr-store: the writer (pid %d) exited with code %d; %d events it had "
+                    "not committed are lost; starting a new writer", dead.pid, code, lost)
+        if repair_if_wedged(self.queue) is not None:  # it died inside a queue call
+            c.add(Slot.QUEUE_REPAIRS, 1)
+        try:
+            self._writer = start_writer(self._spec, self.config.start_timeout)
+        except WriterStartError as exc:
+            log.error("mcpr-store: %s; retrying", exc)
+            return
+        c.add(Slot.WRITER_RESTARTS, 1)
+        if self._stop_sent:  # the dead writer may have taken the sentinel with it
+            self._sender.put_final(encode_stop(self._sender.pid))
+
     # -- observation ------------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
         """A snapshot of the counters and the writer's health. Never blocks."""
         sender = self._sender
+        if self._closed and not sender.running():
+            sender.sweep("closed")  # recorded while shutdown() ran, after the last drain
         c = self.counters
         recorded = sender.recorded()
         dropped = sender.dropped()
@@ -400,18 +505,25 @@ class Store:
             dropped += c[Slot.FOREIGN_DROPPED]
             if c[Slot.FOREIGN_DROPPED]:
                 by_reason["other_processes"] = c[Slot.FOREIGN_DROPPED]
-            depth = max(0, recorded - dropped - c[Slot.RECEIVED])
+            depth = max(0, recorded - dropped - c[Slot.RECEIVED] - c[Slot.LOST])
         else:
             depth = sender.buffered()
         pid = c[Slot.WRITER_PID] or None
+        health = self._writer_health(pid)
         return StoreStats(
             recorded=recorded,
             committed=c[Slot.COMMITTED],
             rejected=c[Slot.REJECTED],
             dropped=dropped,
+            lost=c[Slot.LOST],
             queue_depth=depth,
             writer_pid=pid,
-            writer_alive=self._writer_alive(pid),
+            writer_alive=health is not None,
+            writer_rss_bytes=health[0] if health else None,
+            writer_cpu_seconds=health[1] if health else None,
+            writer_restarts=c[Slot.WRITER_RESTARTS],
+            queue_repairs=c[Slot.QUEUE_REPAIRS],
+            db_reopens=c[Slot.DB_REOPENS],
             buffered=sender.buffered(),
             batches=c[Slot.BATCHES],
             commit_failures=c[Slot.COMMIT_FAILURES],
@@ -419,29 +531,54 @@ class Store:
             dropped_by_reason=by_reason,
         )
 
-    def _writer_alive(self, pid: int | None) -> bool:
-        if self.is_owner and self._writer is not None:
-            return self._writer.poll() is None
+    def _writer_health(self, pid: int | None) -> tuple[int, float] | None:
+        """(RSS bytes, CPU seconds) of a live writer, None if there is none."""
         if pid is None:
-            return False
+            return None
+        if self.is_owner:
+            with self._writer_lock:
+                if self._writer is None or self._writer.poll() is not None:
+                    return None
         try:
-            return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None
+                cpu = proc.cpu_times()
+                return proc.memory_info().rss, cpu.user + cpu.system
         except psutil.Error:
-            return False
+            return None
 
     def __repr__(self) -> str:
         role = "owner" if self.is_owner else "worker"
         state = "closed" if self._closed else "open"
         return f"<Store {self.db_path!r} {role} {state}>"
 
-    # -- fork -------------------------------------------------------------------------------
+    # -- handing the store to other processes -----------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if multiprocessing.context.get_spawning_popen() is None:
+            raise TypeError(
+                "a Store can only be passed to a multiprocessing child as a Process argument "
+                "(spawn or forkserver); a forked child inherits it, and other processes "
+                "should open their own")
+        return (_attach, (self.config, self._spec))
 
     def _after_fork_in_child(self) -> None:
-        # Threads and their locks do not survive fork: start over with an empty buffer.
-        self._close_lock = threading.Lock()
+        # Threads and their locks do not survive fork: start over with empty buffers. What
+        # the parent had buffered is the parent's to send.
+        self._close_lock = threading.RLock()
+        self._writer_lock = threading.RLock()
+        self._monitor = None
+        self._monitor_stop = threading.Event()
         self._sender = _Sender(self)
         if self._closed:
             self._sender.accepting = False
+
+
+def _attach(config: StoreConfig, spec: WriterSpec) -> Store:
+    """A non-owner handle in a spawned child (see ``Store.__reduce__``)."""
+    return Store(config, spec, None)
 
 
 def _after_fork_in_child() -> None:

@@ -1,6 +1,7 @@
 """Counters the writer publishes to every process that holds the store, in shared memory.
 
-A small array of 64-bit integers, written only by the writer and read by anyone: aligned
+A small array of 64-bit integers, each written by one process at a time (the writer; the
+owner only for its own slots, or while no writer runs) and read by anyone: aligned
 64-bit stores are atomic on the platforms faster-fifo supports, so readers need no lock
 (a lock in shared memory would be one more thing a SIGKILL could leave held). The array
 outlives a writer, so a replacement writer carries the totals on.
@@ -29,8 +30,12 @@ class Slot(enum.IntEnum):
     FOREIGN_DROPPED = 6  # dropped by non-owner processes (as last reported by them)
     COMMIT_FAILURES = 7  # transactions that failed and were retried
     WRITER_PID = 8
-    FLUSH_NEXT = 9  # next index to write in the flush ring
-    FLUSH_RING = 10  # FLUSH_RING slots follow
+    LOST = 9  # events a dead writer had taken but not committed (written by the owner)
+    WRITER_RESTARTS = 10  # (written by the owner)
+    QUEUE_REPAIRS = 11  # queue locks released on behalf of a dead holder
+    DB_REOPENS = 12  # times the writer found its database file gone or replaced
+    FLUSH_NEXT = 13  # next index to write in the flush ring
+    FLUSH_RING = 14  # FLUSH_RING slots follow
 
 
 SIZE = Slot.FLUSH_RING + FLUSH_RING
@@ -49,7 +54,7 @@ class SharedCounters:
         self.array[slot] = value
 
     def add(self, slot: Slot, amount: int) -> None:
-        """Writer only: the single writer makes read-modify-write safe."""
+        """Only by the slot's single writer, which makes read-modify-write safe."""
         self.array[slot] += amount
 
     def publish_flush(self, token: int) -> None:

@@ -32,7 +32,12 @@ from ._errors import WriterStartError
 __all__ = ["WriterSpec", "start_writer"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-_BOOT = "from mcpr_store._writer import main; main()"
+# Group signals are ignored from the first line, before the imports: see _writer.main.
+_BOOT = ("import signal\n"
+         "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
+         "    signal.signal(s, signal.SIG_IGN)\n"
+         "from mcpr_store._writer import main\n"
+         "main()\n")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class WriterSpec:
     queue: Any
     counters: Any
     db_path: str
+    mcpr_version: str
     owner_pid: int
     batch_interval: float
     batch_size: int
@@ -97,6 +103,9 @@ def start_writer(spec: WriterSpec, timeout: float) -> subprocess.Popen[bytes]:
             stdout=subprocess.PIPE,
             pass_fds=fds,
             env=env,
+            # Its own process group: Ctrl-C in a terminal, or a supervisor signalling the
+            # proxy's group, reaches the proxy, whose shutdown() then stops the writer.
+            process_group=0,
         )
     except OSError as exc:
         raise WriterStartError(f"failed to start the writer process: {exc}") from exc

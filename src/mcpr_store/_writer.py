@@ -8,11 +8,16 @@ idle cost.
 
 It commits when 500 events are waiting or the oldest has waited 200 ms, one transaction per
 batch, and on a flush request at once. A transaction that fails as a whole (the database is
-locked by someone else, the disk is full) is kept and retried with backoff while the queue
-goes on being read into memory, up to a bound beyond which the queue itself absorbs the
-back-pressure. It ignores SIGINT, SIGTERM and SIGHUP: a supervisor that signals the whole
-process group must not cut the writer short; it stops on the owner's sentinel or when the
-owner is gone, after committing everything already in the queue.
+locked by someone else, the disk is full, the file was deleted) is kept and retried with
+backoff while the queue goes on being read into memory, up to a bound beyond which the
+queue itself absorbs the back-pressure. Before each commit it checks that the file at its
+path is still the one it opened, and reopens (recreating) it if not.
+
+It ignores SIGINT, SIGTERM and SIGHUP: a supervisor that signals the whole process group
+must not cut the writer short. It stops on the owner's sentinel, or when the owner is gone
+(its parent pid changes), after committing everything already in the queue; orphaned, it
+gives up after ``_ORPHAN_GRACE`` seconds of a database that refuses to commit, so it never
+outlives its owner for long.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from queue import Empty
@@ -29,7 +35,9 @@ from typing import Any, Final
 
 from . import _db
 from ._apply import Batch, Rejected, store_batch, validate
+from ._errors import StoreError
 from ._events import MSG_DETACH, MSG_EVENTS, MSG_FLUSH, MSG_STOP
+from ._queue import repair_if_wedged
 from ._shared import SharedCounters, Slot
 from ._spawn import WriterSpec, child_read_spec
 
@@ -44,6 +52,12 @@ _POLL_MAX: Final = 0.010
 _MAX_PENDING: Final = 100_000
 _RETRY_MIN: Final = 0.05
 _RETRY_MAX: Final = 2.0
+_BUSY_TIMEOUT_MS: Final = 250
+#: How long a writer whose owner is gone keeps retrying a batch the database refuses.
+_ORPHAN_GRACE: Final = 10.0
+_WATCH_EVERY: Final = 0.1
+#: A queue call that has not returned after this long is stuck behind a dead lock holder.
+_STUCK: Final = 3.0
 #: One log line per reason at most this often; the line says how many it stands for.
 _LOG_EVERY: Final = 10.0
 #: Event kinds in the order of a MSG_EVENTS message's lists, with the ``Batch`` list of each.
@@ -69,12 +83,15 @@ class _RateLimitedLog:
 
 
 class Writer:
-    """The writer loop over one queue and one connection."""
+    """The writer loop over one queue and the database at one path."""
 
-    def __init__(self, spec: WriterSpec, conn: sqlite3.Connection) -> None:
+    def __init__(self, spec: WriterSpec) -> None:
+        self.spec = spec
         self.queue = spec.queue
         self.counters: SharedCounters = spec.counters
-        self.conn = conn
+        self.path = Path(spec.db_path)
+        self.conn: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
         self.owner_pid = spec.owner_pid
         self.interval = spec.batch_interval
         self.batch_size = spec.batch_size
@@ -82,38 +99,93 @@ class Writer:
         self.oldest: float | None = None  # monotonic arrival of the oldest pending event
         self.flush_tokens: list[int] = []
         self.stopping = False
+        self.orphaned_at: float | None = None  # when we found the owner gone
         self.retry_at = 0.0
         self.retry_delay = _RETRY_MIN
         self.foreign: dict[int, tuple[int, int]] = {}  # pid -> (recorded, dropped)
         self.log = _RateLimitedLog()
+        # Held by the loop except while it is inside a queue call, so the watchdog can take
+        # over the pending batch if that call never returns.
+        self.state = threading.Lock()
+        self.in_queue_since: float | None = None
+
+    def open(self) -> None:
+        """Open (creating and migrating if needed) the database. Raises ``StoreError``."""
+        _db.prepare_file(self.path)
+        conn = _db.connect(self.path)
+        try:
+            _db.migrate(conn, self.path, self.spec.mcpr_version)
+            # Short waits for another connection's lock: the loop retries with backoff and
+            # goes on reading the queue meanwhile, instead of sitting 5 s in one statement.
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            stat = os.stat(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn, self.identity = conn, (stat.st_dev, stat.st_ino)
 
     def run(self) -> None:
         """Loop until the owner's sentinel or the owner's death; then drain, commit, return."""
+        threading.Thread(target=self._watchdog, name="mcpr-store-watchdog", daemon=True).start()
         poll = _POLL_MIN
-        while True:
-            got = self._take() if len(self.pending) < _MAX_PENDING else 0
-            if not self.stopping and os.getppid() != self.owner_pid:
-                log.warning("owner process %d is gone; committing what is queued and exiting",
-                            self.owner_pid)
-                self.stopping = True
-            if self.stopping:
-                while self._take():  # everything already handed over, then stop reading
-                    pass
-            self._commit_due()
-            if self.stopping and not self.pending:
-                return
-            if self.stopping:
-                time.sleep(min(self.retry_delay, 0.1))
-                continue
-            poll = _POLL_MIN if got else min(poll * 2, _POLL_MAX)
-            if not got:
-                time.sleep(poll)
-
-    def _take(self) -> int:
+        self.state.acquire()
         try:
-            messages = self.queue.get_many_nowait()
+            while True:
+                got = self._take() if len(self.pending) < _MAX_PENDING else 0
+                if self.orphaned_at is None and os.getppid() != self.owner_pid:
+                    log.warning("owner process %d is gone; committing what is queued and "
+                                "exiting", self.owner_pid)
+                    self.orphaned_at = time.monotonic()
+                    self._stop()
+                self._commit_due()
+                if self.stopping and not self.pending:
+                    return
+                if self.stopping:
+                    if self._give_up():
+                        return
+                    self._release_for(min(self.retry_delay, 0.1))
+                    continue
+                poll = _POLL_MIN if got else min(poll * 2, _POLL_MAX)
+                if not got:
+                    self._release_for(poll)
+        finally:
+            self.state.release()
+
+    def _release_for(self, seconds: float) -> None:
+        self.state.release()
+        try:
+            time.sleep(seconds)
+        finally:
+            self.state.acquire()
+
+    def _stop(self) -> None:
+        """Stop reading after what is in the queue now: producers may go on putting."""
+        self.stopping = True
+        self._take(limit=self.queue.qsize())
+
+    def _give_up(self) -> bool:
+        """Orphaned and the database still refuses the batch: the bound on being orphaned."""
+        if self.orphaned_at is None or time.monotonic() - self.orphaned_at < _ORPHAN_GRACE:
+            return False
+        log.error("gave up after %.0f s without an owner: %d events could not be committed",
+                  _ORPHAN_GRACE, len(self.pending))
+        return True
+
+    def _take(self, limit: int | None = None) -> int:
+        self.in_queue_since = time.monotonic()
+        self.state.release()
+        try:
+            if limit is None:
+                messages = self.queue.get_many_nowait()
+            elif limit > 0:
+                messages = self.queue.get_many_nowait(max_messages_to_get=limit)
+            else:
+                messages = []
         except Empty:
-            return 0
+            messages = []
+        finally:
+            self.state.acquire()
+            self.in_queue_since = None
         for message in messages:
             self._handle(message)
         return len(messages)
@@ -127,7 +199,7 @@ class Writer:
         elif kind == MSG_FLUSH:
             self.flush_tokens.append(message[2])
         elif kind == MSG_STOP:
-            self.stopping = True
+            self._stop()
         elif kind == MSG_DETACH:
             self._report_foreign(pid, message[2], message[3])
 
@@ -166,17 +238,20 @@ class Writer:
             or self.flush_tokens
             or self.stopping
         )
-        if not due or now < self.retry_at:
-            return
+        if due and now >= self.retry_at:
+            self.commit_pending()
+
+    def commit_pending(self) -> None:
+        """Commit everything pending in batches; on failure keep it and schedule a retry."""
         while self.pending:
             chunk = self.pending.take(self.batch_size)
             try:
-                stored = store_batch(self.conn, chunk)
-            except sqlite3.Error as exc:
+                stored = store_batch(self._connection(), chunk)
+            except (sqlite3.Error, StoreError, OSError) as exc:
                 self.pending.put_back(chunk)
                 self.counters.add(Slot.COMMIT_FAILURES, 1)
-                self.log.warn("commit", f"commit of {len(chunk)} events failed, will retry in "
-                                        f"{self.retry_delay:.2f} s: {exc}")
+                self.log.warn("commit", f"commit of {len(chunk)} events to {self.path} failed, "
+                                        f"will retry in {self.retry_delay:.2f} s: {exc}")
                 self.retry_at = time.monotonic() + self.retry_delay
                 self.retry_delay = min(self.retry_delay * 2, _RETRY_MAX)
                 return
@@ -191,6 +266,50 @@ class Writer:
         for token in self.flush_tokens:
             self.counters.publish_flush(token)
         self.flush_tokens.clear()
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, reopened first if the file at our path is no longer the one
+        we opened (deleted or replaced): writing on would store events nobody can read."""
+        try:
+            stat = os.stat(self.path)
+            current: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            current = None
+        if self.conn is not None and current == self.identity:
+            return self.conn
+        if self.conn is not None:
+            log.error("database file %s was %s while in use; reopening it", self.path,
+                      "deleted" if current is None else "replaced")
+            self.counters.add(Slot.DB_REOPENS, 1)
+            self.conn.close()
+            self.conn = None
+        self.open()
+        assert self.conn is not None
+        return self.conn
+
+    def _watchdog(self) -> None:
+        """Keep an orphaned writer from hanging in a queue call that never returns.
+
+        Without an owner nobody else watches the queue: if the owner died holding the queue
+        lock, release it (``repair_if_wedged``). Where that cannot be known (not glibc) and
+        the loop has been stuck in the queue for ``_STUCK`` seconds, commit what is pending
+        from here and exit.
+        """
+        while True:
+            time.sleep(_WATCH_EVERY)
+            if os.getppid() == self.owner_pid:
+                continue
+            if repair_if_wedged(self.queue) is not None:
+                self.counters.add(Slot.QUEUE_REPAIRS, 1)
+                continue
+            since = self.in_queue_since
+            if since is None or time.monotonic() - since < _STUCK:
+                continue
+            if self.state.acquire(blocking=False):
+                log.error("stuck in the queue for %.0f s without an owner; committing %d "
+                          "pending events and exiting", _STUCK, len(self.pending))
+                self.commit_pending()
+                os._exit(1)
 
 
 def main() -> None:
@@ -207,16 +326,17 @@ def main() -> None:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     try:
-        spec = child_read_spec()
-        conn = _db.connect(Path(spec.db_path))
+        writer = Writer(child_read_spec())
+        writer.open()
     except Exception as exc:
         status.write(f"error: {exc}\n")
         status.close()
         sys.exit(1)
-    spec.counters[Slot.WRITER_PID] = os.getpid()
+    writer.counters[Slot.WRITER_PID] = os.getpid()
     status.write("ready\n")
     status.close()
     try:
-        Writer(spec, conn).run()
+        writer.run()
     finally:
-        conn.close()
+        if writer.conn is not None:
+            writer.conn.close()
