@@ -3,7 +3,6 @@ leaves no child process behind."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,49 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mcpr_store import RequestEvent, RequestStatus, SessionEvent, Store, StoreConfig
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def request(request_id: str, **fields: Any) -> RequestEvent:
-    """A valid request event; keywords override its fields."""
-    values: dict[str, Any] = dict(
-        request_id=request_id, ts=1_000, proxy="p", session_id=None, method="tools/call",
-        tool="search", latency_us=1_000, status=RequestStatus.OK, bytes_in=10, bytes_out=20,
-    )
-    values.update(fields)
-    return RequestEvent(**values)
-
-
-def session(session_id: str, **fields: Any) -> SessionEvent:
-    values: dict[str, Any] = dict(session_id=session_id, proxy="p", started_at=1_000,
-                                  client_name="claude-ai", client_version="1.0")
-    values.update(fields)
-    return SessionEvent(**values)
-
-
-def query(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` from a fresh read-only connection."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def scalar(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> Any:
-    return query(db_path, sql, params)[0][0]
+from mcpr_store import Store, StoreConfig
 
 
 @pytest.fixture
@@ -79,6 +36,21 @@ def open_store(db_path: Path) -> Iterator[Callable[..., Store]]:
         store.shutdown(timeout=10)
 
 
+#: multiprocessing's own helpers live as long as the test process once a test used spawn or
+#: forkserver; they are not ours to end.
+_SHARED_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _ours(child: psutil.Process) -> bool:
+    try:
+        if child.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = " ".join(child.cmdline())
+    except psutil.Error:
+        return False
+    return not any(helper in cmdline for helper in _SHARED_HELPERS)
+
+
 @pytest.fixture(autouse=True)
 def no_children_left() -> Iterator[None]:
     """Every test must end with no child process of ours still running."""
@@ -87,19 +59,17 @@ def no_children_left() -> Iterator[None]:
     yield
 
     def leftovers() -> list[psutil.Process]:
-        alive = []
-        for child in me.children(recursive=True):
-            try:
-                if child.pid not in before and child.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(child)
-            except psutil.NoSuchProcess:
-                pass
-        return alive
+        return [c for c in me.children(recursive=True) if c.pid not in before and _ours(c)]
 
     deadline = time.monotonic() + 5
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.02)
     left = leftovers()
+    described = []
     for child in left:
-        child.kill()
-    assert not left, f"test left processes behind: {[(p.pid, p.cmdline()) for p in left]}"
+        try:
+            described.append((child.pid, child.cmdline()))
+            child.kill()
+        except psutil.Error:
+            pass
+    assert not described, f"test left processes behind: {described}"

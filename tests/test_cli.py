@@ -7,7 +7,7 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from conftest import scalar
+from helpers import scalar
 
 
 def mcpr_store(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import query, request, scalar
+from helpers import query, request, scalar
 
 from mcpr_store import Store, StoreConfig, StoreError, StoreIOError, StoreSQLiteError
 from mcpr_store._db import open_database

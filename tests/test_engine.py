@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import query, request, scalar, session, wait_for
+from helpers import query, request, scalar, session, wait_for
 
 from mcpr_store import (
     RequestEvent,

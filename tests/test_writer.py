@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import query, request, session
+from helpers import query, request, session
 
 from mcpr_store import RequestStatus, SchemaVersionEvent, SessionClosed, Store
 from mcpr_store._apply import schema_diff

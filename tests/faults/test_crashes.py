@@ -1,0 +1,161 @@
+"""Crashes: the writer killed mid-stream, a process killed while holding the queue lock."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from faultkit import FaultReport, exited
+from helpers import request, scalar, wait_for
+
+from mcpr_store import Store
+from mcpr_store._queue import _MUTEX, lock_holder
+
+needs_lock_inspection = pytest.mark.skipif(
+    lock_holder(__import__("mcpr_store._queue", fromlist=["create_queue"]).create_queue(65536))
+    is None, reason="the queue lock cannot be inspected on this platform")
+
+
+class Stream:
+    """Records from a thread at a steady rate, timing every record() call."""
+
+    def __init__(self, store: Store, rate: float = 5000, prefix: str = "s") -> None:
+        self.store, self.rate, self.prefix = store, rate, prefix
+        self.sent = 0
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            due = int((time.monotonic() - start) * self.rate) - self.sent
+            for _ in range(due):
+                t0 = time.perf_counter()
+                self.store.record(request(f"{self.prefix}{self.sent}"))
+                self.longest = max(self.longest, time.perf_counter() - t0)
+                self.sent += 1
+            time.sleep(0.002)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_writer_sigkill__twenty_times_during_a_stream(
+    open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
+) -> None:
+    store = open_store()
+    stream = Stream(store)
+    try:
+        for kill in range(20):
+            wait_for(lambda: store.stats().writer_alive, what="a live writer")
+            old = store.stats().writer_pid
+            assert old is not None
+            time.sleep(0.05 + 0.01 * (kill % 7))
+            os.kill(old, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(lambda o=old: store.stats().writer_pid not in (None, o)
+                     and store.stats().writer_alive, timeout=5, what="a new writer")
+            assert time.monotonic() - killed_at < 1.0
+    finally:
+        stream.finish()
+    assert store.shutdown()
+    stats = store.stats()
+    assert stats.writer_restarts == 20
+    assert stats.recorded == stream.sent
+    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
+    assert stats.dropped == stats.rejected == 0
+    # At most the dead writers' uncommitted batches: 20 times (500 events or 200 ms of them).
+    assert stats.lost <= 20 * 1000
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
+    assert stream.longest < 0.05
+    fault_report.add("writer SIGKILL during a 5,000/s stream", offered=stream.sent,
+                     committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
+                     longest_record_s=stream.longest, trials=20)
+
+
+def _hold_queue_lock_then_die(store: Store) -> int:
+    """Fork a child that takes the queue's mutex, as a put or get would, and SIGKILL it
+    while it holds it: the state a crash inside a queue call leaves."""
+    pid = os.fork()
+    if pid == 0:
+        libc = ctypes.CDLL(None)
+        libc.pthread_mutex_lock(ctypes.c_void_p(
+            ctypes.addressof(store.queue.queue_obj_buffer) + _MUTEX))
+        os.write(1, b"")
+        time.sleep(60)
+        os._exit(0)
+    wait_for(lambda: lock_holder(store.queue) == pid, what="the child to hold the lock")
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return pid
+
+
+@needs_lock_inspection
+def test_process_killed_holding_the_queue_lock__is_repaired(
+    open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
+) -> None:
+    store = open_store()
+    stream = Stream(store, rate=2000)
+    try:
+        for trial in range(10):
+            repairs = store.stats().queue_repairs
+            _hold_queue_lock_then_die(store)
+            wait_for(lambda r=repairs: store.stats().queue_repairs > r, timeout=2,
+                     what="the owner to release the dead holder's lock")
+            before = store.stats().committed
+            wait_for(lambda b=before: store.stats().committed > b, timeout=5,
+                     what="commits to resume after the repair")
+            del trial
+    finally:
+        stream.finish()
+    assert store.shutdown()
+    stats = store.stats()
+    assert stats.queue_repairs == 10
+    assert stats.recorded == stream.sent
+    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
+    assert stream.longest < 0.05
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
+    fault_report.add("process SIGKILLed holding the queue lock", offered=stream.sent,
+                     committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
+                     longest_record_s=stream.longest, trials=10)
+
+
+@needs_lock_inspection
+def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -> None:
+    """The owner dies holding the queue lock: its writer must still drain and exit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import ctypes, os, sys, time
+        from mcpr_store import Store, StoreConfig, RequestEvent
+        from mcpr_store._queue import _MUTEX
+        store = Store.open(StoreConfig(db_path={str(tmp_path / "o.db")!r}))
+        for i in range(100):
+            store.record(RequestEvent(request_id=f"r{{i}}", ts=i, proxy="p", method="m"))
+        assert store.flush()
+        store._monitor_stop.set()  # the owner's monitor would repair it; we are "dead"
+        ctypes.CDLL(None).pthread_mutex_lock(
+            ctypes.c_void_p(ctypes.addressof(store.queue.queue_obj_buffer) + _MUTEX))
+        print(store.stats().writer_pid, flush=True)
+        time.sleep(60)
+    """))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    writer = psutil.Process(int(owner.stdout.readline()))
+    owner.kill()
+    owner.wait()
+    wait_for(lambda: exited(writer), timeout=10, what="the orphaned writer to exit")
+    assert scalar(tmp_path / "o.db", "SELECT COUNT(*) FROM requests") == 100

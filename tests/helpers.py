@@ -1,0 +1,53 @@
+"""Helpers the tests share: polling with a deadline, event builders, read-only queries."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mcpr_store import RequestEvent, RequestStatus, SessionEvent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def request(request_id: str, **fields: Any) -> RequestEvent:
+    """A valid request event; keywords override its fields."""
+    values: dict[str, Any] = dict(
+        request_id=request_id, ts=1_000, proxy="p", session_id=None, method="tools/call",
+        tool="search", latency_us=1_000, status=RequestStatus.OK, bytes_in=10, bytes_out=20,
+    )
+    values.update(fields)
+    return RequestEvent(**values)
+
+
+def session(session_id: str, **fields: Any) -> SessionEvent:
+    values: dict[str, Any] = dict(session_id=session_id, proxy="p", started_at=1_000,
+                                  client_name="claude-ai", client_version="1.0")
+    values.update(fields)
+    return SessionEvent(**values)
+
+
+def query(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` from a fresh read-only connection."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def scalar(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    return query(db_path, sql, params)[0][0]
