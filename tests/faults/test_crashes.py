@@ -159,3 +159,43 @@ def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -
     owner.wait()
     wait_for(lambda: exited(writer), timeout=10, what="the orphaned writer to exit")
     assert scalar(tmp_path / "o.db", "SELECT COUNT(*) FROM requests") == 100
+
+
+def test_worker_sigkill__twenty_workers_killed_mid_stream(
+    open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
+) -> None:
+    """Workers streaming as fast as they can, killed at random points: sometimes inside a
+    queue call. Nothing may hang, and every event must be accounted for."""
+    import random
+
+    store = open_store(buffer_events=50_000)
+    stream = Stream(store, rate=2000, prefix="owner")
+    rng = random.Random(7)
+    try:
+        for trial in range(20):
+            pid = os.fork()
+            if pid == 0:
+                i = 0
+                while True:
+                    store.record(request(f"w{trial}-{i}"))
+                    i += 1
+                    if i % 1000 == 0:
+                        time.sleep(0.001)
+            time.sleep(rng.uniform(0.05, 0.3))
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            # The queue must keep moving: the owner's own events still get committed.
+            before = store.stats().committed
+            wait_for(lambda b=before: store.stats().committed > b, timeout=5,
+                     what="commits to continue after the kill")
+    finally:
+        stream.finish()
+    assert store.shutdown()
+    stats = store.stats()
+    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
+    assert stats.rejected == 0
+    assert stream.longest < 0.05
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
+    fault_report.add("forked worker SIGKILLed mid-stream", offered=stats.recorded,
+                     committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
+                     longest_record_s=stream.longest, trials=20)
