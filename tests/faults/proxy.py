@@ -68,7 +68,9 @@ def main() -> None:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-    (status / "ready").write_text(str(store.stats().writer_pid))
+    ready = status / "ready.tmp"
+    ready.write_text(str(store.stats().writer_pid))
+    os.replace(ready, status / "ready")  # atomically: the test reads it as soon as it exists
     stream(store, status, args.rate, "o")
 
 
