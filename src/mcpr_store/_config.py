@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["StoreConfig", "resolve_db_path"]
+__all__ = ["FileConfig", "StoreConfig", "load_config_file", "resolve_db_path"]
 
 DEFAULT_DB: Final = Path("~/.mcpr/store.db")
 
@@ -78,3 +78,49 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DB.expanduser()
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """The ``[store]`` section of a TOML config file, as the original reads it."""
+
+    enabled: bool = True
+    path: str | None = None
+    name: str | None = None
+
+
+def load_config_file(path: str | os.PathLike[str]) -> FileConfig:
+    """Read the ``[store]`` section of the TOML file at ``path``.
+
+    Raises ``ValueError`` naming the file and the key for anything wrong: unreadable file,
+    invalid TOML, a key of the wrong type, an explicitly empty ``path`` or ``name``, or a key
+    the section does not have.
+    """
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = document.get("store", {})
+    if not isinstance(section, dict):
+        raise ValueError(f"config file {path}: [store] must be a table")
+    unknown = sorted(set(section) - {"enabled", "path", "name"})
+    if unknown:
+        raise ValueError(f"config file {path}: unknown key store.{unknown[0]} "
+                         "(known: enabled, path, name)")
+    enabled = section.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"config file {path}: store.enabled must be true or false")
+    values: dict[str, str | None] = {}
+    for key in ("path", "name"):
+        value = section.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"config file {path}: store.{key} must be a string")
+        if value is not None and not value.strip():
+            raise ValueError(f"config file {path}: store.{key} is empty; remove it or set it")
+        values[key] = value
+    return FileConfig(enabled=enabled, path=values["path"], name=values["name"])

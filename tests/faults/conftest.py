@@ -27,8 +27,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     table = _REPORT.table()
     terminalreporter.write_sep("=", "fault-injection table")
     terminalreporter.write_line(table)
-    cache = Path(terminalreporter.config.cache.mkdir("mcpr-faults"))
-    (cache / "fault-table.md").write_text(table + "\n")
+    cache = getattr(terminalreporter.config, "cache", None)  # absent with -p no:cacheprovider
+    if cache is not None:
+        (Path(cache.mkdir("mcpr-faults")) / "fault-table.md").write_text(table + "\n")
 
 
 @pytest.fixture

@@ -1,0 +1,30 @@
+"""The read side: ``QueryEngine`` and its typed results.
+
+    from mcpr_store.query import QueryEngine
+    with QueryEngine.open("~/.mcpr/store.db") as q:
+        for row in q.logs(limit=20, tool="search"):
+            print(row.ts, row.latency_us)
+"""
+
+from ._engine import QueryEngine
+from ._types import (
+    ClientRow,
+    DbStats,
+    LogRow,
+    QueryError,
+    SchemaChange,
+    SchemaSnapshot,
+    SessionDetail,
+    SessionRow,
+    StatsReport,
+    ToolStats,
+    ToolUsage,
+    UpstreamStatus,
+    VacuumResult,
+)
+
+__all__ = [
+    "ClientRow", "DbStats", "LogRow", "QueryEngine", "QueryError", "SchemaChange",
+    "SchemaSnapshot", "SessionDetail", "SessionRow", "StatsReport", "ToolStats", "ToolUsage",
+    "UpstreamStatus", "VacuumResult",
+]

@@ -1,0 +1,113 @@
+"""Captured server schemas: snapshots, the change log, per-upstream status, tool usage."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ._filters import Where
+from ._types import SchemaChange, SchemaSnapshot, ToolUsage, UpstreamStatus
+
+__all__ = ["changes", "latest", "snapshots", "tool_usage", "upstream_status"]
+
+_LIST_METHODS = ("tools/list", "resources/list", "resources/templates/list", "prompts/list")
+
+
+def snapshots(conn: sqlite3.Connection, *, proxy: str | None = None,
+              method: str | None = None, upstream: str | None = None) -> list[SchemaSnapshot]:
+    """The stored (latest) schema of each (proxy, upstream, method)."""
+    where = Where().equals("proxy", proxy).equals("method", method)
+    where.equals("upstream_url", upstream)
+    rows = conn.execute(
+        "SELECT proxy, upstream_url, method, payload, captured_at, schema_hash "
+        f"FROM server_schema{where.sql()} ORDER BY proxy, upstream_url, method", where.params)
+    return [SchemaSnapshot(*row) for row in rows]
+
+
+def latest(conn: sqlite3.Connection, *, proxy: str, upstream: str,
+           method: str) -> SchemaSnapshot | None:
+    """The stored schema of one (proxy, upstream, method), if any."""
+    found = snapshots(conn, proxy=proxy, upstream=upstream, method=method)
+    return found[0] if found else None
+
+
+def changes(conn: sqlite3.Connection, *, limit: int, proxy: str | None = None,
+            since_ts: int | None = None) -> list[SchemaChange]:
+    """The change log, newest first."""
+    where = Where().equals("proxy", proxy)
+    if since_ts is not None:
+        where.add("detected_at >= ?", since_ts)
+    rows = conn.execute(
+        "SELECT id, proxy, upstream_url, method, change_type, item_name, old_hash, new_hash, "
+        f"detected_at FROM schema_changes{where.sql()} ORDER BY detected_at DESC, id DESC "
+        "LIMIT ?", (*where.params, limit))
+    return [SchemaChange(*row) for row in rows]
+
+
+def _loads(payload: str) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return None
+
+
+def upstream_status(conn: sqlite3.Connection, *,
+                    proxy: str | None = None) -> list[UpstreamStatus]:
+    """Per upstream: ``complete`` (initialize and at least one list method captured),
+    ``partial`` (anything less), with what the ``initialize`` result says about the server;
+    and ``unknown`` (with an empty ``upstream_url``) for each proxy that has requests but no
+    captured schema at all."""
+    by_upstream: dict[tuple[str, str], list[SchemaSnapshot]] = {}
+    for snap in snapshots(conn, proxy=proxy):
+        by_upstream.setdefault((snap.proxy, snap.upstream_url), []).append(snap)
+    result = []
+    for (proxy_name, upstream), snaps in by_upstream.items():
+        methods = sorted(s.method for s in snaps)
+        init = next((s for s in snaps if s.method == "initialize"), None)
+        has_list = any(m in _LIST_METHODS for m in methods)
+        loaded = _loads(init.payload) if init else None
+        doc: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+        info = doc.get("serverInfo")
+        info = info if isinstance(info, dict) else {}
+        caps = doc.get("capabilities")
+        result.append(UpstreamStatus(
+            proxy=proxy_name, upstream_url=upstream,
+            status="complete" if init and has_list else "partial", methods=methods,
+            server_name=info.get("name") if isinstance(info.get("name"), str) else None,
+            server_version=info.get("version") if isinstance(info.get("version"), str) else None,
+            protocol_version=doc.get("protocolVersion")
+            if isinstance(doc.get("protocolVersion"), str) else None,
+            capabilities=sorted(caps) if isinstance(caps, dict) else [],
+            last_captured_at=max(s.captured_at for s in snaps)))
+    captured = {p for p, _ in by_upstream}
+    where = Where().equals("proxy", proxy)
+    for (name,) in conn.execute(f"SELECT DISTINCT proxy FROM requests{where.sql()}",
+                                where.params):
+        if name not in captured:
+            result.append(UpstreamStatus(proxy=name, upstream_url="", status="unknown",
+                                         methods=[]))
+    return result
+
+
+def tool_usage(conn: sqlite3.Connection, *, proxy: str | None = None,
+               since_ts: int | None = None) -> list[ToolUsage]:
+    """The tools of each captured ``tools/list`` with their calls, errors and last call on
+    the same proxy; unused tools first, then by calls."""
+    result = []
+    for snap in snapshots(conn, proxy=proxy, method="tools/list"):
+        doc = _loads(snap.payload)
+        items = doc.get("tools") if isinstance(doc, dict) else None
+        names = [t["name"] for t in items or [] if isinstance(t, dict)
+                 and isinstance(t.get("name"), str)]
+        for name in names:
+            where = Where().equals("tool", name).equals("proxy", snap.proxy)
+            if since_ts is not None:
+                where.add("ts >= ?", since_ts)
+            calls, errors, last = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(status != 'ok'), 0), MAX(ts) FROM requests"
+                f"{where.sql()}", where.params).fetchone()
+            result.append(ToolUsage(proxy=snap.proxy, upstream_url=snap.upstream_url,
+                                    tool=name, calls=calls, errors=errors, last_call=last))
+    result.sort(key=lambda u: (u.calls > 0, -u.calls, u.tool))
+    return result

@@ -1,0 +1,170 @@
+"""Typed results of the read side: one frozen dataclass per kind of row.
+
+Times are unix ms, latencies µs, sizes bytes: raw integers, formatted only by the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "ClientRow", "DbStats", "LogRow", "QueryError", "SchemaChange", "SchemaSnapshot",
+    "SessionDetail", "SessionRow", "StatsReport", "ToolStats", "ToolUsage", "UpstreamStatus",
+    "VacuumResult",
+]
+
+
+class QueryError(Exception):
+    """A query that cannot be answered as asked: missing database, ambiguous prefix, bad
+    argument. The message is one line meant for the person who asked."""
+
+
+class _Row:
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a JSON-ready dict with stable field names."""
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+
+@dataclass(frozen=True)
+class LogRow(_Row):
+    id: int
+    request_id: str
+    ts: int
+    proxy: str
+    session_id: str | None
+    method: str
+    tool: str | None
+    latency_us: int
+    status: str
+    error_code: str | None
+    error_msg: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    resource_uri: str | None
+    prompt_name: str | None
+
+
+@dataclass(frozen=True)
+class ToolStats(_Row):
+    label: str  # the tool name, or "<method>" when the request has no tool
+    calls: int
+    errors: int
+    error_pct: float
+    avg_us: int
+    min_us: int
+    max_us: int
+    p50_us: int
+    p95_us: int
+    p99_us: int
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True)
+class StatsReport(_Row):
+    tools: list[ToolStats]
+    total_calls: int
+    total_errors: int
+    error_pct: float
+
+
+@dataclass(frozen=True)
+class SessionRow(_Row):
+    session_id: str
+    proxy: str
+    started_at: int
+    last_seen_at: int
+    ended_at: int | None
+    client_name: str | None
+    client_version: str | None
+    client_platform: str | None
+    total_calls: int
+    total_errors: int
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class SessionDetail(_Row):
+    session: SessionRow
+    requests: list[LogRow]
+
+
+@dataclass(frozen=True)
+class ClientRow(_Row):
+    client_name: str | None
+    client_version: str | None
+    client_platform: str | None
+    sessions: int
+    calls: int
+    errors: int
+    error_pct: float
+    first_seen: int
+    last_seen: int
+
+
+@dataclass(frozen=True)
+class SchemaSnapshot(_Row):
+    proxy: str
+    upstream_url: str
+    method: str
+    payload: str
+    captured_at: int
+    schema_hash: str
+
+
+@dataclass(frozen=True)
+class SchemaChange(_Row):
+    id: int
+    proxy: str
+    upstream_url: str
+    method: str
+    change_type: str
+    item_name: str | None
+    old_hash: str | None
+    new_hash: str | None
+    detected_at: int
+
+
+@dataclass(frozen=True)
+class UpstreamStatus(_Row):
+    proxy: str
+    upstream_url: str
+    status: str  # unknown | partial | complete
+    methods: list[str]
+    server_name: str | None = None
+    server_version: str | None = None
+    protocol_version: str | None = None
+    capabilities: list[str] = field(default_factory=list)
+    last_captured_at: int | None = None
+
+
+@dataclass(frozen=True)
+class ToolUsage(_Row):
+    proxy: str
+    upstream_url: str
+    tool: str
+    calls: int
+    errors: int
+    last_call: int | None
+
+
+@dataclass(frozen=True)
+class DbStats(_Row):
+    path: str
+    requests: int
+    sessions: int
+    oldest_ts: int | None
+    newest_ts: int | None
+    proxies: list[str]
+    db_bytes: int
+    wal_bytes: int
+
+
+@dataclass(frozen=True)
+class VacuumResult(_Row):
+    before_ts: int
+    proxy: str | None
+    requests_deleted: int
+    sessions_deleted: int
+    dry_run: bool
