@@ -535,10 +535,9 @@ class Store:
         """(RSS bytes, CPU seconds) of a live writer, None if there is none."""
         if pid is None:
             return None
-        if self.is_owner:
-            with self._writer_lock:
-                if self._writer is None or self._writer.poll() is not None:
-                    return None
+        writer = self._writer  # no lock: the monitor may hold it while starting a writer
+        if self.is_owner and (writer is None or writer.poll() is not None):
+            return None
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():

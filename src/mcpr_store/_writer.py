@@ -131,7 +131,9 @@ class Writer:
         self.state.acquire()
         try:
             while True:
-                got = self._take() if len(self.pending) < _MAX_PENDING else 0
+                # Once stopping, nothing more is read: what was queued at the stop is taken.
+                reading = not self.stopping and len(self.pending) < _MAX_PENDING
+                got = self._take() if reading else 0
                 if self.orphaned_at is None and os.getppid() != self.owner_pid:
                     log.warning("owner process %d is gone; committing what is queued and "
                                 "exiting", self.owner_pid)

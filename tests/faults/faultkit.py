@@ -64,6 +64,11 @@ def descendants_alive(proc: psutil.Process | None = None) -> list[psutil.Process
     return alive
 
 
+def assert_accounted(stats: Any) -> None:
+    """The store's accounting identity, after the owner's shutdown."""
+    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost, stats
+
+
 def exited(proc: psutil.Process) -> bool:
     """Whether ``proc`` has exited (a zombie waiting for its reaper counts as exited)."""
     try:

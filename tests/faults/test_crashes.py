@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faultkit import FaultReport, exited
+from faultkit import FaultReport, assert_accounted, exited
 from helpers import request, scalar, wait_for
 
 from mcpr_store import Store
@@ -72,7 +72,7 @@ def test_writer_sigkill__twenty_times_during_a_stream(
     stats = store.stats()
     assert stats.writer_restarts == 20
     assert stats.recorded == stream.sent
-    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
+    assert_accounted(stats)
     assert stats.dropped == stats.rejected == 0
     # At most the dead writers' uncommitted batches: 20 times (500 events or 200 ms of them).
     assert stats.lost <= 20 * 1000
@@ -122,7 +122,7 @@ def test_process_killed_holding_the_queue_lock__is_repaired(
     stats = store.stats()
     assert stats.queue_repairs == 10
     assert stats.recorded == stream.sent
-    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
+    assert_accounted(stats)
     assert stream.longest < 0.05
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
     fault_report.add("process SIGKILLed holding the queue lock", offered=stream.sent,
@@ -192,7 +192,7 @@ def test_worker_sigkill__twenty_workers_killed_mid_stream(
         stream.finish()
     assert store.shutdown()
     stats = store.stats()
-    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
+    assert_accounted(stats)
     assert stats.rejected == 0
     assert stream.longest < 0.05
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
