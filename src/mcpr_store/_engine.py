@@ -69,6 +69,7 @@ _PUT_RETRY_MAX: Final = 0.02
 #: How often the owner checks the writer and the queue lock: a dead writer is replaced, and a
 #: lock left by a dead process released, within this plus the writer's start (~0.1-0.3 s).
 _WATCH_EVERY: Final = 0.1
+_RESTART_MAX: Final = 5.0
 #: Bound on waiting at interpreter exit for a store that was never shut down.
 _EXIT_TIMEOUT: Final = 10.0
 
@@ -165,8 +166,6 @@ class _Sender:
     def dropped(self) -> int:
         return sum(self.drops.values())
 
-    # -- the sender thread ----------------------------------------------------------------
-
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
@@ -188,6 +187,8 @@ class _Sender:
         """Put a control message, retrying while the queue is full, until the deadline."""
         self._put(message, 0)
 
+    # -- the sender thread ----------------------------------------------------------------
+
     def _run(self) -> None:
         while True:
             self.wake.wait(_IDLE_WAKE)
@@ -195,8 +196,12 @@ class _Sender:
             with self.lock:
                 tokens, self.flush_tokens = self.flush_tokens, []
                 closing = self.closing
-            if not tokens and not closing and self.buffered() < MESSAGE_EVENTS:
-                time.sleep(_LINGER)
+            if not tokens and not closing:
+                waiting = self.buffered()
+                if not waiting:
+                    continue
+                if waiting < MESSAGE_EVENTS:
+                    time.sleep(_LINGER)
             self._drain()
             for token in tokens:
                 self._put(encode_flush(self.pid, token), 0)
@@ -281,6 +286,8 @@ class Store:
         self._sender = _Sender(self)
         self._monitor: threading.Thread | None = None
         self._monitor_stop = threading.Event()
+        self._restart_delay = _WATCH_EVERY  # grows while new writers fail to start
+        self._restart_at = 0.0
         _stores.add(self)
         atexit.register(self._at_exit)
         multiprocessing.util.register_after_fork(self, Store._exit_with_multiprocessing)
@@ -467,23 +474,31 @@ class Store:
                 code = writer.poll()
                 if code is None or (code == 0 and self._stop_sent):
                     continue
-                self._replace_writer(writer, code)
+                if time.monotonic() >= self._restart_at:
+                    self._replace_writer(writer, code)
 
     def _replace_writer(self, dead: subprocess.Popen[bytes], code: int) -> None:
         c = self.counters
         lost = c[Slot.RECEIVED] - c[Slot.COMMITTED] - c[Slot.REJECTED]
         if lost > 0:
             c.add(Slot.LOST, lost)
+            log.warning("mcpr-store: the writer (pid %d) exited with code %d; %d events it "
+                        "had not committed are lost", dead.pid, code, lost)
         c[Slot.RECEIVED] = c[Slot.COMMITTED] + c[Slot.REJECTED]
-        log.warning("mcpr-store: the writer (pid %d) exited with code %d; %d events it had "
-                    "not committed are lost; starting a new writer", dead.pid, code, lost)
         if repair_if_wedged(self.queue) is not None:  # it died inside a queue call
             c.add(Slot.QUEUE_REPAIRS, 1)
         try:
             self._writer = start_writer(self._spec, self.config.start_timeout)
         except WriterStartError as exc:
-            log.error("mcpr-store: %s; retrying", exc)
+            # A writer that cannot start (the database became unusable) is retried with
+            # backoff, not in a tight loop of new interpreters.
+            log.error("mcpr-store: %s; retrying in %.1f s", exc, self._restart_delay)
+            self._restart_at = time.monotonic() + self._restart_delay
+            self._restart_delay = min(self._restart_delay * 2, _RESTART_MAX)
             return
+        self._restart_delay = _WATCH_EVERY
+        log.warning("mcpr-store: started writer pid %d to replace pid %d", self._writer.pid,
+                    dead.pid)
         c.add(Slot.WRITER_RESTARTS, 1)
         if self._stop_sent:  # the dead writer may have taken the sentinel with it
             self._sender.put_final(encode_stop(self._sender.pid))
