@@ -197,7 +197,8 @@ def _print_summary(console: Console, db_path: str, stats: Any, plan: DemoPlan) -
         table.add_row(name, f"{count:,}")
     console.print(table)
     console.print(f"this run: recorded {stats.recorded:,} = committed {stats.committed:,} "
-                  f"+ rejected {stats.rejected:,} + dropped {stats.dropped:,}"
+                  f"+ rejected {stats.rejected:,} + dropped {stats.dropped:,} "
+                  f"+ lost {stats.lost:,}"
                   f"{' ' + str(stats.dropped_by_reason) if stats.dropped else ''}; "
                   f"{stats.batches:,} transactions; requests from proxy "
                   f"{plan.proxy!r} in the database: {proxy_rows:,}")
