@@ -72,7 +72,7 @@ def cmd_logs(args: argparse.Namespace, q: QueryEngine, out: Output) -> int:
         return 0
     rows.reverse()  # oldest first, then what comes
     _log_rows(out, rows)
-    last = max([r.id for r in rows] + [q.last_request_id() if not rows else 0])
+    last = rows[-1].id if rows else q.last_request_id()
     return _follow(out, q.path, last, lambda e, after: e.logs_after(after, **filters),
                    _FOLLOW_LOGS_EVERY)
 
