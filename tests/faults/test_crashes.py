@@ -107,7 +107,7 @@ def test_process_killed_holding_the_queue_lock__is_repaired(
     store = open_store()
     stream = Stream(store, rate=2000)
     try:
-        for trial in range(10):
+        for _ in range(10):
             repairs = store.stats().queue_repairs
             _hold_queue_lock_then_die(store)
             wait_for(lambda r=repairs: store.stats().queue_repairs > r, timeout=2,
@@ -115,7 +115,6 @@ def test_process_killed_holding_the_queue_lock__is_repaired(
             before = store.stats().committed
             wait_for(lambda b=before: store.stats().committed > b, timeout=5,
                      what="commits to resume after the repair")
-            del trial
     finally:
         stream.finish()
     assert store.shutdown()
