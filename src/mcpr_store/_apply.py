@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._events import ERROR_MSG_MAX, FIELD_COUNTS
+from ._events import ERROR_MSG_MAX, KINDS
 
 __all__ = ["Batch", "Rejected", "Stored", "schema_diff", "store_batch", "validate"]
 
@@ -35,6 +35,12 @@ class Rejected(Exception):
     """An event the writer refuses; the message says which field and why."""
 
 
+#: The ``Batch`` list of each event kind, in commit order: sessions first, as their requests
+#: may follow in the same batch.
+_BATCH_LISTS: Final = {"session": "sessions", "request": "requests", "close": "closes",
+                       "schema": "schemas"}
+
+
 @dataclass
 class Batch:
     """Validated rows waiting for a transaction, by kind, each kind in arrival order."""
@@ -44,25 +50,28 @@ class Batch:
     closes: list[tuple[Any, ...]] = field(default_factory=list)
     schemas: list[tuple[Any, ...]] = field(default_factory=list)
 
+    def rows(self, kind: str) -> list[tuple[Any, ...]]:
+        """The list holding rows of event ``kind`` (a name of ``_events.KINDS``)."""
+        return getattr(self, _BATCH_LISTS[kind])  # type: ignore[no-any-return]
+
     def __len__(self) -> int:
         return len(self.sessions) + len(self.requests) + len(self.closes) + len(self.schemas)
 
     def take(self, limit: int) -> Batch:
         """Remove and return at most ``limit`` rows, sessions first (their requests follow)."""
         taken = Batch()
-        for name in ("sessions", "requests", "closes", "schemas"):
-            rows: list[tuple[Any, ...]] = getattr(self, name)
+        for kind in _BATCH_LISTS:
+            rows = self.rows(kind)
             part = rows[:limit]
             del rows[:limit]
-            setattr(taken, name, part)
+            taken.rows(kind).extend(part)
             limit -= len(part)
         return taken
 
     def put_back(self, taken: Batch) -> None:
         """Return rows from ``take`` to the front, for a retry in the original order."""
-        for name in ("sessions", "requests", "closes", "schemas"):
-            rows: list[tuple[Any, ...]] = getattr(self, name)
-            rows[:0] = getattr(taken, name)
+        for kind in _BATCH_LISTS:
+            self.rows(kind)[:0] = taken.rows(kind)
 
 
 @dataclass
@@ -166,7 +175,7 @@ _VALIDATORS: Final[dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]]] = {
 
 def validate(kind: str, row: Any) -> tuple[Any, ...]:
     """The row to store for an event of ``kind``; raises ``Rejected`` saying why not."""
-    if type(row) is not tuple or len(row) != FIELD_COUNTS[kind]:
+    if type(row) is not tuple or len(row) != len(KINDS[kind]._fields):
         raise Rejected(f"malformed {kind} event")
     return _VALIDATORS[kind](row)
 

@@ -200,7 +200,6 @@ def platform_for_client(client_name: str | None) -> str:
     return "unknown"
 
 
-
 # --- the wire -------------------------------------------------------------------------------
 
 #: Events per queue message. 64-256 events per message cost under 1 µs each to pickle, copy and
@@ -214,17 +213,16 @@ MSG_FLUSH: Final = 2  # (kind, pid, token): commit what came before, then publis
 MSG_STOP: Final = 3  # (kind, pid): the owner's sentinel; commit everything and exit
 MSG_DETACH: Final = 4  # (kind, pid, recorded, dropped): a non-owner process's final counters
 
-#: Number of fields of each event kind, so the writer can reject a tuple of the wrong shape.
-FIELD_COUNTS: Final = {
-    "request": len(RequestEvent._fields),
-    "session": len(SessionEvent._fields),
-    "close": len(SessionClosed._fields),
-    "schema": len(SchemaVersionEvent._fields),
+#: Each event kind's name and class, in the order of a MSG_EVENTS message's lists (the
+#: position is the kind's "slot"). A class's ``_fields`` give the wire row's shape.
+KINDS: Final[dict[str, type[Any]]] = {
+    "request": RequestEvent,
+    "session": SessionEvent,
+    "close": SessionClosed,
+    "schema": SchemaVersionEvent,
 }
-
-#: Event classes in the order of a MSG_EVENTS message's lists (their "slot").
-EVENT_CLASSES: Final = (RequestEvent, SessionEvent, SessionClosed, SchemaVersionEvent)
-KIND_NAMES: Final = tuple(FIELD_COUNTS)
+EVENT_CLASSES: Final = tuple(KINDS.values())
+KIND_NAMES: Final = tuple(KINDS)
 
 ERROR_MSG_MAX: Final = 512
 
@@ -257,7 +255,7 @@ def _encode_checked(
     """
     invalid: list[tuple[str, str]] = []
     clean: list[list[tuple[Any, ...]]] = []
-    for kind, rows in zip(FIELD_COUNTS, lists, strict=True):
+    for kind, rows in zip(KIND_NAMES, lists, strict=True):
         kept = []
         for row in rows:
             try:
@@ -274,19 +272,6 @@ def _encode_checked(
     return marshal.dumps((MSG_EVENTS, pid, recorded, dropped, *clean, invalid))
 
 
-_FIELD_NAMES: Final = {
-    "request": RequestEvent._fields,
-    "session": SessionEvent._fields,
-    "close": SessionClosed._fields,
-    "schema": SchemaVersionEvent._fields,
-}
-
-
-def field_names(kind: str) -> tuple[str, ...]:
-    """Field names of an event kind, in wire order."""
-    return _FIELD_NAMES[kind]
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, str) and type(value) is not str:
         return str.__str__(value)
@@ -296,7 +281,7 @@ def _plain(value: Any) -> Any:
 
 
 def _describe_bad_field(kind: str, row: tuple[Any, ...]) -> str:
-    for name, value in zip(_FIELD_NAMES[kind], row, strict=False):
+    for name, value in zip(KINDS[kind]._fields, row, strict=False):
         try:
             marshal.dumps(value)
         except ValueError:
@@ -304,7 +289,7 @@ def _describe_bad_field(kind: str, row: tuple[Any, ...]) -> str:
     return "event has extra attributes"
 
 
-_ERROR_MSG_INDEX: Final = _FIELD_NAMES["request"].index("error_msg")
+_ERROR_MSG_INDEX: Final = RequestEvent._fields.index("error_msg")
 
 
 def shrink_request(row: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -36,7 +36,7 @@ from typing import Any, Final
 from . import _db
 from ._apply import Batch, Rejected, store_batch, validate
 from ._errors import StoreError
-from ._events import MSG_DETACH, MSG_EVENTS, MSG_FLUSH, MSG_STOP
+from ._events import KIND_NAMES, MSG_DETACH, MSG_EVENTS, MSG_FLUSH, MSG_STOP
 from ._queue import repair_if_wedged
 from ._shared import SharedCounters, Slot
 from ._spawn import WriterSpec, child_read_spec
@@ -60,9 +60,6 @@ _WATCH_EVERY: Final = 0.1
 _STUCK: Final = 3.0
 #: One log line per reason at most this often; the line says how many it stands for.
 _LOG_EVERY: Final = 10.0
-#: Event kinds in the order of a MSG_EVENTS message's lists, with the ``Batch`` list of each.
-_KINDS: Final = (("request", "requests"), ("session", "sessions"), ("close", "closes"),
-                 ("schema", "schemas"))
 
 
 class _RateLimitedLog:
@@ -208,8 +205,8 @@ class Writer:
     def _accept(self, lists: tuple[list[Any], ...], invalid: list[tuple[str, str]]) -> None:
         received = len(invalid)
         rejected = 0
-        for (kind, attr), rows in zip(_KINDS, lists, strict=True):
-            target = getattr(self.pending, attr)
+        for kind, rows in zip(KIND_NAMES, lists, strict=True):
+            target = self.pending.rows(kind)
             received += len(rows)
             for row in rows:
                 try:
