@@ -32,7 +32,8 @@ from ._errors import WriterStartError
 __all__ = ["WriterSpec", "start_writer"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-# Group signals are ignored from the first line, before the imports: see _writer.main.
+# SIGINT, SIGTERM and SIGHUP are ignored from the first line, before any import, so a
+# signal to the whole process group cannot end the writer even while it starts (see _writer).
 _BOOT = ("import signal\n"
          "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
          "    signal.signal(s, signal.SIG_IGN)\n"

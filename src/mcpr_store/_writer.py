@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sqlite3
 import sys
 import threading
@@ -312,9 +311,8 @@ class Writer:
 
 
 def main() -> None:
-    """Entry point of the writer process (see ``_spawn``)."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    """Entry point of the writer process (see ``_spawn``, which already ignores SIGINT,
+    SIGTERM and SIGHUP before this module is imported)."""
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO,
         format="mcpr-store writer[%(process)d] %(levelname)s: %(message)s",
