@@ -144,11 +144,17 @@ class _Sender:
         """The buffer just became non-empty: make sure the sender runs, then wake it."""
         if self.thread is None:
             with self.lock:
-                if self.thread is None and self.accepting:
-                    self.thread = threading.Thread(
-                        target=self._run, name="mcpr-store-sender", daemon=True)
-                    self.thread.start()
+                if self.accepting:
+                    self.start()
         self.wake.set()
+
+    def start(self) -> threading.Thread:
+        """The sender thread, started first if need be. Call with ``lock`` held."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="mcpr-store-sender",
+                                           daemon=True)
+            self.thread.start()
+        return self.thread
 
     def drop(self, reason: str, count: int = 1, *, taken: bool = False) -> None:
         """Count ``count`` dropped events; ``taken`` if the sender had taken them already."""
@@ -397,11 +403,7 @@ class Store:
             sender.accepting = False
             sender.deadline = deadline
             sender.closing = True
-            thread = sender.thread
-            if thread is None:
-                thread = sender.thread = threading.Thread(
-                    target=sender._run, name="mcpr-store-sender", daemon=True)
-                thread.start()
+            thread = sender.start()
         sender.wake.set()
         thread.join(max(0.0, deadline - time.monotonic()))
         if not thread.is_alive():
