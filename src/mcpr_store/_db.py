@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ._errors import StoreIOError, StoreSQLiteError
-from ._schema import MIGRATIONS, SCHEMA_CHANGES_INDEXES, SCHEMA_VERSION
+from ._migrations import MIGRATIONS, SCHEMA_CHANGES_INDEXES, SCHEMA_VERSION
 
 __all__ = ["connect", "migrate", "open_database", "prepare_file", "schema_version"]
 

@@ -15,7 +15,7 @@ from typing import Self
 from urllib.parse import quote
 
 from .. import _db
-from . import _logs, _maintenance, _schema, _sessions, _stats
+from . import _logs, _maintenance, _server_schema, _sessions, _stats
 from ._types import (
     ClientRow,
     DbStats,
@@ -148,22 +148,22 @@ class QueryEngine:
 
     def schema_snapshots(self, *, proxy: str | None = None,
                          method: str | None = None) -> list[SchemaSnapshot]:
-        return _schema.snapshots(self.conn, proxy=proxy, method=method)
+        return _server_schema.snapshots(self.conn, proxy=proxy, method=method)
 
     def schema_latest(self, *, proxy: str, upstream: str, method: str) -> SchemaSnapshot | None:
-        return _schema.latest(self.conn, proxy=proxy, upstream=upstream, method=method)
+        return _server_schema.latest(self.conn, proxy=proxy, upstream=upstream, method=method)
 
     def schema_changes(self, *, limit: int = 50, proxy: str | None = None,
                        since_ms: int | None = None) -> list[SchemaChange]:
-        return _schema.changes(self.conn, limit=_limit(limit), proxy=proxy,
+        return _server_schema.changes(self.conn, limit=_limit(limit), proxy=proxy,
                                since_ts=self._since(since_ms))
 
     def schema_status(self, *, proxy: str | None = None) -> list[UpstreamStatus]:
-        return _schema.upstream_status(self.conn, proxy=proxy)
+        return _server_schema.upstream_status(self.conn, proxy=proxy)
 
     def schema_tool_usage(self, *, proxy: str | None = None,
                           since_ms: int | None = None) -> list[ToolUsage]:
-        return _schema.tool_usage(self.conn, proxy=proxy, since_ts=self._since(since_ms))
+        return _server_schema.tool_usage(self.conn, proxy=proxy, since_ts=self._since(since_ms))
 
     # -- the store itself ---------------------------------------------------------------------
 
