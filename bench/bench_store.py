@@ -30,7 +30,7 @@ from typing import Any
 import faster_fifo
 
 from mcpr_store import RequestEvent, RequestStatus, Store, StoreConfig
-from mcpr_store._apply import INSERT_REQUEST
+from mcpr_store._batch import INSERT_REQUEST
 from mcpr_store._db import connect, open_database
 
 OFFERED_RATE = 100_000  # events/s
@@ -106,9 +106,7 @@ def bench_throughput(tmp: Path, n: int, run: int) -> dict[str, float]:
     path = tmp / f"plain{run}.db"
     open_database(path, "bench")
     conn = connect(path)
-    rows = [(e.request_id, e.ts, e.proxy, e.session_id, e.method, e.tool, e.latency_us,
-             e.status, e.error_code, e.error_msg, e.bytes_in, e.bytes_out, e.resource_uri,
-             e.prompt_name) for e in events]
+    rows = [tuple(e) for e in events]  # INSERT_REQUEST takes the event's fields in order
     t0 = time.perf_counter()
     for start in range(0, n, 500):
         conn.execute("BEGIN IMMEDIATE")

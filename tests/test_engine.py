@@ -187,7 +187,7 @@ def test_stats__exact_accounting_with_drops_and_rejects(
         store.record(request(f"r{i}"))
     store.record(request("r0"))  # duplicate
     store.record(request("bad", status="maybe"))
-    assert store.shutdown()
+    assert not store.shutdown()  # some events were dropped: not everything was committed
     stats = store.stats()
     assert stats.dropped == stats.dropped_by_reason["buffer_full"] > 0
     assert stats.rejected == 2 or stats.dropped_by_reason["buffer_full"] > 0

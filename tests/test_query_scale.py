@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpr_store._apply import INSERT_REQUEST
+from mcpr_store._batch import INSERT_REQUEST
 from mcpr_store._db import open_database
 from mcpr_store.query import QueryEngine
 
@@ -33,8 +33,8 @@ def build(path: Path, n: int = N) -> None:
     conn.execute("BEGIN")
     conn.executemany(INSERT_REQUEST, (
         (f"r{i:07d}", now - WEEK_MS + i * (WEEK_MS // n), f"proxy{i % 3}", f"s{i // 100:05d}",
-         "tools/call", f"t{i % TOOLS}", i // TOOLS + 1, "error" if i % 50 == 0 else "ok",
-         None, None, 100, 200, None, None) for i in range(n)))
+         "tools/call", f"t{i % TOOLS}", None, None, i // TOOLS + 1,
+         "error" if i % 50 == 0 else "ok", None, None, 100, 200) for i in range(n)))
     conn.executemany(
         "INSERT INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
         "client_platform, total_calls) VALUES (?, 'proxy0', ?, ?, 'claude-ai', 'claude', 100)",

@@ -10,7 +10,7 @@ from typing import Any
 from helpers import query, request, session
 
 from mcpr_store import RequestStatus, SchemaVersionEvent, SessionClosed, Store
-from mcpr_store._apply import schema_diff
+from mcpr_store._server_schema import diff as schema_diff
 
 
 def tools(*items: tuple[str, str]) -> dict[str, Any]:
@@ -142,9 +142,9 @@ def test_bad_events__cost_nothing_to_the_good_ones(
         request("bad-type", ts="yesterday"),
         request("bad-object", tool=object()),
         request("bad-bool", latency_us=True),
-        request("huge-tool", tool="x" * 10_000_000),
+        request("huge-tool", tool="x" * 10_000_000),  # larger than a queue message: dropped
         request("negative", latency_us=-1),
-        request("", ts=1),
+        request("bad-code", error_code=2.5),
     ]
     good = [request(f"ok{i}") for i in range(50)]
     for i, event in enumerate(bad):
@@ -153,13 +153,29 @@ def test_bad_events__cost_nothing_to_the_good_ones(
     store.record(request("fresh-dup"))
     for event in good[len(bad):]:
         store.record(event)
-    assert store.shutdown()
+    assert not store.shutdown()  # the huge one was dropped, so not everything was committed
     stored = {r for (r,) in query(db_path, "SELECT request_id FROM requests")}
     assert stored == {"dup", "fresh-dup"} | {f"ok{i}" for i in range(50)}
     stats = store.stats()
     assert stats.committed == 52
-    assert stats.rejected + stats.dropped == len(bad)
+    assert stats.dropped_by_reason == {"too_large": 1}
+    assert stats.rejected == len(bad) - 1
     assert stats.recorded == stats.committed + stats.rejected + stats.dropped
+
+
+def test_values_the_original_stores__are_stored(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """Any length (up to a queue message), an empty text, an integer error code."""
+    store = open_store()
+    store.record(request("long", tool="t" * 1_500, resource_uri="u" * 9_000))
+    store.record(request("", ts=1))
+    store.record(request("code", status="error", error_code=-32601, error_msg="not found"))
+    assert store.shutdown()
+    assert query(db_path, "SELECT request_id, length(tool), length(resource_uri), error_code, "
+                          "typeof(error_code) FROM requests ORDER BY id") == [
+        ("long", 1_500, 9_000, None, "null"), ("", 6, None, None, "null"),
+        ("code", 6, None, "-32601", "text")]
 
 
 def test_error_msg__stored_at_most_512_characters(
@@ -180,7 +196,7 @@ def test_event_too_large_for_the_queue__is_dropped_and_counted(
     store.record(request("before"))
     store.record(schema({"tools": [{"name": "x" * 2_000_000}]}))
     store.record(request("after"))
-    assert store.shutdown()
+    assert not store.shutdown()  # one event was dropped
     assert query(db_path, "SELECT request_id FROM requests ORDER BY id") == [
         ("before",), ("after",)]
     stats = store.stats()

@@ -15,15 +15,20 @@ __all__ = ["FileConfig", "StoreConfig", "load_config_file", "resolve_db_path"]
 
 DEFAULT_DB: Final = Path("~/.mcpr/store.db")
 
-#: 8 MiB of shared memory. A typical request event is about 100 bytes on the wire, so this
-#: holds some 80,000 of them: more than the original's 10,000-event channel (a 10-second buffer
-#: at 1,000 requests/s), with room for large schema payloads.
+#: 8 MiB of shared memory. A typical request event is about 120 bytes on the wire, so this
+#: holds some 70,000 of them: more than the original's 10,000-event channel (a 10-second
+#: buffer at 1,000 requests/s), with room for large schema payloads (one message may take
+#: half of it). The writer reads it into its own memory (up to 100,000 events or 32 MiB)
+#: as fast as it arrives, so the queue itself fills only while the writer is stalled.
 DEFAULT_QUEUE_BYTES: Final = 8 * 1024 * 1024
 
-#: Events of one kind a process may hold before handing them to the queue. They only pile up
-#: while the queue is full or the writer is being replaced; beyond this, ``record()`` drops
-#: and counts.
-DEFAULT_BUFFER_EVENTS: Final = 10_000
+#: Events of one kind a process may hold before the sender hands them to the queue. They
+#: pile up while the sender waits for the GIL (up to a switch interval, 5 ms, behind a busy
+#: thread: some 20,000 events of a tight loop), and while the queue is full. 100,000 absorbs
+#: ten seconds of 10,000 requests/s recorded at once with no drop; they cost what the
+#: caller's event objects cost while they wait (about 0.5 KB each, so up to some 50 MB per
+#: kind in the worst case). Beyond this, ``record()`` drops and counts.
+DEFAULT_BUFFER_EVENTS: Final = 100_000
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,6 @@ from typing import Any, Final
 
 import faster_fifo
 
-from ._events import queue_dumps, queue_loads
-
 __all__ = ["create_queue", "lock_holder", "repair_if_wedged"]
 
 log = logging.getLogger("mcpr_store")
@@ -60,9 +58,18 @@ _SUPPORTED: Final = _supported()
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if _SUPPORTED else None
 
 
+def _as_is(message: bytes) -> bytes:
+    return message
+
+
+def _copy(buffer: memoryview) -> bytes:
+    return bytes(buffer)
+
+
 def create_queue(size_bytes: int) -> Any:
-    """A new faster-fifo queue carrying our pre-encoded messages."""
-    return faster_fifo.Queue(max_size_bytes=size_bytes, loads=queue_loads, dumps=queue_dumps)
+    """A new faster-fifo queue carrying our pre-encoded messages (``_wire``): put as bytes,
+    read as bytes. The writer decodes in place instead (it sets its own ``loads``)."""
+    return faster_fifo.Queue(max_size_bytes=size_bytes, loads=_copy, dumps=_as_is)
 
 
 def _obj(queue: Any) -> Any:

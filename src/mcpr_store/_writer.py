@@ -2,22 +2,33 @@
 
 It never waits inside the queue: faster-fifo's process-shared mutex is not robust, and a
 process killed while blocked in ``get_many(timeout=...)`` leaves the queue's condition
-variable broken for everyone after it. So it polls with ``get_many_nowait`` and sleeps
-between empty polls (1 ms growing to 10 ms), which bounds both the added latency and the
-idle cost.
+variable broken for everyone after it. So it polls with ``get_many_nowait`` (until the queue
+is empty: one call returns only what fits its receive buffer) and sleeps between empty polls
+(1 ms growing to 10 ms), which bounds both the added latency and the idle cost.
 
-It commits when 500 events are waiting or the oldest has waited 200 ms, one transaction per
-batch, and on a flush request at once. A transaction that fails as a whole (the database is
-locked by someone else, the disk is full, the file was deleted) is kept and retried with
-backoff while the queue goes on being read into memory, up to a bound beyond which the
-queue itself absorbs the back-pressure. Before each commit it checks that the file at its
-path is still the one it opened, and reopens (recreating) it if not.
+It commits when ``batch_size`` events are waiting or the oldest has waited
+``batch_interval``, one transaction per batch, and at once on a flush request. A transaction
+that fails as a whole (the database is locked by someone else, the disk is full, the file
+was deleted) is kept and retried with backoff while the queue goes on being read into
+memory, up to a bound in events and bytes beyond which the queue itself absorbs the
+back-pressure. Before each commit it checks that the file at its path is still the one it
+opened, and reopens (recreating) it if not.
+
+It keeps the books of what it sees (``_books``): each producer's last report, what it
+received from each, what it committed (in the same transaction, then in shared memory) and
+refused. At start it settles what a killed predecessor left: the committed count is taken
+from the database, and what that writer held and never committed is booked as lost. It
+retires producers that detach or die, booking what a dead one never delivered.
 
 It ignores SIGINT, SIGTERM and SIGHUP: a supervisor that signals the whole process group
 must not cut the writer short. It stops on the owner's sentinel, or when the owner is gone
-(its parent pid changes), after committing everything already in the queue; orphaned, it
-gives up after ``_ORPHAN_GRACE`` seconds of a database that refuses to commit, so it never
-outlives its owner for long.
+(its parent pid changes): it then reads the queue until it is empty (for at most
+``_DRAIN_LIMIT`` seconds, as live workers may keep putting), commits everything and exits;
+orphaned, it gives up after ``_ORPHAN_GRACE`` seconds of a database that refuses to commit,
+so it never outlives its owner for long.
+
+This process imports the wire, the books, the batch SQL and the database layer, nothing of
+the proxy side (``tests/faults/test_books.py`` checks).
 """
 
 from __future__ import annotations
@@ -33,12 +44,12 @@ from queue import Empty
 from typing import Any, Final
 
 from . import _db
-from ._apply import Batch, Rejected, store_batch, validate
+from ._batch import Batch, delete_books, read_books, store_batch
+from ._books import G, P, SharedBooks, process_alive
 from ._errors import StoreError
-from ._events import KIND_NAMES, MSG_DETACH, MSG_EVENTS, MSG_FLUSH, MSG_STOP
+from ._launch import WriterSpec, child_read_spec
 from ._queue import repair_if_wedged
-from ._shared import SharedCounters, Slot
-from ._spawn import WriterSpec, child_read_spec
+from ._wire import KIND_NAMES, Detach, Events, Flush, Stop, Undecodable, WireDecoder
 
 __all__ = ["Writer", "main"]
 
@@ -46,19 +57,27 @@ log = logging.getLogger("mcpr_store.writer")
 
 _POLL_MIN: Final = 0.001
 _POLL_MAX: Final = 0.010
-#: Validated events the writer holds in memory while the database refuses to commit. Beyond
-#: this it stops reading the queue, which fills, and producers drop and count.
+#: What the writer holds in memory while the database refuses to commit, in events and in
+#: message bytes (a schema event can be megabytes). Beyond either it stops reading the
+#: queue, which fills, and producers hold back, then drop and count.
 _MAX_PENDING: Final = 100_000
+_MAX_PENDING_BYTES: Final = 32 * 1024 * 1024
 _RETRY_MIN: Final = 0.05
 _RETRY_MAX: Final = 2.0
 _BUSY_TIMEOUT_MS: Final = 250
 #: How long a writer whose owner is gone keeps retrying a batch the database refuses.
 _ORPHAN_GRACE: Final = 10.0
+#: Once stopping: the longest it keeps reading a queue that live workers keep filling.
+_DRAIN_LIMIT: Final = 5.0
 _WATCH_EVERY: Final = 0.1
+#: How often producers' processes are checked for death.
+_LIVENESS_EVERY: Final = 1.0
 #: A queue call that has not returned after this long is stuck behind a dead lock holder.
 _STUCK: Final = 3.0
 #: One log line per reason at most this often; the line says how many it stands for.
 _LOG_EVERY: Final = 10.0
+#: Unix milliseconds between 1973 and 5138: a ``ts`` outside is likely in other units.
+_PLAUSIBLE_MS: Final = (10**11, 10**14)
 
 
 class _RateLimitedLog:
@@ -78,32 +97,51 @@ class _RateLimitedLog:
         log.warning("%s%s", message, f" (and {more} more like it)" if more else "")
 
 
+class _Undecodable:
+    """Stands for a message the queue delivered that is not one of ours."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 class Writer:
     """The writer loop over one queue and the database at one path."""
 
     def __init__(self, spec: WriterSpec) -> None:
         self.spec = spec
         self.queue = spec.queue
-        self.counters: SharedCounters = spec.counters
+        self.books: SharedBooks = spec.books
         self.path = Path(spec.db_path)
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
         self.owner_pid = spec.owner_pid
         self.interval = spec.batch_interval
         self.batch_size = spec.batch_size
+        self.decoder = WireDecoder()
+        self.queue.loads = self._decode  # decode in place, before the buffer is reused
         self.pending = Batch()
+        self.pending_bytes = 0
         self.oldest: float | None = None  # monotonic arrival of the oldest pending event
-        self.flush_tokens: list[int] = []
+        self.flushes: dict[int, int] = {}  # producer row -> flush sequence to answer
+        self.rows: dict[int, int] = {}  # producer token -> row in the books
+        self.committed = 0  # this store's totals, as written in the database
+        self.refused = 0
         self.stopping = False
+        self.stop_reading_at = float("inf")
         self.orphaned_at: float | None = None  # when we found the owner gone
         self.retry_at = 0.0
         self.retry_delay = _RETRY_MIN
-        self.foreign: dict[int, tuple[int, int]] = {}  # pid -> (recorded, dropped)
+        self.last_empty = 0.0  # when the queue was last found empty
+        self.dying: dict[int, float] = {}  # producer row -> when its process was found dead
+        self.next_liveness = 0.0
+        self.warned_ts: set[str] = set()
         self.log = _RateLimitedLog()
         # Held by the loop except while it is inside a queue call, so the watchdog can take
         # over the pending batch if that call never returns.
         self.state = threading.Lock()
         self.in_queue_since: float | None = None
+
+    # -- start ----------------------------------------------------------------------------
 
     def open(self) -> None:
         """Open (creating and migrating if needed) the database. Raises ``StoreError``."""
@@ -120,6 +158,28 @@ class Writer:
             raise
         self.conn, self.identity = conn, (stat.st_dev, stat.st_ino)
 
+    def settle_predecessor(self) -> None:
+        """Take over the books from a writer that died: its commits are read back from the
+        database, and what it held and never committed is booked as lost."""
+        assert self.conn is not None
+        books = self.books
+        stored = read_books(self.conn, self.spec.store_token)
+        if stored is not None:
+            committed, refused = stored
+            books[G.COMMITTED] = max(books[G.COMMITTED], committed)
+            books[G.REJECTED_DB] = max(books[G.REJECTED_DB], refused)
+        self.committed, self.refused = books[G.COMMITTED], books[G.REJECTED_DB]
+        books.finish_interrupted_retire()
+        held = books.held_by_writer()
+        if held > 0:
+            books.add(G.LOST_WRITER, held)
+            log.warning("the previous writer died holding %d events it had not committed; "
+                        "they are lost", held)
+        self.rows = {fields[P.TOKEN]: index for index, fields in books.rows()}
+        books.add(G.WRITER_EPOCH, 1)
+
+    # -- the loop -------------------------------------------------------------------------
+
     def run(self) -> None:
         """Loop until the owner's sentinel or the owner's death; then drain, commit, return."""
         threading.Thread(target=self._watchdog, name="mcpr-store-watchdog", daemon=True).start()
@@ -127,22 +187,25 @@ class Writer:
         self.state.acquire()
         try:
             while True:
-                # Once stopping, nothing more is read: what was queued at the stop is taken.
-                reading = not self.stopping and len(self.pending) < _MAX_PENDING
-                got = self._take() if reading else 0
+                got = self._take()
                 if self.orphaned_at is None and os.getppid() != self.owner_pid:
                     log.warning("owner process %d is gone; committing what is queued and "
                                 "exiting", self.owner_pid)
                     self.orphaned_at = time.monotonic()
                     self._stop()
                 self._commit_due()
-                if self.stopping and not self.pending:
+                now = time.monotonic()
+                if now >= self.next_liveness:
+                    self.next_liveness = now + _LIVENESS_EVERY
+                    self._retire_dead()
+                if self.stopping and self._drained():
+                    if self.pending:
+                        if self._give_up():
+                            return
+                        self._release_for(min(self.retry_delay, 0.1))
+                        continue
+                    self._finish()
                     return
-                if self.stopping:
-                    if self._give_up():
-                        return
-                    self._release_for(min(self.retry_delay, 0.1))
-                    continue
                 poll = _POLL_MIN if got else min(poll * 2, _POLL_MAX)
                 if not got:
                     self._release_for(poll)
@@ -157,9 +220,36 @@ class Writer:
             self.state.acquire()
 
     def _stop(self) -> None:
-        """Stop reading after what is in the queue now: producers may go on putting."""
-        self.stopping = True
-        self._take(limit=self.queue.qsize())
+        """Stop after what is queued now: read until the queue is empty, then finish."""
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reading_at = time.monotonic() + _DRAIN_LIMIT
+
+    def _drained(self) -> bool:
+        """Whether a stopping writer has read all it will read."""
+        return self.last_empty >= self.stop_reading_at - _DRAIN_LIMIT or \
+            time.monotonic() >= self.stop_reading_at
+
+    def _finish(self) -> None:
+        """Everything is committed: retire whoever is gone, drop our row in the database."""
+        self._retire_dead(final=True)
+        token = self._owner_token()
+        owner = self.rows.get(token) if token is not None else None
+        if owner is not None:  # the owner's row stays (its numbers are its own to add)
+            lost = self.books.settle_owner(token or 0, self.books.get(owner, P.SENT))
+            if lost:
+                log.warning("%d events the owner sent never arrived; they are lost", lost)
+        if self.conn is not None and self.orphaned_at is None:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                delete_books(self.conn, self.spec.store_token)
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+
+    def _owner_token(self) -> int | None:
+        return getattr(self, "owner_token", None)
 
     def _give_up(self) -> bool:
         """Orphaned and the database still refuses the batch: the bound on being orphaned."""
@@ -169,71 +259,152 @@ class Writer:
                   _ORPHAN_GRACE, len(self.pending))
         return True
 
-    def _take(self, limit: int | None = None) -> int:
-        self.in_queue_since = time.monotonic()
-        self.state.release()
-        try:
-            if limit is None:
+    # -- reading the queue ----------------------------------------------------------------
+
+    def _take(self) -> int:
+        """Read messages until the queue is empty or we hold enough. Returns how many."""
+        taken = 0
+        while len(self.pending) < _MAX_PENDING and self.pending_bytes < _MAX_PENDING_BYTES:
+            if self.stopping and time.monotonic() >= self.stop_reading_at:
+                break
+            self.in_queue_since = time.monotonic()
+            self.state.release()
+            try:
                 messages = self.queue.get_many_nowait()
-            elif limit > 0:
-                messages = self.queue.get_many_nowait(max_messages_to_get=limit)
-            else:
-                messages = []
-        except Empty:
-            messages = []
-        finally:
-            self.state.acquire()
-            self.in_queue_since = None
-        for message in messages:
-            self._handle(message)
-        return len(messages)
+            except Empty:
+                messages = None
+            finally:
+                self.state.acquire()
+                self.in_queue_since = None
+            if messages is None:
+                self.last_empty = time.monotonic()
+                break
+            for size, message in messages:
+                self._handle(message, size)
+            taken += len(messages)
+        return taken
 
-    def _handle(self, message: Any) -> None:
-        kind, pid = message[0], message[1]
-        if kind == MSG_EVENTS:
-            if pid != self.owner_pid:
-                self._report_foreign(pid, message[2], message[3])
-            self._accept(message[4:8], message[8])
-        elif kind == MSG_FLUSH:
-            self.flush_tokens.append(message[2])
-        elif kind == MSG_STOP:
+    def _decode(self, buffer: memoryview) -> tuple[int, Any]:
+        """faster-fifo's deserialiser: decode in place; never raises (a message that is not
+        ours must not cost the messages around it)."""
+        try:
+            return len(buffer), self.decoder.decode(buffer)
+        except Undecodable as exc:
+            return len(buffer), _Undecodable(str(exc))
+
+    def _handle(self, message: Any, size: int) -> None:
+        if isinstance(message, _Undecodable):
+            self.books.add(G.UNDECODABLE, 1)
+            self.log.warn("undecodable", f"a message of {size} bytes could not be decoded "
+                                         f"({message.reason}); its events are lost")
+            return
+        row = self._row(message)
+        if isinstance(message, Events):
+            self._accept(message, row, size)
+        elif isinstance(message, Flush):
+            if row is not None:
+                self.flushes[row] = max(self.flushes.get(row, 0), message.seq)
+        elif isinstance(message, Stop):
+            self.owner_token = message.token
             self._stop()
-        elif kind == MSG_DETACH:
-            self._report_foreign(pid, message[2], message[3])
+        elif isinstance(message, Detach) and row is not None:
+            self._retire(row, died=False)
 
-    def _accept(self, lists: tuple[list[Any], ...], invalid: list[tuple[str, str]]) -> None:
-        received = len(invalid)
-        rejected = 0
-        for kind, rows in zip(KIND_NAMES, lists, strict=True):
-            target = self.pending.rows(kind)
-            received += len(rows)
-            for row in rows:
-                try:
-                    target.append(validate(kind, row))
-                except Rejected as exc:
-                    rejected += 1
-                    self.log.warn(f"{kind}:{str(exc).split(' ')[0]}",
-                                  f"rejected a {kind} event: {exc}")
-        for kind, reason in invalid:
-            rejected += 1
-            self.log.warn(f"{kind}:invalid", f"rejected a {kind} event: {reason}")
-        self.counters.add(Slot.RECEIVED, received)
-        if rejected:
-            self.counters.add(Slot.REJECTED, rejected)
-        if self.oldest is None and self.pending:
+    def _row(self, message: Events | Flush | Stop | Detach) -> int | None:
+        """The producer's row in the books, claimed on its first message. Every message
+        carries its report; ``Events`` update it once their events are counted in."""
+        books = self.books
+        row = self.rows.get(message.token)
+        if row is None:
+            row = books.claim(message.token, message.pid, message.start)
+            if row is None:
+                self.log.warn("table-full", "more producer processes than the books can "
+                                            "track; the numbers of the newest are not kept")
+                return None
+            self.rows[message.token] = row
+        if not isinstance(message, Events):
+            books.report(row, message.recorded, message.dropped, message.sent)
+        return row
+
+    def _accept(self, message: Events, row: int | None, size: int) -> None:
+        books = self.books
+        count = message.count()
+        # Received before anything else: a writer killed from here on has these events in
+        # the books as held (and so lost), never missing.
+        if row is None:
+            books.add(G.UNTRACKED, count)
+        else:
+            at = books.row(row)
+            books.array[at + P.RECEIVED] += count
+            books.report(row, message.recorded, message.dropped, message.sent)
+        if message.invalid:
+            books.add(G.REJECTED_INVALID, len(message.invalid))
+            for kind, reason in message.invalid:
+                self.log.warn(f"{kind}:{reason.split(':')[0]}",
+                              f"rejected a {kind} event: {reason}")
+        pending = self.pending
+        pending.requests.extend(message.requests)
+        pending.sessions.extend(message.sessions)
+        pending.closes.extend(message.closes)
+        pending.schemas.extend(message.schemas)
+        self.pending_bytes += size
+        if self.oldest is None and pending:
             self.oldest = time.monotonic()
+        if len(self.warned_ts) < 2:
+            self._check_units(message)
 
-    def _report_foreign(self, pid: int, recorded: int, dropped: int) -> None:
-        self.foreign[pid] = (recorded, dropped)
-        self.counters[Slot.FOREIGN_RECORDED] = sum(r for r, _ in self.foreign.values())
-        self.counters[Slot.FOREIGN_DROPPED] = sum(d for _, d in self.foreign.values())
+    def _check_units(self, message: Events) -> None:
+        """Warn once if times look like seconds or like micro/nanoseconds, not milliseconds."""
+        samples = [(KIND_NAMES[0], "ts", r[1]) for r in message.requests[:1]]
+        samples += [(KIND_NAMES[1], "started_at", r[2]) for r in message.sessions[:1]]
+        low, high = _PLAUSIBLE_MS
+        for kind, name, value in samples:
+            if value < low and "low" not in self.warned_ts and value > 0:
+                self.warned_ts.add("low")
+                log.warning("a %s event has %s=%d: times are unix milliseconds, and this "
+                            "looks like seconds (stored as given)", kind, name, value)
+            elif value > high and "high" not in self.warned_ts:
+                self.warned_ts.add("high")
+                log.warning("a %s event has %s=%d: times are unix milliseconds, and this "
+                            "looks like micro- or nanoseconds (stored as given)", kind, name,
+                            value)
+
+    # -- producers that go away -----------------------------------------------------------
+
+    def _retire(self, row: int, *, died: bool) -> None:
+        token = self.books.get(row, P.TOKEN)
+        pid = self.books.get(row, P.PID)
+        lost_queue, lost_worker = self.books.retire(row, died=died)
+        self.rows.pop(token, None)
+        self.dying.pop(row, None)
+        self.flushes.pop(row, None)
+        if lost_queue or lost_worker:
+            log.warning("producer process %d %s: %d events it sent never arrived, %d it had "
+                        "buffered were never sent; they are lost", pid,
+                        "died" if died else "detached", lost_queue, lost_worker)
+
+    def _retire_dead(self, final: bool = False) -> None:
+        """Retire producers whose process is gone, once all they put on the queue has been
+        read (the queue was found empty after we noticed), or at the end."""
+        now = time.monotonic()
+        for token, row in list(self.rows.items()):
+            if token == self._owner_token():
+                continue
+            if row not in self.dying:
+                if process_alive(self.books.get(row, P.PID), self.books.get(row, P.START)):
+                    continue
+                self.dying[row] = now
+            if final or self.last_empty > self.dying[row]:
+                self._retire(row, died=True)
+
+    # -- committing -----------------------------------------------------------------------
 
     def _commit_due(self) -> None:
         now = time.monotonic()
         due = (
             len(self.pending) >= self.batch_size
             or (self.oldest is not None and now - self.oldest >= self.interval)
-            or self.flush_tokens
+            or self.flushes
             or self.stopping
         )
         if due and now >= self.retry_at:
@@ -241,29 +412,37 @@ class Writer:
 
     def commit_pending(self) -> None:
         """Commit everything pending in batches; on failure keep it and schedule a retry."""
+        books = self.books
+        total = len(self.pending)
         while self.pending:
             chunk = self.pending.take(self.batch_size)
             try:
-                stored = store_batch(self._connection(), chunk)
+                stored = store_batch(self._connection(), chunk,
+                                     (self.spec.store_token, self.committed, self.refused))
             except (sqlite3.Error, StoreError, OSError) as exc:
                 self.pending.put_back(chunk)
-                self.counters.add(Slot.COMMIT_FAILURES, 1)
+                books.add(G.COMMIT_FAILURES, 1)
                 self.log.warn("commit", f"commit of {len(chunk)} events to {self.path} failed, "
                                         f"will retry in {self.retry_delay:.2f} s: {exc}")
                 self.retry_at = time.monotonic() + self.retry_delay
                 self.retry_delay = min(self.retry_delay * 2, _RETRY_MAX)
+                self.pending_bytes = int(self.pending_bytes * len(self.pending) / max(total, 1))
                 return
             self.retry_delay = _RETRY_MIN
+            self.committed += stored.committed
+            self.refused += len(stored.rejections)
             for why in stored.rejections:
-                self.log.warn("request:database", f"rejected a request event: {why}")
-            self.counters.add(Slot.COMMITTED, stored.committed)
-            self.counters.add(Slot.REJECTED, len(stored.rejections))
-            self.counters.add(Slot.BATCHES, 1)
-            self.counters[Slot.LAST_COMMIT_MS] = int(time.time() * 1000)
+                self.log.warn("database", f"rejected an event: {why}")
+            books[G.COMMITTED] = self.committed
+            books[G.REJECTED_DB] = self.refused
+            books.add(G.BATCHES, 1)
+            books[G.LAST_COMMIT_MS] = int(time.time() * 1000)
         self.oldest = None
-        for token in self.flush_tokens:
-            self.counters.publish_flush(token)
-        self.flush_tokens.clear()
+        self.pending_bytes = 0
+        for row, seq in self.flushes.items():
+            if books.get(row, P.FLUSHED) < seq:
+                books.set(row, P.FLUSHED, seq)
+        self.flushes.clear()
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection, reopened first if the file at our path is no longer the one
@@ -278,7 +457,7 @@ class Writer:
         if self.conn is not None:
             log.error("database file %s was %s while in use; reopening it", self.path,
                       "deleted" if current is None else "replaced")
-            self.counters.add(Slot.DB_REOPENS, 1)
+            self.books.add(G.DB_REOPENS, 1)
             self.conn.close()
             self.conn = None
         self.open()
@@ -298,7 +477,7 @@ class Writer:
             if os.getppid() == self.owner_pid:
                 continue
             if repair_if_wedged(self.queue) is not None:
-                self.counters.add(Slot.QUEUE_REPAIRS, 1)
+                self.books.add(G.QUEUE_REPAIRS, 1)
                 continue
             since = self.in_queue_since
             if since is None or time.monotonic() - since < _STUCK:
@@ -311,7 +490,7 @@ class Writer:
 
 
 def main() -> None:
-    """Entry point of the writer process (see ``_spawn``, which already ignores SIGINT,
+    """Entry point of the writer process (see ``_launch``, which already ignores SIGINT,
     SIGTERM and SIGHUP before this module is imported)."""
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO,
@@ -325,11 +504,12 @@ def main() -> None:
     try:
         writer = Writer(child_read_spec())
         writer.open()
+        writer.settle_predecessor()
     except Exception as exc:
         status.write(f"error: {exc}\n")
         status.close()
         sys.exit(1)
-    writer.counters[Slot.WRITER_PID] = os.getpid()
+    writer.books[G.WRITER_PID] = os.getpid()
     status.write("ready\n")
     status.close()
     try:

@@ -20,6 +20,7 @@ class Row:
     committed: int = 0
     lost: int = 0
     dropped: int = 0
+    rejected: int = 0
     longest_record_ms: float = 0.0
     left_behind: int = 0
 
@@ -29,27 +30,28 @@ class FaultReport:
     rows: dict[str, Row] = field(default_factory=dict)
 
     def add(self, scenario: str, *, offered: int, committed: int, lost: int = 0,
-            dropped: int = 0, longest_record_s: float = 0.0, left_behind: int = 0,
-            trials: int = 1) -> None:
+            dropped: int = 0, rejected: int = 0, longest_record_s: float = 0.0,
+            left_behind: int = 0, trials: int = 1) -> None:
+        """One trial's figures; ``committed`` must be the rows counted in the database."""
         row = self.rows.setdefault(scenario, Row(scenario))
         row.trials += trials
         row.offered += offered
         row.committed += committed
         row.lost += lost
         row.dropped += dropped
+        row.rejected += rejected
         row.longest_record_ms = max(row.longest_record_ms, longest_record_s * 1e3)
         row.left_behind += left_behind
 
     def table(self) -> str:
-        lines = ["| scenario | trials | events offered | committed | lost | dropped | "
-                 "longest record() | processes left |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = ["| scenario | trials | offered | committed = rows | lost | dropped | "
+                 "rejected | longest record() | processes left |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows.values():
             lines.append(f"| {r.scenario} | {r.trials} | {r.offered:,} | {r.committed:,} | "
-                         f"{r.lost:,} | {r.dropped:,} | {r.longest_record_ms:.2f} ms | "
-                         f"{r.left_behind} |")
+                         f"{r.lost:,} | {r.dropped:,} | {r.rejected:,} | "
+                         f"{r.longest_record_ms:.2f} ms | {r.left_behind} |")
         return "\n".join(lines)
-
 
 
 def descendants_alive(proc: psutil.Process | None = None) -> list[psutil.Process]:
@@ -65,8 +67,11 @@ def descendants_alive(proc: psutil.Process | None = None) -> list[psutil.Process
 
 
 def assert_accounted(stats: Any) -> None:
-    """The store's accounting identity, after the owner's shutdown."""
+    """The store's accounting identity, after the owner's shutdown. Every term is counted
+    where it happens (none is the remainder of the others), so this can fail."""
     assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost, stats
+    assert stats.lost == sum(stats.lost_by_reason.values()), stats
+    assert stats.dropped == sum(stats.dropped_by_reason.values()), stats
 
 
 def exited(proc: psutil.Process) -> bool:

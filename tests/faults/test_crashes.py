@@ -68,11 +68,12 @@ def test_writer_sigkill__twenty_times_during_a_stream(
             assert time.monotonic() - killed_at < 1.0
     finally:
         stream.finish()
-    assert store.shutdown()
+    clean = store.shutdown()
     stats = store.stats()
     assert stats.writer_restarts == 20
     assert stats.recorded == stream.sent
     assert_accounted(stats)
+    assert clean == (stats.lost == stats.dropped == 0)
     assert stats.dropped == stats.rejected == 0
     # At most the dead writers' uncommitted batches: 20 times (500 events or 200 ms of them).
     assert stats.lost <= 20 * 1000
@@ -117,11 +118,12 @@ def test_process_killed_holding_the_queue_lock__is_repaired(
                      what="commits to resume after the repair")
     finally:
         stream.finish()
-    assert store.shutdown()
+    clean = store.shutdown()
     stats = store.stats()
     assert stats.queue_repairs == 10
     assert stats.recorded == stream.sent
     assert_accounted(stats)
+    assert clean == (stats.lost == stats.dropped == 0)
     assert stream.longest < 0.05
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
     fault_report.add("process SIGKILLed holding the queue lock", offered=stream.sent,
@@ -145,7 +147,7 @@ def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -
         for i in range(100):
             store.record(RequestEvent(request_id=f"r{{i}}", ts=i, proxy="p", method="m"))
         assert store.flush()
-        store._monitor_stop.set()  # the owner's monitor would repair it; we are "dead"
+        store._supervisor.finished = True  # the owner would repair it; we play dead
         ctypes.CDLL(None).pthread_mutex_lock(
             ctypes.c_void_p(ctypes.addressof(store.queue.queue_obj_buffer) + _MUTEX))
         print(store.stats().writer_pid, flush=True)
@@ -189,9 +191,10 @@ def test_worker_sigkill__twenty_workers_killed_mid_stream(
                      what="commits to continue after the kill")
     finally:
         stream.finish()
-    assert store.shutdown()
+    clean = store.shutdown()
     stats = store.stats()
     assert_accounted(stats)
+    assert clean == (stats.lost == stats.dropped == 0)
     assert stats.rejected == 0
     assert stream.longest < 0.05
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed

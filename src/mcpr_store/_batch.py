@@ -1,0 +1,279 @@
+"""What the writer does with one batch: store its rows in one transaction, one event at a time
+if need be.
+
+Rows arrive validated (``_wire`` checked every field's type and range). What only the
+database can judge is judged here without letting one event cost another: a
+``request_id`` already stored, or anything else a statement refuses for that row. The
+batch's requests go in with one ``executemany`` inside a savepoint and, only if that fails,
+one by one; every other event is one statement (or one savepoint for a server schema), so a
+refusal rejects that event alone. Failures of the whole transaction (the database is locked
+or busy, the disk is full, an I/O error) are ``sqlite3.OperationalError``: they propagate,
+the transaction is rolled back whole, and the writer retries the same batch later.
+
+Session counters are updated from the rows actually inserted, in the same transaction, so
+they always agree with the ``requests`` table. The store's own count of committed and
+refused events is written in the same transaction too (``meta``, key
+``mcpr-store.books.<store token>``), so a writer killed between COMMIT and its shared
+counters leaves the truth in the database (see ``_books``).
+
+This module never touches the queue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from . import _server_schema
+
+__all__ = ["Batch", "Stored", "books_key", "delete_books", "read_books", "store_batch"]
+
+_KINDS: Final = ("session", "request", "close", "schema")  # commit order: sessions first
+
+
+@dataclass
+class Batch:
+    """Validated rows waiting for a transaction, by kind, each kind in arrival order. A row
+    is an event's fields in declaration order (``RequestEvent._fields``, ...)."""
+
+    sessions: list[Any] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    closes: list[Any] = field(default_factory=list)
+    schemas: list[Any] = field(default_factory=list)
+
+    def rows(self, kind: str) -> list[Any]:
+        return getattr(self, kind + "s" if kind != "close" else "closes")  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return len(self.sessions) + len(self.requests) + len(self.closes) + len(self.schemas)
+
+    def take(self, limit: int) -> Batch:
+        """Remove and return at most ``limit`` rows, sessions first (their requests follow)."""
+        taken = Batch()
+        for kind in _KINDS:
+            rows = self.rows(kind)
+            part = rows[:limit]
+            del rows[:limit]
+            taken.rows(kind).extend(part)
+            limit -= len(part)
+        return taken
+
+    def put_back(self, taken: Batch) -> None:
+        """Return rows from ``take`` to the front, for a retry in the original order."""
+        for kind in _KINDS:
+            self.rows(kind)[:0] = taken.rows(kind)
+
+
+@dataclass
+class Stored:
+    """The outcome of one committed transaction."""
+
+    committed: int = 0
+    rejections: list[str] = field(default_factory=list)
+
+
+# Requests in event field order. error_msg is cut to 512 characters, and an integer
+# error_code becomes its decimal text, by SQLite itself (substr; TEXT affinity).
+INSERT_REQUEST: Final = (
+    "INSERT INTO requests (request_id, ts, proxy, session_id, method, tool, resource_uri, "
+    "prompt_name, latency_us, status, error_code, error_msg, bytes_in, bytes_out) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, substr(?, 1, 512), ?, ?)"
+)
+_INSERT_SESSION: Final = (
+    "INSERT OR IGNORE INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
+    "client_version, client_platform, total_calls, total_errors) "
+    "VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, 0, 0)"
+)
+# A session can arrive after some of its requests (several worker processes share the queue).
+# Its counters then start from the rows already stored, so they always agree with them.
+_RECOUNT_SESSION: Final = (
+    "UPDATE sessions SET "
+    "total_calls = (SELECT COUNT(*) FROM requests WHERE session_id = ?1), "
+    "total_errors = (SELECT COUNT(*) FROM requests WHERE session_id = ?1 AND status != 'ok'), "
+    "last_seen_at = MAX(last_seen_at, "
+    "  COALESCE((SELECT MAX(ts) FROM requests WHERE session_id = ?1), last_seen_at)) "
+    "WHERE session_id = ?1"
+)
+_COUNT_REQUESTS: Final = (
+    "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?), total_calls = total_calls + ?, "
+    "total_errors = total_errors + ? WHERE session_id = ?"
+)
+_CLOSE_SESSION: Final = (
+    "UPDATE sessions SET ended_at = ? WHERE session_id = ? AND ended_at IS NULL"
+)
+_STORED_SCHEMA: Final = (
+    "SELECT schema_hash, payload FROM server_schema "
+    "WHERE proxy = ? AND upstream_url = ? AND method = ?"
+)
+_INSERT_CHANGE: Final = (
+    "INSERT INTO schema_changes (upstream_url, method, change_type, item_name, old_hash, "
+    "new_hash, detected_at, proxy) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_SCHEMA: Final = (
+    "INSERT INTO server_schema (proxy, upstream_url, method, payload, captured_at, schema_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (proxy, upstream_url, method) DO UPDATE SET "
+    "payload = excluded.payload, captured_at = excluded.captured_at, "
+    "schema_hash = excluded.schema_hash"
+)
+_UPSERT_BOOKS: Final = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+#: Failures of the transaction as a whole: retried. Anything else a statement raises is
+#: about its row, which is refused.
+TRANSACTION_ERRORS: Final = (sqlite3.OperationalError,)
+
+
+def books_key(store_token: str) -> str:
+    """The ``meta`` key under which one store keeps its committed and refused totals."""
+    return f"mcpr-store.books.{store_token}"
+
+
+def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, int]) -> Stored:
+    """Store ``batch`` in one transaction and commit it.
+
+    ``books`` = (store token, committed, refused by the database) before this batch; the
+    totals after it are written in the same transaction. Raises ``sqlite3.OperationalError``
+    when the transaction as a whole fails; it is then rolled back and nothing of the batch
+    is stored, so the caller can retry it unchanged.
+    """
+    stored = Stored()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for row in batch.sessions:
+            _one(conn, stored, "session", row, _store_session)
+        inserted = _insert_requests(conn, batch.requests, stored)
+        _count_requests(conn, inserted)
+        stored.committed += len(inserted)
+        for row in batch.closes:
+            _one(conn, stored, "close", row, _close_session)
+        for row in batch.schemas:
+            _one(conn, stored, "schema", row, _store_schema)
+        token, committed, refused = books
+        conn.execute(_UPSERT_BOOKS, (books_key(token), _books_value(
+            committed + stored.committed, refused + len(stored.rejections))))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return stored
+
+
+def _books_value(committed: int, refused: int) -> str:
+    return f"{committed} {refused} {int(time.time() * 1000)}"
+
+
+def read_books(conn: sqlite3.Connection, store_token: str) -> tuple[int, int] | None:
+    """(committed, refused by the database) that the store wrote in its last transaction."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?",
+                           (books_key(store_token),)).fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None:
+        return None
+    try:
+        committed, refused, _ = str(row[0]).split()
+        return int(committed), int(refused)
+    except ValueError:
+        return None
+
+
+def delete_books(conn: sqlite3.Connection, store_token: str) -> None:
+    """At a clean exit: the store's row is no longer needed (the counters are final)."""
+    conn.execute("DELETE FROM meta WHERE key = ?", (books_key(store_token),))
+
+
+def _one(conn: sqlite3.Connection, stored: Stored, kind: str, row: Any, store: Any) -> None:
+    """Store one event with ``store``; a failure of this event alone rejects it."""
+    conn.execute("SAVEPOINT event")
+    try:
+        store(conn, row)
+    except TRANSACTION_ERRORS:
+        raise
+    except Exception as exc:
+        conn.execute("ROLLBACK TO event")
+        conn.execute("RELEASE event")
+        stored.rejections.append(f"{kind} event refused by the database: {exc!r}"[:300])
+        return
+    conn.execute("RELEASE event")
+    stored.committed += 1
+
+
+def _store_session(conn: sqlite3.Connection, row: Any) -> None:
+    if conn.execute(_INSERT_SESSION, row).rowcount == 1:
+        conn.execute(_RECOUNT_SESSION, (row[0],))
+
+
+def _close_session(conn: sqlite3.Connection, row: Any) -> None:
+    session_id, ended_at = row
+    conn.execute(_CLOSE_SESSION, (ended_at, session_id))
+
+
+def _insert_requests(conn: sqlite3.Connection, rows: list[Any], stored: Stored) -> list[Any]:
+    if not rows:
+        return rows
+    conn.execute("SAVEPOINT requests")
+    try:
+        conn.executemany(INSERT_REQUEST, rows)
+    except TRANSACTION_ERRORS:
+        raise
+    except Exception:
+        conn.execute("ROLLBACK TO requests")
+    else:
+        conn.execute("RELEASE requests")
+        return rows
+    conn.execute("RELEASE requests")
+    inserted = []
+    for row in rows:
+        try:
+            conn.execute(INSERT_REQUEST, row)
+        except TRANSACTION_ERRORS:
+            raise
+        except Exception as exc:
+            stored.rejections.append(f"request {row[0]!r} refused by the database: {exc}"[:300])
+        else:
+            inserted.append(row)
+    return inserted
+
+
+def _count_requests(conn: sqlite3.Connection, rows: list[Any]) -> None:
+    per_session: dict[str, list[int]] = {}
+    for row in rows:
+        session_id = row[3]
+        if session_id is None:
+            continue
+        counts = per_session.get(session_id)
+        if counts is None:
+            per_session[session_id] = [row[1], 1, row[9] != "ok"]
+        else:
+            if row[1] > counts[0]:
+                counts[0] = row[1]
+            counts[1] += 1
+            counts[2] += row[9] != "ok"
+    if per_session:
+        conn.executemany(
+            _COUNT_REQUESTS,
+            [(last, calls, errors, sid) for sid, (last, calls, errors) in per_session.items()])
+
+
+def _store_schema(conn: sqlite3.Connection, row: Any) -> None:
+    ts, proxy, upstream_url, method, payload, new_hash = row
+    found = conn.execute(_STORED_SCHEMA, (proxy, upstream_url, method)).fetchone()
+    if found is None:
+        changes: list[tuple[str, str | None]] = [("initial", None)]
+        old_hash = None
+    else:
+        old_hash, old_payload = found
+        changes = [] if old_hash == new_hash else _server_schema.diff(method, old_payload,
+                                                                        payload)
+    conn.executemany(
+        _INSERT_CHANGE,
+        [(upstream_url, method, change, item, old_hash, new_hash, ts, proxy)
+         for change, item in changes],
+    )
+    conn.execute(_UPSERT_SCHEMA, (proxy, upstream_url, method, payload, ts, new_hash))

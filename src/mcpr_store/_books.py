@@ -1,0 +1,401 @@
+"""The books: who counts what, and the one place where the store's totals are added up.
+
+Every event ``record()`` accepts ends in exactly one of four terms. Each is counted where it
+happens, by the one process that sees it happen, and none is ever computed from the others,
+so ``recorded == committed + rejected + dropped + lost`` is a check that can fail:
+
+========== ========================================== =====================================
+term        counted when                               by, and where it is kept
+========== ========================================== =====================================
+recorded    ``record()`` accepts an event               each producer process, locally; sent
+                                                        in every message (its *report*)
+dropped     a producer never hands an event over:       the producer, locally, by reason;
+            buffer full, store closed, too large,       reported like ``recorded``
+            shutdown timed out, could not be read
+committed   the transaction holding it commits          the writer: in the same transaction,
+                                                        in ``meta`` (``mcpr-store.books.<token>``)
+                                                        then here, so a writer killed between
+                                                        COMMIT and its count loses nothing
+rejected    the writer refuses it: invalid when         the writer
+            decoded, or refused by the database
+            (a ``request_id`` already stored)
+lost        it was handed over and died with a          where the death is seen:
+            process:
+            - a writer died holding it                  the next writer, from its
+                                                        predecessor's books (``writer_died``)
+            - a producer put it on the queue and the    the writer, when it retires that
+              writer never received it (a queue         producer (``in_queue``)
+              repair discarded it)
+            - a producer died with it buffered          the writer, when it retires that dead
+              (reported as recorded, never sent)        producer (``worker_died``)
+========== ========================================== =====================================
+
+What cannot be known, and is not guessed: events a producer recorded after its last message
+that reached the writer, when that producer is then SIGKILLed (for a worker SIGKILLed before
+its first message, all of them); and the fate of a worker that is still running, not
+detached, when the owner shuts down (its last report stands). The identity holds after the
+owner's ``shutdown()`` once every other process has detached or died.
+
+Where the numbers live. ``SharedBooks`` is one array of 64-bit integers in shared memory,
+written by one process at a time (the writer; the owner only for its own slots, or while no
+writer runs) and read without locks by anyone: aligned 64-bit stores are atomic, and a lock
+in shared memory would be one more thing a SIGKILL could leave held. It outlives any writer,
+so a replacement writer carries every producer's numbers on. It holds global counters, a
+table of producers (one row per producer process, with its last report, what the writer
+received from it, and its flush answer), and two banks of totals for producers that are gone:
+a retired producer is folded into the inactive bank, the bank index flipped (one atomic
+store), and only then its row freed, so a writer killed mid-fold never counts it twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["G", "ProducerBooks", "SharedBooks", "StoreStats"]
+
+
+class G(enum.IntEnum):
+    """Global slots."""
+
+    COMMITTED = 0  # writer; reconciled from the database after a writer death
+    REJECTED_INVALID = 1  # writer, as it decodes
+    REJECTED_DB = 2  # writer, in the transaction (duplicate request_id); reconciled
+    LOST_WRITER = 3  # next writer (or the owner after a kill): events a dead writer held
+    BATCHES = 4
+    LAST_COMMIT_MS = 5
+    COMMIT_FAILURES = 6
+    WRITER_PID = 7
+    WRITER_RESTARTS = 8  # owner
+    QUEUE_REPAIRS = 9  # whoever repairs: the owner, or an orphaned writer
+    DB_REOPENS = 10
+    UNDECODABLE = 11  # messages that were not ours (their events show up as in_queue)
+    UNTRACKED = 12  # events from producers that found the table full (their reports lost)
+    ACTIVE_BANK = 13
+    WRITER_EPOCH = 14  # bumped by each writer at start: flush waiters re-ask a new writer
+    LOST_QUEUE_OWNER = 15  # the owner's events sent and never received (absolute, at the end)
+
+
+class B(enum.IntEnum):
+    """Fields of a bank: totals of retired producers."""
+
+    RECORDED = 0
+    DROPPED = 1
+    SENT = 2
+    RECEIVED = 3
+    LOST_QUEUE = 4
+    LOST_WORKER = 5
+    FOLDED_TOKEN = 6  # the last producer folded into this bank
+
+
+class P(enum.IntEnum):
+    """Fields of a producer's row."""
+
+    TOKEN = 0  # 0: free
+    PID = 1
+    START = 2
+    RECORDED = 3  # as last reported
+    DROPPED = 4
+    SENT = 5
+    RECEIVED = 6  # counted by the writer
+    FLUSHED = 7  # highest flush sequence answered
+
+
+_GLOBALS: Final = 16
+_BANK: Final = len(B)
+_ROW: Final = len(P)
+#: Producer processes alive at once. A gunicorn with 64 workers uses 65; rows of processes
+#: that end are folded into the banks and reused.
+MAX_PRODUCERS: Final = 1024
+_BANKS_AT: Final = _GLOBALS
+_ROWS_AT: Final = _BANKS_AT + 2 * _BANK
+SIZE: Final = _ROWS_AT + MAX_PRODUCERS * _ROW
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The shared books added up (a snapshot; exact once the writer has stopped)."""
+
+    recorded: int
+    dropped: int
+    sent: int
+    received: int
+    committed: int
+    rejected: int
+    lost_writer: int
+    lost_queue: int
+    lost_worker: int
+    producers: int
+
+    @property
+    def lost(self) -> int:
+        return self.lost_writer + self.lost_queue + self.lost_worker
+
+
+class SharedBooks:
+    """The books in shared memory; picklable only while a child process is being started."""
+
+    def __init__(self, array: Any | None = None) -> None:
+        self.array = array if array is not None else multiprocessing.RawArray(ctypes.c_int64,
+                                                                               SIZE)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedBooks, (self.array,))
+
+    def __getitem__(self, slot: G) -> int:
+        return int(self.array[slot])
+
+    def __setitem__(self, slot: G, value: int) -> None:
+        self.array[slot] = value
+
+    def add(self, slot: G, amount: int) -> None:
+        """Only by the slot's single writer, which makes read-modify-write safe."""
+        self.array[slot] += amount
+
+    # -- producer rows --------------------------------------------------------------------
+
+    def row(self, index: int) -> int:
+        """Offset of row ``index``."""
+        return _ROWS_AT + index * _ROW
+
+    def find(self, token: int) -> int | None:
+        """The row index of producer ``token``, or None."""
+        tokens = self.array[_ROWS_AT::_ROW]
+        try:
+            return tokens.index(token) if token else None
+        except ValueError:
+            return None
+
+    def rows(self) -> list[tuple[int, list[int]]]:
+        """(index, fields) of every row in use."""
+        a = self.array
+        found = []
+        for index, token in enumerate(a[_ROWS_AT::_ROW]):
+            if token:
+                at = self.row(index)
+                found.append((index, a[at:at + _ROW]))
+        return found
+
+    def claim(self, token: int, pid: int, start: int) -> int | None:
+        """Writer only: a free row for a new producer, or None when the table is full."""
+        tokens = self.array[_ROWS_AT::_ROW]
+        try:
+            index = tokens.index(0)
+        except ValueError:
+            return None
+        at = self.row(index)
+        self.array[at + 1:at + _ROW] = [pid, start, 0, 0, 0, 0, 0]
+        self.array[at + P.TOKEN] = token  # last: the row exists once it has its token
+        return index
+
+    def get(self, index: int, field_: P) -> int:
+        return int(self.array[self.row(index) + field_])
+
+    def set(self, index: int, field_: P, value: int) -> None:
+        self.array[self.row(index) + field_] = value
+
+    def report(self, index: int, recorded: int, dropped: int, sent: int) -> None:
+        """Writer only: a producer's latest report (absolute values, so idempotent)."""
+        at = self.row(index)
+        self.array[at + P.RECORDED:at + P.SENT + 1] = [recorded, dropped, sent]
+
+    # -- retiring producers ---------------------------------------------------------------
+
+    def _bank(self, which: int) -> int:
+        return _BANKS_AT + which * _BANK
+
+    def bank(self) -> list[int]:
+        return list(self.array[self._bank(self[G.ACTIVE_BANK]):][:_BANK])
+
+    def retire(self, index: int, *, died: bool) -> tuple[int, int]:
+        """Writer only: fold a producer that detached (or ``died``) into the banks and free
+        its row. Returns (events lost in the queue, events lost with the dead process).
+
+        In the queue: sent but never received (a queue repair discarded them). With the
+        process: recorded but neither dropped nor sent (only when it died; a clean detach
+        that left such a gap is a bug the identity must show, so it is not booked).
+        """
+        a = self.array
+        at = self.row(index)
+        token, _, _, recorded, dropped, sent, received, _ = a[at:at + _ROW]
+        lost_queue = max(0, sent - received)
+        lost_worker = max(0, recorded - dropped - sent) if died else 0
+        active = self[G.ACTIVE_BANK]
+        src, dst = self._bank(active), self._bank(1 - active)
+        old = a[src:src + _BANK]
+        a[dst:dst + _BANK] = [old[B.RECORDED] + recorded, old[B.DROPPED] + dropped,
+                              old[B.SENT] + sent, old[B.RECEIVED] + received,
+                              old[B.LOST_QUEUE] + lost_queue, old[B.LOST_WORKER] + lost_worker,
+                              token]
+        self[G.ACTIVE_BANK] = 1 - active  # the fold is published
+        a[at + P.TOKEN] = 0  # and only now the row is free
+        return lost_queue, lost_worker
+
+    def finish_interrupted_retire(self) -> None:
+        """Writer start: a predecessor killed between publishing a fold and freeing the row
+        left the row in use; it is in the bank already, so free it."""
+        folded = self.bank()[B.FOLDED_TOKEN]
+        index = self.find(folded) if folded else None
+        if index is not None:
+            self.array[self.row(index) + P.TOKEN] = 0
+
+    # -- totals ---------------------------------------------------------------------------
+
+    def received(self) -> int:
+        """Events the writers received, from every producer ever (plus untracked ones)."""
+        return (self.bank()[B.RECEIVED] + sum(f[P.RECEIVED] for _, f in self.rows())
+                + self[G.UNTRACKED])
+
+    def held_by_writer(self) -> int:
+        """Events received and not yet settled: pending in the running writer, or, when no
+        writer runs, what the dead one held."""
+        return (self.received() - self[G.COMMITTED] - self[G.REJECTED_INVALID]
+                - self[G.REJECTED_DB] - self[G.LOST_WRITER])
+
+    def totals(self, owner: tuple[int, tuple[int, int, int]] | None = None) -> Totals:
+        """Everything added up. ``owner`` = (token, (recorded, dropped, sent)) when the owner
+        asks: its row is never retired, and its own counters, never behind, replace the
+        report in it. Without it, rows are counted as last reported."""
+        bank = self.bank()
+        recorded, dropped, sent = bank[B.RECORDED], bank[B.DROPPED], bank[B.SENT]
+        received = bank[B.RECEIVED] + self[G.UNTRACKED]
+        rows = self.rows()
+        for _, f in rows:
+            if f[P.TOKEN] == bank[B.FOLDED_TOKEN]:  # folded a moment ago, row not yet freed
+                continue
+            received += f[P.RECEIVED]
+            if owner is not None and f[P.TOKEN] == owner[0]:
+                continue
+            recorded += f[P.RECORDED]
+            dropped += f[P.DROPPED]
+            sent += f[P.SENT]
+        if owner is not None:
+            recorded, dropped, sent = (recorded + owner[1][0], dropped + owner[1][1],
+                                       sent + owner[1][2])
+        return Totals(
+            recorded=recorded, dropped=dropped, sent=sent, received=received,
+            committed=self[G.COMMITTED],
+            rejected=self[G.REJECTED_INVALID] + self[G.REJECTED_DB],
+            lost_writer=self[G.LOST_WRITER],
+            lost_queue=bank[B.LOST_QUEUE] + self[G.LOST_QUEUE_OWNER],
+            lost_worker=bank[B.LOST_WORKER], producers=len(rows))
+
+    def settle_owner(self, token: int, sent: int) -> int:
+        """At the very end, with no writer left to read the queue: the owner's events that
+        were sent and never received are lost in the queue. Returns how many."""
+        index = self.find(token)
+        received = self.get(index, P.RECEIVED) if index is not None else 0
+        lost = max(0, sent - received)
+        self[G.LOST_QUEUE_OWNER] = lost  # absolute: settling twice counts once
+        return lost
+
+
+#: Why a producer drops an event; each has its own counter.
+DROP_REASONS: Final = ("buffer_full", "closed", "too_large", "shutdown_timeout", "unreadable")
+
+
+class ProducerBooks:
+    """One producer process's own counters.
+
+    ``recorded`` and the drops are incremented with ``+= 1`` on this object's attributes:
+    under CPython's GIL (3.11-3.13) that is one uninterruptible step, because a thread
+    switch or a signal handler can only run at a call, a backward jump or a function entry,
+    never inside ``x.n += 1`` on an int. So threads lose no increment, and a signal handler
+    that raises can never split ``record()``'s count from its append (both checked in
+    ``tests/test_producer.py``). ``sent`` is counted by the sender thread only.
+    """
+
+    __slots__ = ("buffer_full", "closed", "recorded", "sent", "shutdown_timeout", "too_large",
+                 "unreadable")
+
+    def __init__(self) -> None:
+        self.recorded = 0
+        self.sent = 0
+        self.buffer_full = 0
+        self.closed = 0
+        self.too_large = 0
+        self.shutdown_timeout = 0
+        self.unreadable = 0
+
+    def dropped(self) -> int:
+        return (self.buffer_full + self.closed + self.too_large + self.shutdown_timeout
+                + self.unreadable)
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        return {reason: n for reason in DROP_REASONS if (n := getattr(self, reason))}
+
+    def report(self) -> tuple[int, int, int]:
+        """(recorded, dropped, sent), as carried by every message."""
+        return self.recorded, self.dropped(), self.sent
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """A snapshot of the store's books and the writer's health.
+
+    The books (see ``mcpr_store._books`` for who counts what): every event ``record()``
+    accepted (``recorded``) is ``committed``, ``rejected`` by the writer (invalid, or a
+    ``request_id`` already stored), ``dropped`` by a producer before it was handed over
+    (``dropped_by_reason``), or ``lost`` with a process that died after it was handed over
+    (``lost_by_reason``: ``writer_died``, ``in_queue``, ``worker_died``). Each is counted
+    where it happens, so after the owner's ``shutdown()`` (once every other process has
+    detached or died) ``recorded == committed + rejected + dropped + lost`` is a real check.
+
+    In the owner, ``recorded`` and ``dropped`` cover every process that holds the store (a
+    worker's as of its last message the writer received); in any other process they are
+    that process's own. Cannot be known: what a worker SIGKILLed before its first message
+    (or after its last one) recorded, and what a worker still running at the owner's
+    shutdown will do next.
+
+    Gauges: ``buffered`` (events this process holds: in its buffers, or encoded and waiting
+    for room in a full queue), ``queue_depth`` (events on the queue: sent, not yet
+    received), ``writer_pending`` (received by the writer, not yet committed).
+    """
+
+    recorded: int
+    committed: int
+    rejected: int
+    dropped: int
+    lost: int
+    queue_depth: int
+    writer_pid: int | None
+    writer_alive: bool
+    writer_rss_bytes: int | None
+    writer_cpu_seconds: float | None
+    writer_restarts: int
+    queue_repairs: int
+    db_reopens: int
+    buffered: int
+    batches: int
+    commit_failures: int
+    last_commit_ms: int | None
+    writer_pending: int = 0
+    producers: int = 0
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    lost_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether process ``pid`` still runs and is the one that started at ``start`` (clock
+    ticks since boot, from /proc; 0 when unknown): a reused pid is another process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return not start or int(fields[19]) == start

@@ -1,0 +1,312 @@
+"""One process's side of the queue: the buffers ``record()`` appends to, and the sender thread
+that turns them into messages and puts them on the queue.
+
+``record()`` (in ``_store``) never touches the queue: it appends to a per-kind ``deque``
+(atomic under the GIL, so threads need no lock) and returns. The sender thread does
+everything else, so the caller never waits, even in the worst case: faster-fifo takes a
+process-shared mutex inside every call, and if another process died holding it, only the
+sender waits (until the owner releases it), while ``record()`` goes on buffering, then drops
+and counts.
+
+Why it looks like this:
+
+- Every ``put`` releases the GIL, and under a busy proxy thread the sender then waits one
+  switch interval (5 ms) to get it back. So each time the sender runs it moves everything
+  buffered: messages of up to ``MESSAGE_EVENTS`` events, all put with one ``put_many``.
+- The sender is started with the store (and in a forked child, by the fork hook), so it runs
+  whenever a buffer can be non-empty, and nothing has to start a thread at interpreter exit
+  (which Python 3.12+ refuses).
+- Nothing here takes a lock or waits on a ``threading.Event`` that another thread may be
+  holding: a signal handler can interrupt any line of the main thread, and a handler that
+  calls ``shutdown()`` must never wait for something the interrupted code holds. Requests to
+  the sender (flush, close) are plain attributes it polls every few milliseconds.
+
+The sender never dies: anything it cannot turn into a message is counted as dropped
+(``unreadable``, ``too_large``) and logged, and every other error is logged and survived.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from queue import Full
+from typing import Any, Final
+
+from ._books import ProducerBooks
+from ._events import KINDS, SessionEvent
+from ._wire import Detach, Stop, WireEncoder, shrink_request
+
+__all__ = ["MESSAGE_EVENTS", "Producer"]
+
+log = logging.getLogger("mcpr_store")
+
+#: Events per message. Bigger messages cost less per event to put, and the writer decodes a
+#: message in one C call; 4096 typical events are about half a megabyte.
+MESSAGE_EVENTS: Final = 4096
+#: The sender's cycle: how long a batch may form before it is sent. With the writer's
+#: 200 ms batch interval and its 10 ms idle poll, an idle proxy's event is committed in
+#: about 215 ms.
+_LINGER: Final = 0.005
+#: While closing: how long to wait for ``record()`` calls in progress on other threads.
+_IN_FLIGHT_GRACE: Final = 0.05
+_PUT_RETRY_MIN: Final = 0.001
+_PUT_RETRY_MAX: Final = 0.02
+_LOG_EVERY: Final = 10.0
+
+
+def _process_start() -> int:
+    """This process's start time in clock ticks since boot (0 where /proc is missing): with
+    the pid it names the process, so the writer can tell a reused pid from ours."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Producer:
+    """This process's buffers, its sender thread and its books.
+
+    One buffer per event class, so ``record()`` finds the buffer and checks the type with
+    one dict lookup, and the sender turns a run of one class into a message without asking
+    each event what it is.
+    """
+
+    def __init__(self, queue: Any, *, owner: bool, buffer_events: int, queue_bytes: int) -> None:
+        import threading
+
+        self.queue = queue
+        self.is_owner = owner
+        self.token = secrets.randbits(62) | 1
+        self.books = ProducerBooks()
+        self.buffers: dict[type, deque[Any]] = {cls: deque() for cls in KINDS.values()}
+        # Sessions first: their requests may be in the same round.
+        self._order = sorted(enumerate(self.buffers.values()),
+                             key=lambda kb: list(KINDS.values())[kb[0]] is not SessionEvent)
+        self.capacity = buffer_events
+        self.accepting = True
+        self._encoder = WireEncoder(self.token, os.getpid(), _process_start())
+        # A message may take half the queue, so one always fits once the queue drains.
+        self._max_message = queue_bytes // 2
+        self.flush_requests: deque[int] = deque()
+        self._outbox: list[tuple[bytes, int]] = []  # encoded, waiting for room in the queue
+        self._outbox_events = 0
+        self.close_deadline: float | None = None  # set by close(): send what is left, then
+        self.done_closing = False  # the sender has sent (or given up on) its last message
+        self.resend_final = False  # the owner's writer was replaced after our stop
+        self.retired = False  # the store is done with this thread
+        self._final: bytes | None = None
+        self._log_at: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._run, name="mcpr-store-sender", daemon=True)
+        self.thread.start()
+
+    # -- any thread ---------------------------------------------------------------------
+
+    def buffer_for(self, event: Any) -> deque[Any]:
+        """The buffer of ``event``'s kind, for an instance of a subclass of an event class.
+        Raises ``TypeError`` for anything else. Only ``type()`` is asked: an object can make
+        ``__class__`` (and so ``isinstance``) claim anything."""
+        for cls, buffer in self.buffers.items():
+            if issubclass(type(event), cls):
+                return buffer
+        raise TypeError(
+            "Store.record() takes a RequestEvent, SessionEvent, SessionClosed or "
+            f"SchemaVersionEvent, not {type(event).__name__}")
+
+    def buffered(self) -> int:
+        """Events in the buffers (not yet taken by the sender)."""
+        return sum(len(buffer) for buffer in self.buffers.values())
+
+    def waiting(self) -> int:
+        """Events this process holds: buffered, or encoded and waiting for room in the queue."""
+        return self.buffered() + self._outbox_events
+
+    def close(self, deadline: float) -> None:
+        """Stop accepting; the sender sends what is left, then its last message, by
+        ``deadline``. Never blocks (safe in a signal handler)."""
+        self.accepting = False
+        if self.close_deadline is None:
+            self.close_deadline = deadline
+
+    def sweep(self) -> int:
+        """Count as dropped (``closed``) what a ``record()`` in progress at the close put in
+        a buffer after the sender's last look. Call once the sender is done."""
+        swept = 0
+        for buffer in self.buffers.values():
+            while buffer:
+                try:
+                    buffer.popleft()
+                except IndexError:
+                    break
+                swept += 1
+        self.books.closed += swept
+        return swept
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    # -- the sender thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self.retired:
+            try:
+                if self.close_deadline is None:
+                    time.sleep(_LINGER)
+                    self._cycle()
+                elif not self.done_closing:
+                    self._close(self.close_deadline)
+                else:
+                    if self.resend_final and self._final is not None:
+                        self.resend_final = False
+                        self._put_control(self._final, float("inf"))
+                    time.sleep(_LINGER)
+            except Exception as exc:  # the sender never dies
+                self._warn("sender", f"mcpr-store: the sender thread survived an error: {exc!r}")
+                time.sleep(_LINGER)
+
+    def _cycle(self) -> None:
+        """One round: what was buffered before a flush request goes before its answer."""
+        seq = 0
+        while self.flush_requests:
+            seq = max(seq, self.flush_requests.popleft())
+        self._send_all()
+        if seq:
+            self._put_control(self._encoder.flush(self._report(0), seq), float("inf"))
+
+    def _report(self, extra: int) -> tuple[int, int, int]:
+        """(recorded, dropped, sent) for a message carrying ``extra`` events: ``sent``
+        counts the events of every message before it, put or waiting in the outbox."""
+        books = self.books
+        return books.recorded, books.dropped(), books.sent + self._outbox_events + extra
+
+    def _send_all(self) -> None:
+        if self._outbox and not self._put_outbox():
+            return  # the queue is full: hold back, let the buffers absorb
+        for kind, buffer in self._order:
+            pop = buffer.popleft
+            while buffer:
+                rows = []
+                try:
+                    for _ in range(min(len(buffer), MESSAGE_EVENTS)):
+                        rows.append(pop())
+                except IndexError:  # swept by a closing store meanwhile
+                    pass
+                if rows:
+                    self._encode(kind, rows)
+        self._put_outbox()
+
+    def _encode(self, kind: int, rows: list[Any]) -> None:
+        try:
+            message, events, invalid = self._encoder.events(self._report(len(rows)), kind, rows)
+        except Exception as exc:
+            self.books.unreadable += len(rows)
+            self._warn("unreadable", f"mcpr-store: dropped {len(rows)} events that could not "
+                                     f"be encoded: {exc!r}")
+            return
+        if len(message) > self._max_message:
+            if len(rows) > 1:
+                half = len(rows) // 2
+                self._encode(kind, rows[:half])
+                self._encode(kind, rows[half:])
+                return
+            shrunk = shrink_request(rows[0]) if kind == 0 else None
+            if shrunk is not None:
+                self._encode(kind, [shrunk])
+                return
+            self.books.too_large += 1
+            self._warn("too_large", f"mcpr-store: dropped a {list(KINDS)[kind]} event of "
+                                    f"{len(message)} bytes, larger than a queue message may be "
+                                    f"({self._max_message})")
+            return
+        if invalid:
+            self._warn("invalid", f"mcpr-store: sending {len(invalid)} events the writer will "
+                                  f"reject: {invalid[0]}")
+        self._outbox.append((message, events))
+        self._outbox_events += events
+
+    def _put_outbox(self) -> bool:
+        """Put what is waiting; True when nothing is left waiting."""
+        if not self._outbox:
+            return True
+        try:
+            self.queue.put_many_nowait([message for message, _ in self._outbox])
+            put = len(self._outbox)
+        except Full:
+            put = 0
+            for message, _ in self._outbox:
+                try:
+                    self.queue.put_nowait(message)
+                except Full:
+                    break
+                put += 1
+        events = sum(n for _, n in self._outbox[:put])
+        del self._outbox[:put]
+        self._outbox_events -= events
+        self.books.sent += events
+        return not self._outbox
+
+    def _put_control(self, message: bytes, deadline: float) -> bool:
+        """Put one control message, retrying while the queue is full, until ``deadline``."""
+        delay = _PUT_RETRY_MIN
+        while True:
+            try:
+                self.queue.put_nowait(message)
+                return True
+            except Full:
+                if time.monotonic() >= deadline or self.retired:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, _PUT_RETRY_MAX)
+
+    def _in_flight(self) -> int:
+        """``record()`` calls counted but not yet appended (on other threads, right now)."""
+        books = self.books
+        return (books.recorded - books.dropped() - books.sent - self._outbox_events
+                - self.buffered())
+
+    def _close(self, deadline: float) -> None:
+        """Send everything, then the last message; what cannot go by ``deadline`` is dropped."""
+        grace = min(deadline, time.monotonic() + _IN_FLIGHT_GRACE)
+        while True:
+            self._cycle()
+            if self._in_flight() <= 0 or time.monotonic() >= grace:
+                break
+            time.sleep(0.001)
+        delay = _PUT_RETRY_MIN
+        while (self._outbox or self.buffered()) and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, _PUT_RETRY_MAX)
+            self._send_all()
+        if self._outbox or self.buffered():
+            stranded = self._outbox_events + self.buffered()
+            self._outbox.clear()
+            self._outbox_events = 0
+            for buffer in self.buffers.values():
+                buffer.clear()
+            self.books.shutdown_timeout += stranded
+            log.error("mcpr-store: could not hand %d events to the writer by the shutdown "
+                      "deadline (the queue stayed full); they are dropped", stranded)
+        report = self.books.report()
+        final = self._encoder.control(Stop if self.is_owner else Detach, report)
+        if self._put_control(final, deadline):
+            self._final = final
+        else:
+            log.error("mcpr-store: could not put the %s message by the shutdown deadline",
+                      "stop" if self.is_owner else "detach")
+        self.done_closing = True
+
+    @property
+    def final_sent(self) -> bool:
+        """Whether this producer's last message (the owner's stop, a worker's detach) is on
+        the queue."""
+        return self._final is not None
+
+    def _warn(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._log_at.get(key, -_LOG_EVERY) >= _LOG_EVERY:
+            self._log_at[key] = now
+            log.warning("%s", message)

@@ -1,0 +1,343 @@
+"""The public handle: ``Store.open``, the non-blocking ``record()``, ``flush()``, ``stats()``,
+``shutdown()``. A thin composition of the producer side (``_producer``), the writer's
+supervision (``_supervisor``) and the books (``_books``).
+
+``record()`` is the only hot path: one dict lookup, one check, one counter and one
+``deque.append``. It never blocks and never raises except ``TypeError`` for something that
+is not an event.
+
+Only the process that opened the store owns the writer. A process forked from it (gunicorn
+``preload_app``, ``multiprocessing`` fork, ``os.fork``) gets a fresh, empty producer with its
+own sender thread: whatever the parent had buffered is the parent's to send, so nothing is
+lost or sent twice; its ``shutdown()`` (also run at its exit) sends its own events and
+detaches, and never stops the writer.
+
+``shutdown()`` only asks the sender thread (and, in the owner, the supervisor) to do the
+work, then polls for the result: it is safe in a signal handler, including one that fires
+during another ``shutdown()`` (the nested call waits for the first one's result).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.util
+import os
+import secrets
+import time
+import weakref
+from types import TracebackType
+from typing import Any, Final, Self
+
+from . import _db
+from ._books import G, P, SharedBooks, StoreStats
+from ._config import StoreConfig
+from ._events import Event
+from ._launch import WriterSpec
+from ._producer import Producer
+from ._queue import create_queue
+from ._supervisor import Supervisor
+
+__all__ = ["Store"]
+
+#: Bound on waiting at interpreter exit for a store that was never shut down.
+_EXIT_TIMEOUT: Final = 10.0
+#: How long ``shutdown()`` waits past its deadline for the threads doing the work to report.
+_MARGIN: Final = 1.0
+_POLL: Final = 0.002
+
+_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+class Store:
+    """Handle to the storage engine: record events from the hot path, shut down once.
+
+    Open with ``Store.open(config)``; use as a context manager to shut down on exit. A
+    process forked from the owner inherits a working handle; a ``multiprocessing`` child
+    started with ``spawn`` or ``forkserver`` gets one when the store is a ``Process``
+    argument.
+    """
+
+    def __init__(self, config: StoreConfig, spec: WriterSpec,
+                 supervisor: Supervisor | None) -> None:
+        self.config = config
+        self.queue = spec.queue
+        self.books: SharedBooks = spec.books
+        self.db_path = spec.db_path
+        self._spec = spec
+        self._owner_pid = spec.owner_pid
+        self._supervisor = supervisor
+        self._producer = self._new_producer(owner=supervisor is not None)
+        if supervisor is not None:
+            supervisor.stop_sent = lambda: self._producer.final_sent
+            supervisor.on_replaced = self._resend_final
+            supervisor.owner_sent = lambda: (self._producer.token, self._producer.books.sent)
+        self._flush_seq = itertools.count(1)
+        self._deadline: float | None = None  # set by the first shutdown()
+        self._result: bool | None = None
+        _stores.add(self)
+        atexit.register(self._at_exit)
+        multiprocessing.util.register_after_fork(self, Store._exit_with_multiprocessing)
+
+    def _new_producer(self, *, owner: bool) -> Producer:
+        return Producer(self.queue, owner=owner, buffer_events=self.config.buffer_events,
+                        queue_bytes=self.config.queue_bytes)
+
+    @classmethod
+    def open(cls, config: StoreConfig | None = None) -> Store:
+        """Create or upgrade the database, start the writer process, return the handle.
+
+        Blocks until the writer is ready (at most ``config.start_timeout`` seconds). Raises
+        ``StoreIOError`` when the directory or file cannot be created, ``StoreSQLiteError``
+        when the file is not a usable database or cannot be migrated (a newer schema is
+        refused untouched), and ``WriterStartError`` when the writer cannot start. Each
+        message names the path and the cause.
+        """
+        config = config or StoreConfig()
+        path = config.resolved_path()
+        _db.open_database(path, config.mcpr_version)
+        spec = WriterSpec(create_queue(config.queue_bytes), SharedBooks(), str(path),
+                          config.mcpr_version, os.getpid(), config.batch_interval,
+                          config.batch_size, secrets.token_hex(8))
+        supervisor = Supervisor(spec, config.start_timeout)
+        supervisor.start()
+        return cls(config, spec, supervisor)
+
+    # -- hot path -------------------------------------------------------------------------
+
+    def record(self, event: Event) -> None:
+        """Hand ``event`` to the writer. Never blocks; never raises except ``TypeError``.
+
+        When the store is shut down or this process's buffer is full the event is dropped
+        and counted (``StoreStats.dropped_by_reason``). Events are immutable, so recording
+        one twice records it twice (the writer then rejects the duplicate ``request_id``).
+        """
+        producer = self._producer
+        buffer = producer.buffers.get(type(event))
+        if buffer is None:
+            buffer = producer.buffer_for(event)
+        books = producer.books
+        # Each branch counts then appends with nothing callable in between: no thread switch
+        # or signal handler can split the two (see ``_books.ProducerBooks``).
+        if producer.accepting:
+            if len(buffer) < producer.capacity:
+                books.recorded += 1
+                buffer.append(event)
+            else:
+                books.recorded += 1
+                books.buffer_full += 1
+        else:
+            books.recorded += 1
+            books.closed += 1
+
+    # -- control ----------------------------------------------------------------------------
+
+    @property
+    def is_owner(self) -> bool:
+        """Whether this process opened the store (and so owns the writer)."""
+        return os.getpid() == self._owner_pid
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything recorded in this process before the call is committed.
+
+        Blocks at most ``timeout`` seconds; returns False on timeout (the events are still
+        on their way, or were lost with a writer that died: ``stats()`` says which). Any
+        number of threads may flush at once; each gets its own answer. After ``shutdown()``
+        returns what it returned.
+        """
+        deadline = time.monotonic() + timeout
+        if self._deadline is not None:
+            while self._result is None and time.monotonic() < deadline:
+                time.sleep(_POLL)
+            return bool(self._result)
+        producer = self._producer
+        seq = next(self._flush_seq)
+        epoch = self.books[G.WRITER_EPOCH]
+        producer.flush_requests.append(seq)
+        row: int | None = None
+        while True:
+            if row is None or self.books.get(row, P.TOKEN) != producer.token:
+                row = self.books.find(producer.token)
+            if row is not None and self.books.get(row, P.FLUSHED) >= seq:
+                return True
+            if self.books[G.WRITER_EPOCH] != epoch:  # a new writer: ask it again
+                epoch = self.books[G.WRITER_EPOCH]
+                producer.flush_requests.append(seq)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Send what is buffered, then stop (owner) or detach (any other process).
+
+        The owner sends the sentinel and waits for the writer's final commit and exit (a
+        writer that dies meanwhile is replaced, and the sentinel sent again). Blocks at most
+        ``timeout`` seconds (default ``config.shutdown_timeout``) plus a second's margin; by
+        then the writer is killed if it has not finished, and what could not be handed over
+        is counted as dropped. Idempotent, and safe in a signal handler: a call made while
+        another is in progress waits for that one's result.
+
+        Returns whether everything recorded was committed or rejected (owner), or handed to
+        the writer (any other process: it cannot see what became of them).
+        """
+        if self._result is not None:
+            return self._result
+        if self._deadline is None:
+            timeout = self.config.shutdown_timeout if timeout is None else timeout
+            self._deadline = time.monotonic() + timeout
+            atexit.unregister(self._at_exit)
+            self._producer.close(self._deadline)
+            if self._supervisor is not None and self.is_owner:
+                self._supervisor.request_stop(self._deadline)
+        until = self._deadline + _MARGIN
+        while not self._finished() and time.monotonic() < until:
+            time.sleep(_POLL)
+        if self._result is None:
+            self._result = self._settle()
+        return self._result
+
+    def _finished(self) -> bool:
+        if self._supervisor is not None and self.is_owner:
+            return self._supervisor.finished
+        return self._producer.done_closing
+
+    def _settle(self) -> bool:
+        producer = self._producer
+        if producer.done_closing:
+            producer.sweep()
+        producer.retired = True
+        if self._supervisor is not None and self.is_owner:
+            if not self._supervisor.finished:
+                return False
+            totals = self.books.totals((producer.token, producer.books.report()))
+            return totals.recorded == totals.committed + totals.rejected
+        return producer.final_sent and producer.books.sent == producer.books.recorded
+
+    def _resend_final(self) -> None:
+        self._producer.resend_final = True
+
+    def _at_exit(self) -> None:
+        self.shutdown(timeout=min(self.config.shutdown_timeout, _EXIT_TIMEOUT))
+
+    def _exit_with_multiprocessing(self) -> None:
+        # A multiprocessing child leaves through os._exit(), past atexit; its own exit hook
+        # runs Finalize callbacks, so the forked child's handle detaches there.
+        multiprocessing.util.Finalize(None, self._at_exit, exitpriority=50)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    # -- observation ------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """A snapshot of the books and the writer's health. Never blocks."""
+        producer = self._producer
+        if self._result is not None and producer.done_closing:
+            producer.sweep()  # a record() in progress at the close landed after it
+        books = self.books
+        mine = producer.books
+        if self.is_owner:
+            totals = books.totals((producer.token, mine.report()))
+            recorded, dropped = totals.recorded, totals.dropped
+            by_reason = mine.dropped_by_reason()
+            others = totals.dropped - mine.dropped()
+            if others:
+                by_reason["other_processes"] = others
+        else:
+            totals = books.totals()
+            recorded, dropped = mine.recorded, mine.dropped()
+            by_reason = mine.dropped_by_reason()
+        lost_by_reason = {name: n for name, n in (
+            ("writer_died", totals.lost_writer), ("in_queue", totals.lost_queue),
+            ("worker_died", totals.lost_worker)) if n}
+        pid = books[G.WRITER_PID] or None
+        health = self._writer_health(pid)
+        return StoreStats(
+            recorded=recorded,
+            committed=totals.committed,
+            rejected=totals.rejected,
+            dropped=dropped,
+            lost=totals.lost,
+            queue_depth=max(0, totals.sent - totals.received),
+            writer_pid=pid,
+            writer_alive=health is not None,
+            writer_rss_bytes=health[0] if health else None,
+            writer_cpu_seconds=health[1] if health else None,
+            writer_restarts=books[G.WRITER_RESTARTS],
+            queue_repairs=books[G.QUEUE_REPAIRS],
+            db_reopens=books[G.DB_REOPENS],
+            buffered=producer.waiting(),
+            batches=books[G.BATCHES],
+            commit_failures=books[G.COMMIT_FAILURES],
+            last_commit_ms=books[G.LAST_COMMIT_MS] or None,
+            writer_pending=max(0, books.held_by_writer()) if health else 0,
+            producers=totals.producers,
+            dropped_by_reason=by_reason,
+            lost_by_reason=lost_by_reason,
+        )
+
+    def _writer_health(self, pid: int | None) -> tuple[int, float] | None:
+        """(RSS bytes, CPU seconds) of a live writer, None if there is none."""
+        if pid is None:
+            return None
+        if self._supervisor is not None and self.is_owner and not self._supervisor.writer_alive():
+            return None
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None
+                cpu = proc.cpu_times()
+                return proc.memory_info().rss, cpu.user + cpu.system
+        except psutil.Error:
+            return None
+
+    def __repr__(self) -> str:
+        role = "owner" if self.is_owner else "worker"
+        state = "open" if self._deadline is None else "closed"
+        return f"<Store {self.db_path!r} {role} {state}>"
+
+    # -- handing the store to other processes -----------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if multiprocessing.context.get_spawning_popen() is None:
+            raise TypeError(
+                "a Store can only be passed to a multiprocessing child as a Process argument "
+                "(spawn or forkserver); a forked child inherits it, and other processes "
+                "should open their own")
+        return (_attach, (self.config, self._spec))
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork: a fresh producer with its own sender, empty buffers
+        # (what the parent had buffered is the parent's to send), and no supervisor.
+        self._supervisor = None
+        self._producer = self._new_producer(owner=False)
+        if self._deadline is not None:  # shut down in the parent before the fork
+            self._producer.accepting = False
+            self._producer.retired = True
+            self._result = True
+
+
+def _attach(config: StoreConfig, spec: WriterSpec) -> Store:
+    """A non-owner handle in a spawned child (see ``Store.__reduce__``)."""
+    return Store(config, spec, None)
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

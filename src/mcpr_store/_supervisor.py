@@ -1,0 +1,173 @@
+"""The owner's watch over the writer process: start it, replace it when it dies, stop it.
+
+Only the process that opened the store has a supervisor. Its thread checks every
+``_WATCH_EVERY`` seconds that the writer is alive and that no dead process holds the queue's
+lock (``_queue.repair_if_wedged``; it is the only repairer while the owner lives), so a dead
+writer is replaced, and a dead holder's lock released, within that plus a writer start
+(about 0.1-0.3 s). A writer that cannot start is retried with backoff, not in a tight loop
+of new interpreters.
+
+Stopping: once ``request_stop(deadline)`` is called, the supervisor waits for the writer's
+clean exit after the owner's sentinel; a writer that dies meanwhile is replaced (with a start
+timeout that ends at the deadline) and the sentinel sent again; at the deadline the writer is
+killed, whatever it is doing, and what it held is booked as lost. Nothing here ever waits on
+the queue or on a lock that the proxy's threads take, so the deadline holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from ._books import G, P, SharedBooks, process_alive
+from ._errors import WriterStartError
+from ._launch import WriterProcess, WriterSpec, start_writer
+from ._queue import repair_if_wedged
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("mcpr_store")
+
+_WATCH_EVERY: Final = 0.1
+_RESTART_MAX: Final = 5.0
+
+
+class Supervisor:
+    """Owns the writer process of one store (in the owner process only)."""
+
+    def __init__(self, spec: WriterSpec, start_timeout: float) -> None:
+        self.spec = spec
+        self.books: SharedBooks = spec.books
+        self.start_timeout = start_timeout
+        self.writer: WriterProcess | None = None
+        self.deadline: float | None = None  # set by request_stop()
+        self.stop_sent: Callable[[], bool] = lambda: False
+        self.on_replaced: Callable[[], None] = lambda: None
+        #: (token, events sent) of the owner's producer, for the books after a kill.
+        self.owner_sent: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.finished = False  # the writer has exited after a stop (or was killed)
+        self.clean_exit = False
+        self._restart_delay = _WATCH_EVERY
+        self._restart_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the first writer and the watch. Blocks until the writer is ready (at most
+        ``start_timeout`` seconds); raises ``WriterStartError`` saying why not."""
+        self.writer = start_writer(self.spec, self.start_timeout, self._repair_lock)
+        self.books[G.WRITER_PID] = self.writer.pid
+        self._thread = threading.Thread(target=self._watch, name="mcpr-store-supervisor",
+                                        daemon=True)
+        self._thread.start()
+
+    def request_stop(self, deadline: float) -> None:
+        """The owner's sentinel is on its way; the writer must be gone by ``deadline``.
+        Never blocks (safe in a signal handler)."""
+        if self.deadline is None:
+            self.deadline = deadline
+
+    def writer_alive(self) -> bool:
+        writer = self.writer
+        return writer is not None and writer.poll() is None
+
+    # -- the watch thread ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self.finished:
+            time.sleep(_WATCH_EVERY)
+            try:
+                self._tick()
+            except Exception as exc:  # the watch never dies
+                log.error("mcpr-store: the writer's supervisor survived an error: %r", exc)
+
+    def _tick(self) -> None:
+        self._repair_lock()
+        writer = self.writer
+        code = None if writer is None else writer.poll()
+        now = time.monotonic()
+        past_deadline = self.deadline is not None and now >= self.deadline
+        if writer is not None and code is None:
+            if past_deadline:
+                log.error("mcpr-store: the writer (pid %d) did not finish by the shutdown "
+                          "deadline; killing it", writer.pid)
+                writer.kill()
+                writer.wait()
+                self._settle_dead_writer()
+                self.finished = True
+            return
+        if code == 0 and self.stop_sent():
+            self.clean_exit = True
+            self.finished = True
+            return
+        if past_deadline:
+            self._settle_dead_writer()
+            self.finished = True
+            return
+        if now >= self._restart_at:
+            self._replace(code)
+
+    def _replace(self, code: int | None) -> None:
+        dead = self.writer
+        timeout = self.start_timeout
+        if self.deadline is not None:
+            timeout = max(0.05, min(timeout, self.deadline - time.monotonic()))
+        try:
+            self.writer = start_writer(self.spec, timeout, self._while_starting)
+        except WriterStartError as exc:
+            self.writer = None
+            log.error("mcpr-store: %s; retrying in %.1f s", exc, self._restart_delay)
+            self._restart_at = time.monotonic() + self._restart_delay
+            self._restart_delay = min(self._restart_delay * 2, _RESTART_MAX)
+            return
+        self._restart_delay = _WATCH_EVERY
+        self.books[G.WRITER_PID] = self.writer.pid
+        self.books.add(G.WRITER_RESTARTS, 1)
+        log.warning("mcpr-store: started writer pid %d to replace %s", self.writer.pid,
+                    f"pid {dead.pid} (exit code {code})" if dead is not None else "a writer "
+                    "that could not start")
+        if self.stop_sent():  # the dead writer may have taken the sentinel with it
+            self.on_replaced()
+
+    def _repair_lock(self) -> None:
+        if repair_if_wedged(self.spec.queue) is not None:
+            self.books.add(G.QUEUE_REPAIRS, 1)
+
+    def _while_starting(self) -> bool:
+        """Keep watching the queue lock while a writer starts; give up at the deadline."""
+        self._repair_lock()
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _settle_dead_writer(self) -> None:
+        """No writer will start again: take its commits from the database and book what it
+        held as lost (what a replacement writer does at its start)."""
+        from ._batch import read_books
+
+        try:
+            conn = sqlite3.connect(f"file:{self.spec.db_path}?mode=ro", uri=True, timeout=1)
+            try:
+                stored = read_books(conn, self.spec.store_token)
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            stored = None
+        books = self.books
+        if stored is not None:
+            books[G.COMMITTED] = max(books[G.COMMITTED], stored[0])
+            books[G.REJECTED_DB] = max(books[G.REJECTED_DB], stored[1])
+        held = books.held_by_writer()
+        if held > 0:
+            books.add(G.LOST_WRITER, held)
+            log.warning("mcpr-store: the writer died holding %d events it had not committed; "
+                        "they are lost", held)
+        for index, fields in books.rows():  # nobody will read the queue again
+            token, pid, start = fields[P.TOKEN], fields[P.PID], fields[P.START]
+            if token != self.owner_sent()[0] and not process_alive(pid, start):
+                books.retire(index, died=True)
+        lost = books.settle_owner(*self.owner_sent())
+        if lost:
+            log.warning("mcpr-store: %d events sent to the writer were still queued when it "
+                        "was killed; they are lost", lost)

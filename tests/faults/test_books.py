@@ -1,0 +1,245 @@
+"""The books under crashes: every term counted where it happens, so the identity can fail.
+
+Each test kills something at the worst moment and then checks that ``committed`` is the
+number of rows really stored and that ``recorded == committed + rejected + dropped + lost``
+holds without anything being booked as the remainder of the others.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from faultkit import FaultReport, assert_accounted, exited
+from helpers import request, scalar, wait_for
+
+from mcpr_store import Store
+
+INJECT = Path(__file__).with_name("inject")
+
+
+@pytest.fixture
+def pause_after_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A flag file: while it exists, the writer's COMMIT returns only once it is removed."""
+    flag = tmp_path / "pause-after-commit"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(INJECT), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("MCPR_FAULT_PAUSE_AFTER_COMMIT", str(flag))
+    yield flag
+    flag.unlink(missing_ok=True)
+
+
+def _new_writer(store: Store, old: int) -> bool:
+    stats = store.stats()
+    return stats.writer_pid not in (None, old) and stats.writer_alive
+
+
+def test_writer_killed_between_commit_and_count__committed_is_the_rows(
+    open_store: Callable[..., Store], db_path: Path, pause_after_commit: Path,
+    fault_report: FaultReport
+) -> None:
+    store = open_store(batch_interval=30)  # only the 500-event batch size commits
+    pause_after_commit.touch()
+    for i in range(500):
+        store.record(request(f"r{i}"))
+    wait_for(Path(f"{pause_after_commit}.paused").exists, what="the writer to commit and pause")
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 500
+    assert store.stats().committed == 0  # the writer has not counted its commit yet
+    old = store.stats().writer_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    pause_after_commit.unlink()
+    wait_for(lambda: _new_writer(store, old), timeout=5, what="a replacement writer")
+    for i in range(500, 600):
+        store.record(request(f"r{i}"))
+    assert store.shutdown()
+    stats = store.stats()
+    assert stats.committed == scalar(db_path, "SELECT COUNT(*) FROM requests") == 600
+    assert (stats.recorded, stats.lost, stats.dropped, stats.rejected) == (600, 0, 0, 0)
+    assert_accounted(stats)
+    fault_report.add("writer SIGKILLed between COMMIT and its count", offered=600,
+                     committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
+                     rejected=stats.rejected)
+
+
+def _worker(store: Store, prefix: str, n: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        for i in range(n):
+            store.record(request(f"{prefix}-{i}"))
+        os._exit(0 if store.shutdown(timeout=20) else 1)
+    return pid
+
+
+def _reap(pid: int) -> None:
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_writer_restart__keeps_the_numbers_of_workers_that_detached_before(
+    open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
+) -> None:
+    store = open_store()
+    _reap(_worker(store, "a", 1000))
+    wait_for(lambda: store.stats().committed >= 1000, what="worker a's events")
+    old = store.stats().writer_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: _new_writer(store, old), timeout=5, what="a replacement writer")
+    _reap(_worker(store, "b", 1000))
+    assert store.shutdown()
+    stats = store.stats()
+    assert stats.committed == scalar(db_path, "SELECT COUNT(*) FROM requests") == 2000
+    assert (stats.recorded, stats.lost, stats.dropped) == (2000, 0, 0)
+    assert_accounted(stats)
+    fault_report.add("writer SIGKILLed after a worker detached", offered=2000,
+                     committed=stats.committed, lost=stats.lost)
+
+
+def test_books__a_message_whose_events_vanished_breaks_the_identity(
+    open_store: Callable[..., Store]
+) -> None:
+    """The check can fail: a producer that reports events it never delivered (what a sender
+    that lost them would do) leaves them unaccounted for, not silently booked as lost."""
+    store = open_store()
+    worker = os.fork()
+    if worker == 0:
+        for i in range(100):
+            store.record(request(f"w{i}"))
+        for buffer in store._producer.buffers.values():  # a sender that "loses" them
+            buffer.clear()
+        os._exit(0 if not store.shutdown(timeout=10) else 1)
+    _reap(worker)
+    store.record(request("owner"))
+    store.shutdown()
+    stats = store.stats()
+    assert stats.recorded == 101
+    assert stats.committed == 1
+    assert stats.lost == stats.dropped == stats.rejected == 0
+    assert stats.recorded != stats.committed + stats.rejected + stats.dropped + stats.lost
+
+
+_BACKLOG_OWNER = """
+import sys, time
+from pathlib import Path
+from mcpr_store import RequestEvent, Store, StoreConfig
+status = Path(sys.argv[2])
+store = Store.open(StoreConfig(db_path=sys.argv[1]))
+(status / "writer").write_text(str(store.stats().writer_pid))
+while not (status / "go").exists():
+    time.sleep(0.005)
+for i in range(20_000):
+    store.record(RequestEvent(request_id=f"r{i}", ts=1_764_000_000_000 + i, proxy="p",
+                              method="tools/call", tool="t", latency_us=5))
+while store.stats().buffered:
+    time.sleep(0.005)
+(status / "queued").write_text("1")
+time.sleep(60)
+"""
+
+
+def test_owner_killed_with_20000_events_queued__the_writer_commits_them_all(
+    tmp_path: Path, fault_report: FaultReport
+) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(_BACKLOG_OWNER)
+    db = tmp_path / "backlog.db"
+    owner = subprocess.Popen([sys.executable, str(script), str(db), str(tmp_path)])
+    writer: psutil.Process | None = None
+    try:
+        wait_for((tmp_path / "writer").exists, timeout=30, what="the owner to open its store")
+        writer = psutil.Process(int((tmp_path / "writer").read_text()))
+        writer.suspend()  # stalled: the queue fills up behind it
+        (tmp_path / "go").touch()
+        wait_for((tmp_path / "queued").exists, timeout=30, what="20,000 events in the queue")
+        owner.kill()
+        owner.wait()
+        writer.resume()
+        wait_for(lambda: exited(writer), timeout=15, what="the orphaned writer to exit")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if writer is not None and not exited(writer):
+            writer.kill()
+    committed = scalar(db, "SELECT COUNT(*) FROM requests")
+    assert committed == 20_000
+    fault_report.add("owner SIGKILLed with 20,000 events queued (writer stalled)",
+                     offered=20_000, committed=committed)
+
+
+def test_shutdown__keeps_its_deadline_while_a_replacement_writer_cannot_start(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    import sqlite3
+
+    store = open_store()
+    store.record(request("r0"))
+    assert store.flush()
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # a replacement writer's open waits on this lock
+    try:
+        old = store.stats().writer_pid
+        assert old is not None
+        me = psutil.Process()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: any(c.pid != old for c in me.children()), timeout=5,
+                 what="a replacement writer to be starting")
+        started = time.monotonic()
+        clean = store.shutdown(timeout=1.0)
+        took = time.monotonic() - started
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert took < 2.0, f"shutdown(timeout=1.0) took {took:.2f} s"
+    assert clean  # the one event recorded was committed before the kill
+
+
+def test_shutdown__says_false_when_events_were_lost(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    from test_crashes import Stream
+
+    store = open_store()
+    stream = Stream(store, rate=5000)
+    try:
+        for _ in range(3):
+            wait_for(lambda: store.stats().writer_alive, what="a live writer")
+            old = store.stats().writer_pid
+            assert old is not None
+            time.sleep(0.1)
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda o=old: _new_writer(store, o), timeout=5, what="a new writer")
+    finally:
+        stream.finish()
+    clean = store.shutdown()
+    stats = store.stats()
+    assert_accounted(stats)
+    assert stats.committed == scalar(db_path, "SELECT COUNT(*) FROM requests")
+    assert clean == (stats.lost == 0 and stats.dropped == 0)
+    assert stats.lost > 0 or clean
+
+
+def test_writer_process__imports_nothing_of_the_proxy_side(
+    open_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    probe = tmp_path / "modules.txt"
+    code = textwrap.dedent(f"""
+        import signal, sys
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        import mcpr_store._writer
+        open({str(probe)!r}, "w").write("\\n".join(sorted(sys.modules)))
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    loaded = set(probe.read_text().split())
+    proxy_side = {"mcpr_store._store", "mcpr_store._producer", "mcpr_store._supervisor",
+                  "psutil", "mcpr_store.cli", "mcpr_store.query"}
+    assert not loaded & proxy_side, loaded & proxy_side
