@@ -220,7 +220,7 @@ def test_open__foreign_database_in_use_by_its_application_is_refused(
     app.execute("INSERT INTO notes VALUES ('mine')")
     try:
         main_file = db_path.read_bytes()
-        with pytest.raises(StoreSQLiteError, match="another application.*tables: notes"):
+        with pytest.raises(StoreSQLiteError, match=r"another application.*tables: notes"):
             open_store()
         assert db_path.read_bytes() == main_file
         assert [name for (name,) in app.execute("SELECT name FROM sqlite_master")] == ["notes"]
@@ -235,7 +235,7 @@ def test_migrate__refuses_a_database_another_application_filled_after_connect(
     conn = connect(db_path)  # an empty file: ours to fill
     try:
         foreign(db_path, wal=True)  # ... but another application got there first
-        with pytest.raises(StoreSQLiteError, match="another application.*tables: notes, tags"):
+        with pytest.raises(StoreSQLiteError, match=r"another application.*tables: notes, tags"):
             migrate(conn, db_path, "x")
     finally:
         conn.close()

@@ -247,24 +247,32 @@ class ReadOnlyConnection:
     """A connection that can only read ``path`` and creates no file beside it, reading in
     transactions that each see one state of the database.
 
-    Opened ``immutable`` when the file is at rest, else ``mode=ro`` (module docstring). The
-    one case where SQLite itself creates a file is a ``-wal`` without its ``-shm`` (a writer
-    killed between the two): reading that WAL needs an index, and SQLite builds it in a new
-    ``-shm``. ``conn`` may be replaced by ``read`` (a reopen); fetch it there, not before.
+    Opened ``immutable`` when the file is at rest, else ``mode=ro`` (module docstring).
+    Beside a writer the connection is closed after each read: SQLite lets only the last
+    connection remove the ``-wal`` and ``-shm``, so a reader holding one open across a
+    writer's shutdown would leave them behind. The one case where SQLite itself creates a
+    file is a ``-wal`` without its ``-shm`` (a writer killed between creating the two):
+    reading that WAL needs an index, which SQLite builds in a new ``-shm``.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn, self._state = self._open()
+        self._conn: sqlite3.Connection | None = None
+        self._state: _FileState | None = None
         self._depth = 0
+        self.conn  # noqa: B018 (open now, so that a file SQLite cannot open fails here)
 
-    def _open(self) -> tuple[sqlite3.Connection, _FileState | None]:
-        state = _at_rest(self.path)
-        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-        conn = sqlite3.connect(uri + ("&immutable=1" if state else ""), uri=True,
-                               isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                               check_same_thread=False)
-        return conn, state
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open connection, opened anew (``immutable`` or ``mode=ro``) when needed."""
+        if self._conn is None:
+            self._state = _at_rest(self.path)
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            self._conn = sqlite3.connect(uri + ("&immutable=1" if self._state else ""),
+                                         uri=True, isolation_level=None,
+                                         timeout=BUSY_TIMEOUT_MS / 1000,
+                                         check_same_thread=False)
+        return self._conn
 
     def _unchanged(self) -> bool:
         return self._state is None or _at_rest(self.path) == self._state
@@ -272,7 +280,7 @@ class ReadOnlyConnection:
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` inside one read transaction; its result.
 
-        A file opened at rest that a writer has changed since is reopened before ``fn`` runs,
+        A file read at rest that a writer has changed since is reopened before ``fn`` runs,
         and if it changed while ``fn`` ran, ``fn`` runs again on a fresh connection: so
         ``fn`` must only read. Calls nested inside ``fn`` join its transaction. Raises what
         ``fn`` raises (``sqlite3.Error`` ...), and ``StoreSQLiteError`` when the file kept
@@ -280,34 +288,41 @@ class ReadOnlyConnection:
         """
         if self._depth:
             return fn(self.conn)
-        for _ in range(_READ_ATTEMPTS):
-            if not self._unchanged():
-                self.reopen()
-            self._depth += 1
-            try:
-                self.conn.execute("BEGIN")
+        try:
+            for _ in range(_READ_ATTEMPTS):
+                if self._conn is not None and not self._unchanged():
+                    self.release()
+                conn = self.conn
+                self._depth += 1
                 try:
-                    result = fn(self.conn)
+                    conn.execute("BEGIN")
+                    try:
+                        result = fn(conn)
+                    finally:
+                        conn.execute("COMMIT")
+                except sqlite3.DatabaseError:
+                    if self._unchanged():
+                        raise
+                    continue  # a torn read of a file rewritten under us: read it again
                 finally:
-                    self.conn.execute("COMMIT")
-            except sqlite3.DatabaseError:
+                    self._depth -= 1
                 if self._unchanged():
-                    raise
-                continue  # a torn read of a file rewritten under us: read it again
-            finally:
-                self._depth -= 1
-            if self._unchanged():
-                return result
-        raise StoreSQLiteError(f"database {self.path} kept changing while it was read; "
-                               "try again")
+                    return result
+            raise StoreSQLiteError(f"database {self.path} kept changing while it was read; "
+                                   "try again")
+        finally:
+            if self._state is None:
+                self.release()
 
-    def reopen(self) -> None:
-        """Close and open again, choosing ``immutable`` or ``mode=ro`` anew."""
-        self.conn.close()
-        self.conn, self._state = self._open()
+    def release(self) -> None:
+        """Close the connection; the next use opens a new one."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the connection (a later read would open a new one)."""
+        self.release()
 
 
 def connect(path: Path) -> sqlite3.Connection:

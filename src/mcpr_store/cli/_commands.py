@@ -109,8 +109,9 @@ def cmd_status(args: argparse.Namespace, q: QueryEngine, out: Output) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace, q: QueryEngine, out: Output) -> int:
-    rows = q.sessions(limit=args.limit, since_ms=args.since, proxy=args.proxy,
-                      client=args.client, active=args.active)
+    rows = (q.active_sessions(limit=args.limit, proxy=args.proxy, client=args.client)
+            if args.active else q.sessions(limit=args.limit, since_ms=args.since,
+                                           proxy=args.proxy, client=args.client))
     if out.json_lines:
         for row in rows:
             out.json(row.to_dict())
@@ -175,7 +176,7 @@ def cmd_schema(args: argparse.Namespace, q: QueryEngine, out: Output) -> int:
                 out.json(u.to_dict())
             return 0
         out.table(["tool", "proxy", "upstream", "calls", "errors", "last call"],
-                  [[u.tool, u.proxy, u.upstream_url, f"{u.calls:,}", f"{u.errors:,}",
+                  [[u.tool, u.proxy, ", ".join(u.upstreams), f"{u.calls:,}", f"{u.errors:,}",
                     ago(u.last_call) if u.last_call else "never"] for u in usage],
                   right=["calls", "errors"],
                   styles=["yellow" if u.calls == 0 else None for u in usage])

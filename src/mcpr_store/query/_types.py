@@ -142,8 +142,8 @@ class UpstreamStatus(_Row):
 @dataclass(frozen=True)
 class ToolUsage(_Row):
     proxy: str
-    upstream_url: str
     tool: str
+    upstreams: list[str]  # the upstreams whose tools/list names the tool
     calls: int
     errors: int
     last_call: int | None
