@@ -197,6 +197,12 @@ class QueryEngine:
         ``QueryError`` when it names none or several (the message lists them)."""
         return self._run(lambda c: _sessions.session_detail(c, session_id, now_ms=_now_ms()))
 
+    def session_id(self, text: str) -> str:
+        """The session id ``text`` names: ``text`` itself when a session or a request has
+        exactly that id, else the only id starting with it; ``QueryError`` when none or
+        several do (the message lists them)."""
+        return self._run(lambda c: _sessions.resolve(c, text))
+
     def short_session_ids(self, session_ids: Iterable[str]) -> dict[str, str]:
         """Each id's shortest unique prefix (at least 8 characters): what tables print, and
         what ``session`` and ``logs(session=...)`` take back."""

@@ -67,6 +67,12 @@ class StatsReport(_Row):
     total_calls: int
     total_errors: int
     error_pct: float
+    # over all labels (None without rows); percentiles are per label only
+    avg_us: int | None = None
+    min_us: int | None = None
+    max_us: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 @dataclass(frozen=True)
