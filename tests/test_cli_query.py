@@ -359,10 +359,12 @@ def test_queries__leave_no_file_beside_a_database_at_rest(store_db: Path) -> Non
 
 
 def test_db_option__empty_is_an_error() -> None:
-    for args in (["--db", "", "logs"], ["logs", "--db", ""], ["demo", "--db", ""]):
+    for args in (["--db", "", "logs"], ["logs", "--db", ""], ["demo", "--db", ""],
+                 ["logs", "--db", " "], ["--config", "", "logs"]):
         done = mcpr_store(*args)
         assert done.returncode == 2, args
-        assert "--db is empty" in done.stderr and len(done.stderr.splitlines()) == 1
+        assert re.search(r"--(db|config) is empty", done.stderr), args
+        assert len(done.stderr.splitlines()) == 1
 
 
 def test_sessions__active_lists_every_active_session_however_old(store_db: Path) -> None:

@@ -11,6 +11,8 @@ import os
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -226,6 +228,25 @@ def test_open__foreign_database_in_use_by_its_application_is_refused(
         assert [name for (name,) in app.execute("SELECT name FROM sqlite_master")] == ["notes"]
     finally:
         app.close()
+
+
+def test_open__hot_journal_left_by_a_crashed_writer_is_refused_untouched(
+    db_path: Path, open_store: Callable[..., Store]
+) -> None:
+    """Only a read-write open rolls a hot journal back: not ours to do to a file we could not
+    identify."""
+    crash = (f"import os, sqlite3\n"
+             f"c = sqlite3.connect({str(db_path)!r})\n"
+             "c.execute('CREATE TABLE notes (body)'); c.commit()\n"
+             "c.execute('PRAGMA cache_size = 1'); c.execute('BEGIN')\n"
+             "c.executemany('INSERT INTO notes VALUES (?)', [('x' * 500,)] * 5000)\n"
+             "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", crash], check=True, timeout=60)
+    before = files_of(db_path)
+    assert f"{db_path.name}-journal" in before
+    with pytest.raises(StoreSQLiteError, match=r"hot journal.*application that wrote it"):
+        open_store()
+    assert files_of(db_path) == before
 
 
 def test_migrate__refuses_a_database_another_application_filled_after_connect(
