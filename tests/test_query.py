@@ -271,6 +271,21 @@ def test_engine_opened_at_rest__sees_what_a_writer_commits_later(db: Path) -> No
     assert list(files_of(db)) == ["q.db"]
 
 
+def test_read_at_rest__runs_again_when_a_writer_changed_the_file_meanwhile(db: Path) -> None:
+    runs = []
+
+    def read(e: QueryEngine) -> list[str]:
+        runs.append(len(runs))
+        if len(runs) == 1:  # a writer comes, commits and goes while we read
+            insert_requests(db, [{"request_id": "during"}])
+        return [r.request_id for r in e.logs()]
+
+    with QueryEngine.open(db) as q:
+        assert q.read(read) == ["during"] and len(runs) == 2
+        with pytest.raises(QueryError, match="kept changing while it was read"):
+            q.read(lambda e: insert_requests(db, [{"request_id": f"x{time.monotonic_ns()}"}]))
+
+
 @pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_open__refuses_all_but_a_v5_store_untouched(tmp_path: Path, kind: str,

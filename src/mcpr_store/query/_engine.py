@@ -66,9 +66,9 @@ def _refusal(path: Path, found: _db.DatabaseFile) -> str | None:
 
 
 class QueryEngine:
-    """Typed queries over one database. Open with ``QueryEngine.open(path)``; close it (or
-    use ``with``) when done: an open engine beside a writer keeps that writer from removing
-    its ``-wal`` and ``-shm`` when it shuts down (SQLite leaves that to the last connection).
+    """Typed queries over one database. Open with ``QueryEngine.open(path)``, close it (or
+    use ``with``) when done. Between calls it holds no lock beside a writer, so the writer
+    removes its ``-wal`` and ``-shm`` when it stops, even while an engine is open.
 
     Every method returns dataclasses (``mcpr_store.query``), takes its filters as keyword
     arguments (each a bound parameter, matched literally) and raises ``QueryError`` for a
@@ -117,7 +117,7 @@ class QueryEngine:
 
             rows, last = q.read(lambda q: (q.logs(), q.last_request_id()))
         """
-        return self._reader.read(lambda _conn: fn(self))
+        return self._run(lambda _conn: fn(self))
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
