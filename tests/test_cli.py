@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sysconfig
@@ -56,3 +57,15 @@ def test_bad_input__one_line_and_exit_2(tmp_path: Path) -> None:
     done = mcpr_store("demo", "--db", str(blocker / "x.db"), "--duration", "0.2")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and str(blocker) in done.stderr
+
+
+def test_demo__json_prints_one_summary_object(db_path: Path) -> None:
+    done = mcpr_store("demo", "--db", str(db_path), "--duration", "0.3", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout
+    summary = json.loads(lines[0])
+    assert summary["db"] == str(db_path) and summary["clean"] is True
+    assert summary["recorded"] == (summary["committed"] + summary["rejected"]
+                                   + summary["dropped"] + summary["lost"])
+    assert summary["tables"]["requests"] == scalar(db_path, "SELECT COUNT(*) FROM requests")

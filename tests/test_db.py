@@ -8,16 +8,20 @@ them.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from db_files import REFUSED, files_of, foreign, mcpr_next, newer_store
 from helpers import query, request, scalar
 
 from mcpr_store import Store, StoreConfig, StoreError, StoreIOError, StoreSQLiteError
-from mcpr_store._db import open_database
+from mcpr_store._db import Kind, connect, identify, migrate, open_database, prepare_file
 
 V1 = """
 CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,
@@ -187,12 +191,136 @@ def test_newer_schema__is_refused_untouched(db_path: Path) -> None:
     assert db_path.read_bytes() == before
 
 
-def test_open__not_a_database(tmp_path: Path) -> None:
-    path = tmp_path / "notes.txt"
-    path.write_text("these are my notes, not a database\n" * 100)
-    with pytest.raises(StoreSQLiteError, match=f"{path}.*not a database"):
-        Store.open(StoreConfig(db_path=path))
-    assert path.read_text().startswith("these are my notes")
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_open__refuses_what_is_not_ours_and_leaves_it_byte_identical(
+    db_path: Path, open_store: Callable[..., Store], kind: str, wal: bool
+) -> None:
+    build, what = REFUSED[kind]
+    build(db_path, wal)
+    before = files_of(db_path)
+    message = f"{re.escape(str(db_path))}.*{what}.*untouched"
+    with pytest.raises(StoreSQLiteError, match=message):
+        open_store()
+    assert files_of(db_path) == before
+    # The writer process opens with these three calls; connect() alone must refuse too,
+    # since it is what would switch the journal mode.
+    prepare_file(db_path)
+    with pytest.raises(StoreSQLiteError, match=message):
+        connect(db_path)
+    assert files_of(db_path) == before
+
+
+def test_open__foreign_database_in_use_by_its_application_is_refused(
+    db_path: Path, open_store: Callable[..., Store]
+) -> None:
+    """Its tables are still in its WAL (not in the main file): reading only the main file
+    would take it for an empty database and make it ours."""
+    app = sqlite3.connect(db_path, isolation_level=None)
+    app.execute("PRAGMA journal_mode = WAL")
+    app.execute("CREATE TABLE notes (body TEXT)")
+    app.execute("INSERT INTO notes VALUES ('mine')")
+    try:
+        main_file = db_path.read_bytes()
+        with pytest.raises(StoreSQLiteError, match=r"another application.*tables: notes"):
+            open_store()
+        assert db_path.read_bytes() == main_file
+        assert [name for (name,) in app.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    finally:
+        app.close()
+
+
+def test_open__hot_journal_left_by_a_crashed_writer_is_refused_untouched(
+    db_path: Path, open_store: Callable[..., Store]
+) -> None:
+    """Only a read-write open rolls a hot journal back: not ours to do to a file we could not
+    identify."""
+    crash = (f"import os, sqlite3\n"
+             f"c = sqlite3.connect({str(db_path)!r})\n"
+             "c.execute('CREATE TABLE notes (body)'); c.commit()\n"
+             "c.execute('PRAGMA cache_size = 1'); c.execute('BEGIN')\n"
+             "c.executemany('INSERT INTO notes VALUES (?)', [('x' * 500,)] * 5000)\n"
+             "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", crash], check=True, timeout=60)
+    before = files_of(db_path)
+    assert f"{db_path.name}-journal" in before
+    with pytest.raises(StoreSQLiteError, match=r"hot journal.*application that wrote it"):
+        open_store()
+    assert files_of(db_path) == before
+
+
+def test_migrate__refuses_a_database_another_application_filled_after_connect(
+    db_path: Path
+) -> None:
+    prepare_file(db_path)
+    conn = connect(db_path)  # an empty file: ours to fill
+    try:
+        foreign(db_path, wal=True)  # ... but another application got there first
+        with pytest.raises(StoreSQLiteError, match=r"another application.*tables: notes, tags"):
+            migrate(conn, db_path, "x")
+    finally:
+        conn.close()
+    assert sorted(n for (n,) in query(db_path, "SELECT name FROM sqlite_master "
+                                               "WHERE type = 'table'")) == ["notes", "tags"]
+
+
+def test_open__empty_sqlite_database_becomes_a_store(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE scratch (x)")
+    conn.execute("DROP TABLE scratch")
+    conn.close()
+    assert identify(db_path).kind is Kind.EMPTY
+    open_database(db_path, "x")
+    assert meta(db_path)["schema_version"] == "5"
+
+
+def test_identify__names_every_kind_of_file(tmp_path: Path) -> None:
+    assert identify(tmp_path / "missing.db").kind is Kind.MISSING
+    (tmp_path / "zero.db").write_bytes(b"")
+    assert identify(tmp_path / "zero.db").kind is Kind.EMPTY
+    for version in (1, 2, 3, 4):
+        build_legacy(tmp_path / f"v{version}.db", version)
+        found = identify(tmp_path / f"v{version}.db")
+        assert (found.kind, found.version) == (Kind.STORE, version)
+        assert found.describe() == f"an mcpr store of schema version {version}"
+    open_database(tmp_path / "v5.db", "x")
+    assert (identify(tmp_path / "v5.db").kind, identify(tmp_path / "v5.db").version) == (
+        Kind.STORE, 5)
+    newer_store(tmp_path / "v6.db", wal=True)
+    assert identify(tmp_path / "v6.db").kind is Kind.NEWER_STORE
+    mcpr_next(tmp_path / "next.db", wal=True)
+    assert identify(tmp_path / "next.db").kind is Kind.MCPR_NEXT
+    foreign(tmp_path / "app.db", wal=False)
+    found = identify(tmp_path / "app.db")
+    assert found.kind is Kind.FOREIGN and found.tables == ("notes", "tags")
+    build_legacy(tmp_path / "damaged.db", 2)
+    conn = sqlite3.connect(tmp_path / "damaged.db")
+    conn.execute("DROP TABLE server_schema")
+    conn.close()
+    found = identify(tmp_path / "damaged.db")
+    assert found.kind is Kind.FOREIGN and "server_schema" in found.describe()
+    (tmp_path / "text.db").write_text("hello")
+    assert identify(tmp_path / "text.db").kind is Kind.NOT_SQLITE
+
+
+def test_identify__creates_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    open_database(path, "x")  # a WAL database at rest: no -wal, no -shm
+    before = files_of(path)
+    assert identify(path).kind is Kind.STORE
+    assert files_of(path) == before
+
+
+def test_migration_v2_to_v3__drops_only_the_upstream_index(db_path: Path) -> None:
+    build_legacy(db_path, 2)
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE INDEX my_changes_by_method ON schema_changes (method)")
+    conn.close()
+    open_database(db_path, "x")
+    indexes = layout(db_path)["indexes"]
+    assert "my_changes_by_method" in indexes
+    assert "idx_schema_changes_upstream" not in indexes
+    assert set(indexes) == INDEXES | {"my_changes_by_method"}
 
 
 def test_open__directory_cannot_be_created(tmp_path: Path) -> None:

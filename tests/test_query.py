@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from db_files import REFUSED, files_of
+from test_db import build_legacy
 
 from mcpr_store._db import open_database
 from mcpr_store.query import QueryEngine, QueryError
@@ -132,7 +135,6 @@ def test_sessions__window_active_and_order(db: Path, q: QueryEngine) -> None:
          "client_name": "cursor"},
     ])
     assert [s.session_id for s in q.sessions()] == ["s-ended", "s-active", "s-idle"]
-    assert [s.session_id for s in q.sessions(active=True)] == ["s-active"]
     assert [s.session_id for s in q.sessions(client="cursor")] == ["s-ended"]
     assert [s.session_id for s in q.sessions(since_ms=None, limit=1)] == ["s-ended"]
 
@@ -222,3 +224,191 @@ def test_bad_arguments__are_query_errors(q: QueryEngine) -> None:
         q.logs(limit=0)
     with pytest.raises(QueryError, match="threshold"):
         q.slow(threshold_us=-5)
+
+
+# -- reading leaves no trace --------------------------------------------------------------------
+
+
+def test_open__wal_database_at_rest__no_file_appears(db: Path) -> None:
+    insert_requests(db, [{}])
+    before = files_of(db)
+    assert list(before) == ["q.db"]  # at rest: the writer removed its -wal and -shm
+    with QueryEngine.open(db) as q:
+        assert len(q.logs()) == 1 and q.stats().total_calls == 1 and q.db_stats().requests == 1
+        assert files_of(db) == before
+    assert files_of(db) == before
+
+
+def test_open__beside_a_live_writer__reads_its_wal_and_creates_nothing(db: Path) -> None:
+    writer = sqlite3.connect(db)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")  # the row stays in the WAL only
+        writer.execute("INSERT INTO requests (request_id, ts, proxy, method, latency_us, status)"
+                       " VALUES ('in-wal', ?, 'p', 'ping', 1, 'ok')", (NOW,))
+        writer.commit()
+        names = set(files_of(db))
+        assert names == {"q.db", "q.db-wal", "q.db-shm"}
+        with QueryEngine.open(db) as q:
+            assert [r.request_id for r in q.logs()] == ["in-wal"]
+        assert set(files_of(db)) == names
+    finally:
+        writer.close()
+
+
+def test_engine_opened_at_rest__sees_what_a_writer_commits_later(db: Path) -> None:
+    with QueryEngine.open(db) as q:
+        assert q.logs() == []
+        insert_requests(db, [{"request_id": "first"}])  # a writer that came and went
+        assert [r.request_id for r in q.logs()] == ["first"]
+        writer = sqlite3.connect(db)  # a writer that stays
+        try:
+            writer.execute("INSERT INTO requests (request_id, ts, proxy, method, latency_us, "
+                           "status) VALUES ('second', ?, 'p', 'ping', 1, 'ok')", (NOW,))
+            writer.commit()
+            assert {r.request_id for r in q.logs()} == {"first", "second"}
+        finally:
+            writer.close()
+    assert list(files_of(db)) == ["q.db"]
+
+
+def test_read_at_rest__runs_again_when_a_writer_changed_the_file_meanwhile(db: Path) -> None:
+    runs = []
+
+    def read(e: QueryEngine) -> list[str]:
+        runs.append(len(runs))
+        if len(runs) == 1:  # a writer comes, commits and goes while we read
+            insert_requests(db, [{"request_id": "during"}])
+        return [r.request_id for r in e.logs()]
+
+    with QueryEngine.open(db) as q:
+        assert q.read(read) == ["during"] and len(runs) == 2
+        with pytest.raises(QueryError, match="kept changing while it was read"):
+            q.read(lambda e: insert_requests(db, [{"request_id": f"x{time.monotonic_ns()}"}]))
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_open__refuses_all_but_a_v5_store_untouched(tmp_path: Path, kind: str,
+                                                    wal: bool) -> None:
+    path = tmp_path / "other.db"
+    build, what = REFUSED[kind]
+    build(path, wal)
+    before = files_of(path)
+    with pytest.raises(QueryError, match=f"{re.escape(str(path))} is .*{what}") as caught:
+        QueryEngine.open(path)
+    if kind != "newer":  # nothing here is the store's to open or upgrade
+        assert "Store.open" not in str(caught.value) and "upgrade" not in str(caught.value)
+    assert files_of(path) == before
+
+
+def test_open__older_store_says_how_to_upgrade(tmp_path: Path) -> None:
+    build_legacy(tmp_path / "v3.db", 3)
+    with pytest.raises(QueryError, match=r"schema version 3; .* reads version 5.*upgrades it"):
+        QueryEngine.open(tmp_path / "v3.db")
+
+
+def test_open__empty_file_says_nothing_was_recorded(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").write_bytes(b"")
+    with pytest.raises(QueryError, match=r"empty\.db is an empty database; nothing"):
+        QueryEngine.open(tmp_path / "empty.db")
+
+
+# -- answers that hold together ----------------------------------------------------------------
+
+
+def test_stats__all_statements_read_one_snapshot(db: Path) -> None:
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("INSERT INTO requests (request_id, ts, proxy, method, tool, latency_us, "
+                       "status) VALUES ('a1', ?, 'p', 'tools/call', 'a', 5, 'ok')", (NOW,))
+        with QueryEngine.open(db) as q:
+            committed = []
+
+            def commit_between_statements(sql: str) -> None:
+                if "GROUP BY label" in sql and not committed:  # the second statement
+                    writer.execute("INSERT INTO requests (request_id, ts, proxy, method, tool, "
+                                   "latency_us, status) VALUES ('b1', ?, 'p', 'tools/call', "
+                                   "'b', 5, 'ok')", (NOW,))
+                    committed.append(sql)
+
+            q.conn.set_trace_callback(commit_between_statements)
+            report = q.stats()
+            assert committed
+            assert [t.label for t in report.tools] == ["a"]  # b came after the snapshot
+            assert q.stats().total_calls == 2
+    finally:
+        writer.close()
+
+
+def test_read__rows_and_last_id_from_one_snapshot(db: Path) -> None:
+    insert_requests(db, [{"ts": NOW}, {"ts": NOW - 1_000}])  # ids 1, 2: r1 is older but later
+    with QueryEngine.open(db) as q:
+        rows, last = q.read(lambda e: (e.logs(), e.last_request_id()))
+    assert [r.request_id for r in rows] == ["r0", "r1"] and last == 2
+
+
+def test_active_sessions__every_one_active_now_however_long_ago_it_started(
+    db: Path, q: QueryEngine
+) -> None:
+    insert_sessions(db, [
+        {"session_id": "s-long", "started_at": NOW - 30 * 3_600_000, "last_seen_at": NOW - MIN},
+        {"session_id": "s-new", "started_at": NOW - MIN, "last_seen_at": NOW},
+        {"session_id": "s-idle", "last_seen_at": NOW - 10 * MIN},
+        {"session_id": "s-ended", "last_seen_at": NOW, "ended_at": NOW},
+    ])
+    assert [s.session_id for s in q.active_sessions()] == ["s-new", "s-long"]
+    assert all(s.is_active for s in q.active_sessions())
+    assert [s.session_id for s in q.active_sessions(client="nobody")] == []
+
+
+def test_session_id__exact_id_wins_over_longer_ids(db: Path, q: QueryEngine) -> None:
+    insert_sessions(db, [{"session_id": "s1"}, {"session_id": "s10"}])
+    insert_requests(db, [{"session_id": "s1"}, {"session_id": "s10"}])
+    assert q.session("s1").session.session_id == "s1"
+    assert [r.session_id for r in q.logs(session="s1", since_ms=None)] == ["s1"]
+
+
+UUID_A = "01a21b11-35e4-7a01-8000-000000000001"
+UUID_B = "01a21b11-35e4-7b02-8000-000000000002"  # same millisecond: 15 characters in common
+UUID_C = "01a21b11-35f0-7c03-8000-000000000003"
+
+
+def test_logs__a_session_prefix_names_one_session_or_fails(db: Path, q: QueryEngine) -> None:
+    insert_sessions(db, [{"session_id": UUID_A}, {"session_id": UUID_B},
+                         {"session_id": UUID_C}])
+    insert_requests(db, [{"session_id": UUID_A}, {"session_id": UUID_B},
+                         {"session_id": UUID_C}])
+    with pytest.raises(QueryError, match=f"ambiguous: {UUID_A}, {UUID_B}"):
+        q.logs(session=UUID_A[:12])  # the old 12-character display: the timestamp alone
+    assert [r.session_id for r in q.logs(session=UUID_A[:16])] == [UUID_A]
+    with pytest.raises(QueryError, match="no session starts with 'ff'"):
+        q.logs(session="ff")
+
+
+def test_short_session_ids__shortest_unique_prefix_that_pastes_back(
+    db: Path, q: QueryEngine
+) -> None:
+    insert_sessions(db, [{"session_id": UUID_A}, {"session_id": UUID_B},
+                         {"session_id": "s1"}, {"session_id": "s10"}])
+    insert_requests(db, [{"session_id": UUID_C}])  # a session known only from its requests
+    short = q.short_session_ids([UUID_A, UUID_B, UUID_C, "s1", "s10"])
+    assert short == {UUID_A: UUID_A[:16], UUID_B: UUID_B[:16], UUID_C: UUID_C[:12],
+                     "s1": "s1", "s10": "s10"}
+    for full, printed in short.items():
+        assert [r.session_id for r in q.logs(session=printed, since_ms=None)] in ([full], [])
+        if full != UUID_C:
+            assert q.session(printed).session.session_id == full
+
+
+def test_schema_tool_usage__one_row_per_proxy_and_tool(db: Path, q: QueryEngine) -> None:
+    conn = sqlite3.connect(db)
+    tools = json.dumps({"tools": [{"name": "search"}]})
+    conn.executemany(
+        "INSERT INTO server_schema (proxy, upstream_url, method, payload, captured_at, "
+        "schema_hash) VALUES ('p', ?, 'tools/list', ?, 1, 'h')", [("u1", tools), ("u2", tools)])
+    conn.commit()
+    conn.close()
+    insert_requests(db, [{"tool": "search"}] * 3)
+    usage = q.schema_tool_usage()
+    assert [(u.proxy, u.tool, u.upstreams, u.calls) for u in usage] == [
+        ("p", "search", ["u1", "u2"], 3)]

@@ -15,7 +15,7 @@ import pytest
 
 from mcpr_store._batch import INSERT_REQUEST
 from mcpr_store._db import open_database
-from mcpr_store.query import QueryEngine
+from mcpr_store.query import QueryEngine, QueryError
 
 pytestmark = pytest.mark.slow
 
@@ -65,16 +65,26 @@ def plans_of(engine: QueryEngine, call: Callable[[], object]) -> list[str]:
             for sql in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
 
 
+def refused(call: Callable[[], object]) -> None:
+    with pytest.raises(QueryError):
+        call()
+
+
 def test_plans__every_windowed_query_uses_an_index(big: QueryEngine) -> None:
     calls: dict[str, Callable[[], object]] = {
         "logs": lambda: big.logs(),
         "logs --tool": lambda: big.logs(tool="t1"),
-        "logs --session": lambda: big.logs(session="s0001", since_ms=None),
+        "logs --session": lambda: big.logs(session="s00010", since_ms=None),
+        "logs --session (ambiguous prefix)": lambda: refused(
+            lambda: big.logs(session="s0999", since_ms=None)),
         "logs --follow": lambda: big.logs_after(N - 5),
         "slow": lambda: big.slow(),
         "status": lambda: big.stats(),
         "sessions": lambda: big.sessions(),
+        "sessions --active": lambda: big.active_sessions(),
         "session": lambda: big.session("s00010"),
+        "short session ids": lambda: big.short_session_ids(["s00010", "s09999"]),
+        "schema --unused": lambda: big.schema_tool_usage(),
     }
     for name, call in calls.items():
         plans = plans_of(big, call)
@@ -106,3 +116,8 @@ def test_windowed_queries__answer_on_a_million_rows(big: QueryEngine) -> None:
     assert big.clients()[0].client_name == "claude-ai"
     assert big.db_stats().requests == N
     assert len(big.session("s09999").requests) == 100
+    assert big.short_session_ids(["s09999"]) == {"s09999": "s09999"}
+    with pytest.raises(QueryError, match="ambiguous: s09990, s09991"):
+        big.logs(session="s0999", since_ms=None)
+    rows = big.logs(session="s09985", since_ms=None)
+    assert len(rows) == 50 and {r.session_id for r in rows} == {"s09985"}

@@ -1,24 +1,47 @@
-"""Connections, pragmas and migrations: everything that turns a path into a usable database.
+"""Turning a path into a usable database, and telling what a file is before touching it.
 
 Owns the file's creation (mode 0600 in a 0700 directory: request logs hold session ids and
-error messages) and the upgrade of any earlier schema version in place. Migrations run in
-the process that opens the store, before the writer starts, so a database that cannot be
-used fails ``Store.open`` with a clear error instead of failing later in another process.
-Each step is one ``BEGIN IMMEDIATE`` transaction, so two processes opening the same file at
-once serialise and the second finds the work done.
+error messages), what a file is (``identify``: an mcpr store of some version, another
+application's database, ...), the read-only connection of the query side, and the upgrade
+of any earlier schema version in place. Never modifies a file that is not ours to write:
+``connect`` identifies the file before it could switch its journal mode, and every migration
+step identifies it again inside its write lock.
+
+Reading leaves no file behind, which SQLite does not do by itself: ``mode=ro`` on a WAL
+database creates ``-wal`` and ``-shm`` when they are missing and, read-only, can never remove
+them. A file at rest (no ``-wal`` and no ``-journal`` beside it, so the main file is the
+whole database) is therefore opened ``immutable``, which creates nothing and takes no lock;
+after each read the reader checks that the file is still at rest and unchanged, and reads
+again if it is not. A file with a ``-wal`` is being written (or its writer died): its latest
+commits are in the WAL, which only ``mode=ro`` reads, through the ``-shm`` its writer made.
+
+Migrations run in the process that opens the store, before the writer starts, so a database
+that cannot be used fails ``Store.open`` with a clear error instead of failing later in
+another process. Each step is one ``BEGIN IMMEDIATE`` transaction, so two processes opening
+the same file at once serialise and the second finds the work done.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
 
 from ._errors import StoreIOError, StoreSQLiteError
-from ._migrations import MIGRATIONS, SCHEMA_CHANGES_INDEXES, SCHEMA_VERSION
+from ._migrations import MIGRATIONS, SCHEMA_VERSION, TABLES_SINCE
 
-__all__ = ["connect", "migrate", "open_database", "prepare_file", "schema_version"]
+__all__ = [
+    "DatabaseFile", "Kind", "ReadOnlyConnection", "classify", "connect", "identify",
+    "migrate", "open_database", "prepare_file", "schema_version",
+]
+
+T = TypeVar("T")
 
 #: Milliseconds a statement waits for another connection's lock before SQLITE_BUSY.
 BUSY_TIMEOUT_MS = 5000
@@ -29,6 +52,75 @@ _PRAGMAS = (
     "PRAGMA temp_store = MEMORY",
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
 )
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: Tables of the original's later, incompatible layout (it restarted at schema_version 1).
+_MCPR_NEXT_TABLES = frozenset({"responses", "schema_items"})
+
+#: Reads of a file at rest that may be repeated because a writer changed it meanwhile.
+_READ_ATTEMPTS = 5
+
+#: How many table names a description lists.
+_LISTED_TABLES = 6
+
+
+class Kind(enum.Enum):
+    """What a file is, as far as mcpr-store is concerned."""
+
+    MISSING = "missing"
+    EMPTY = "empty"  # zero bytes, or an SQLite database without tables or views
+    STORE = "store"  # an mcpr store of schema version 1 to SCHEMA_VERSION
+    NEWER_STORE = "newer-store"  # an mcpr store of a later version than this code knows
+    MCPR_NEXT = "mcpr-next"  # the original's incompatible layout of May 2026
+    FOREIGN = "foreign"  # an SQLite database of another application
+    NOT_SQLITE = "not-sqlite"
+
+
+@dataclass(frozen=True)
+class DatabaseFile:
+    """What ``identify`` found: the kind, the stored schema version (0 when none), the
+    tables and views (sorted), and for a foreign file what tells it apart from a store."""
+
+    kind: Kind
+    version: int = 0
+    tables: tuple[str, ...] = ()
+    detail: str = ""
+
+    def describe(self) -> str:
+        """What the file is, as the end of a sentence "X is ..."."""
+        if self.kind is Kind.MISSING:
+            return "missing"
+        if self.kind is Kind.EMPTY:
+            return "an empty database"
+        if self.kind is Kind.STORE:
+            return f"an mcpr store of schema version {self.version}"
+        if self.kind is Kind.NEWER_STORE:
+            return (f"an mcpr store of schema version {self.version}, newer than this "
+                    f"mcpr-store understands ({SCHEMA_VERSION})")
+        if self.kind is Kind.MCPR_NEXT:
+            return ("a database of the newer mcpr layout (mcpr since May 2026: "
+                    "meta.schema_version '1' with tables responses and schema_items), "
+                    "which mcpr-store neither reads nor converts")
+        if self.kind is Kind.FOREIGN:
+            return f"not an mcpr store: {self.detail or self._another_application()}"
+        return "not an SQLite database"
+
+    def _another_application(self) -> str:
+        listed = ", ".join(self.tables[:_LISTED_TABLES])
+        more = len(self.tables) - _LISTED_TABLES
+        return (f"an SQLite database of another application (tables: {listed}"
+                f"{f' and {more} more' if more > 0 else ''})")
+
+    def refusal(self, path: Path) -> str | None:
+        """Why a store must not open this file (one line naming the file, what it is, and
+        what to do), or None when the file is the store's to create, fill or upgrade."""
+        if self.kind in (Kind.MISSING, Kind.EMPTY, Kind.STORE):
+            return None
+        remedy = "point StoreConfig.db_path or MCPR_DB at another file"
+        if self.kind is Kind.NEWER_STORE:
+            remedy = f"upgrade mcpr-store, or {remedy}"
+        return f"database {path} is {self.describe()}; it was left untouched; {remedy}"
 
 
 def prepare_file(path: Path) -> None:
@@ -56,11 +148,194 @@ def prepare_file(path: Path) -> None:
     os.close(fd)
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A read-write connection in autocommit mode (we issue BEGIN/COMMIT) with our pragmas.
+def identify(path: Path) -> DatabaseFile:
+    """What the file at ``path`` is, found without creating or changing any file.
 
-    Raises ``StoreSQLiteError`` when the file cannot be opened or is not a database.
+    Raises ``StoreIOError`` when the file cannot be read (permissions, a directory) and
+    ``StoreSQLiteError`` when SQLite cannot read it: corrupt, or a hot journal beside it (a
+    writer stopped mid-transaction; only a read-write open rolls that back, and that is not
+    ours to do to a file we have not identified).
     """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return DatabaseFile(Kind.MISSING)
+    except OSError as exc:
+        raise StoreIOError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if header and header != _SQLITE_HEADER:
+        return DatabaseFile(Kind.NOT_SQLITE)
+    try:
+        reader = ReadOnlyConnection(path)
+        try:
+            return reader.read(classify)
+        finally:
+            reader.close()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+            raise StoreSQLiteError(
+                f"database {path} has a hot journal ({path}-journal): a process stopped "
+                "while writing it; open it once with the application that wrote it, which "
+                "rolls the unfinished transaction back") from exc
+        raise StoreSQLiteError(f"cannot read database {path}: {exc}") from exc
+
+
+def classify(conn: sqlite3.Connection) -> DatabaseFile:
+    """What the database behind ``conn`` is, from its tables and ``meta.schema_version``.
+
+    A store is marked by ``meta.schema_version``; a file with that key is a store only if it
+    also has every table its version implies (and not the later layout's tables). Tables a
+    user added beside ours do not make a store foreign.
+    """
+    objects = dict(conn.execute(
+        "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
+        "AND name NOT LIKE 'sqlite!_%' ESCAPE '!'").fetchall())
+    names = tuple(sorted(objects))
+    if not names:
+        return DatabaseFile(Kind.EMPTY)
+    stored = _stored_version(conn) if objects.get("meta") == "table" else None
+    if stored is None:
+        return DatabaseFile(Kind.FOREIGN, tables=names)
+    if _MCPR_NEXT_TABLES & set(objects):
+        return DatabaseFile(Kind.MCPR_NEXT, tables=names)
+    try:
+        version = int(stored)
+    except ValueError:
+        return DatabaseFile(Kind.FOREIGN, tables=names, detail=(
+            f"its meta.schema_version is {stored!r}, not a version number"))
+    if version > SCHEMA_VERSION:
+        return DatabaseFile(Kind.NEWER_STORE, version=version, tables=names)
+    missing = [table for since, tables in TABLES_SINCE if version >= since for table in tables
+               if objects.get(table) != "table"]
+    if version < 1 or missing:
+        return DatabaseFile(Kind.FOREIGN, version=version, tables=names, detail=(
+            f"it has meta.schema_version {stored!r} but not the mcpr tables "
+            f"{', '.join(missing) or 'of any version'}"))
+    return DatabaseFile(Kind.STORE, version=version, tables=names)
+
+
+def _stored_version(conn: sqlite3.Connection) -> str | None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # another application's meta, without key/value
+        return None
+    return None if row is None else str(row[0])
+
+
+@dataclass(frozen=True)
+class _FileState:
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def _at_rest(path: Path) -> _FileState | None:
+    """The main file's state when no ``-wal`` and no ``-journal`` is beside it, so that the
+    main file alone is the whole database; None when one is (or the file is gone)."""
+    if any(os.path.lexists(f"{path}{suffix}") for suffix in ("-wal", "-journal")):
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return _FileState(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ReadOnlyConnection:
+    """A connection that can only read ``path`` and creates no file beside it, reading in
+    transactions that each see one state of the database.
+
+    Opened ``immutable`` when the file is at rest, else ``mode=ro`` (module docstring).
+    Beside a writer the connection is closed after each read: SQLite lets only the last
+    connection remove the ``-wal`` and ``-shm``, so a reader holding one open across a
+    writer's shutdown would leave them behind. The one case where SQLite itself creates a
+    file is a ``-wal`` without its ``-shm`` (a writer killed between creating the two):
+    reading that WAL needs an index, which SQLite builds in a new ``-shm``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._state: _FileState | None = None
+        self._depth = 0
+        self.conn  # noqa: B018 (open now, so that a file SQLite cannot open fails here)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open connection, opened anew (``immutable`` or ``mode=ro``) when needed."""
+        if self._conn is None:
+            self._state = _at_rest(self.path)
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            self._conn = sqlite3.connect(uri + ("&immutable=1" if self._state else ""),
+                                         uri=True, isolation_level=None,
+                                         timeout=BUSY_TIMEOUT_MS / 1000,
+                                         check_same_thread=False)
+        return self._conn
+
+    def _unchanged(self) -> bool:
+        return self._state is None or _at_rest(self.path) == self._state
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` inside one read transaction; its result.
+
+        A file read at rest that a writer has changed since is reopened before ``fn`` runs,
+        and if it changed while ``fn`` ran, ``fn`` runs again on a fresh connection: so
+        ``fn`` must only read. Calls nested inside ``fn`` join its transaction. Raises what
+        ``fn`` raises (``sqlite3.Error`` ...), and ``StoreSQLiteError`` when the file kept
+        changing under every attempt.
+        """
+        if self._depth:
+            return fn(self.conn)
+        try:
+            for _ in range(_READ_ATTEMPTS):
+                if self._conn is not None and not self._unchanged():
+                    self.release()
+                conn = self.conn
+                self._depth += 1
+                try:
+                    conn.execute("BEGIN")
+                    try:
+                        result = fn(conn)
+                    finally:
+                        conn.execute("COMMIT")
+                except sqlite3.DatabaseError:
+                    if self._unchanged():
+                        raise
+                    continue  # a torn read of a file rewritten under us: read it again
+                finally:
+                    self._depth -= 1
+                if self._unchanged():
+                    return result
+            raise StoreSQLiteError(f"database {self.path} kept changing while it was read; "
+                                   "try again")
+        finally:
+            if self._state is None:
+                self.release()
+
+    def release(self) -> None:
+        """Close the connection; the next use opens a new one."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Close the connection (a later read would open a new one)."""
+        self.release()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A read-write connection in autocommit mode (we issue BEGIN/COMMIT) with our pragmas,
+    to a file that is ours to write: missing, empty, or an mcpr store we can upgrade.
+
+    Anything else is refused before the connection could change it (switching to WAL rewrites
+    a rollback-journal file's header). Raises ``StoreSQLiteError`` naming the path and what
+    it is, or why it cannot be opened; ``StoreIOError`` when it cannot be read at all.
+    """
+    refusal = identify(path).refusal(path)
+    if refusal is not None:
+        raise StoreSQLiteError(refusal)
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False)
@@ -101,15 +376,12 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def migrate(conn: sqlite3.Connection, path: Path, mcpr_version: str) -> int:
     """Bring the schema to ``SCHEMA_VERSION`` and stamp ``mcpr_version``; return the old version.
 
-    A database newer than ours is refused untouched. Raises ``StoreSQLiteError`` naming the
-    path and the step on failure; a failed step is rolled back whole.
+    Anything but an empty database or an mcpr store we can upgrade is refused untouched, also
+    when it became so after ``connect`` (each step checks again inside its write lock).
+    Raises ``StoreSQLiteError`` naming the path and the step on failure; a failed step is
+    rolled back whole.
     """
-    found = schema_version(conn)
-    if found > SCHEMA_VERSION:
-        raise StoreSQLiteError(
-            f"database {path} has schema version {found}, newer than this mcpr-store "
-            f"understands ({SCHEMA_VERSION}); upgrade mcpr-store or use another database"
-        )
+    found = _ours(conn, path).version
     for version, script in MIGRATIONS:
         _run_step(conn, path, version, script)
     try:
@@ -123,17 +395,29 @@ def migrate(conn: sqlite3.Connection, path: Path, mcpr_version: str) -> int:
     return found
 
 
+def _ours(conn: sqlite3.Connection, path: Path) -> DatabaseFile:
+    found = classify(conn)
+    refusal = found.refusal(path)
+    if refusal is not None:
+        raise StoreSQLiteError(refusal)
+    return found
+
+
 def _run_step(conn: sqlite3.Connection, path: Path, version: int, script: str) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
-        # Re-read inside the write lock: another process may have just run this step.
-        if schema_version(conn) >= version:
+        # Identify again inside the write lock: another process may have just run this step,
+        # or (on a file that was empty) created tables of its own.
+        try:
+            found = _ours(conn, path)
+        except StoreSQLiteError:
+            conn.execute("ROLLBACK")
+            raise
+        if found.version >= version:
             conn.execute("ROLLBACK")
             return
         for statement in _statements(script):
             conn.execute(statement)
-        if version == 3:
-            _drop_legacy_schema_change_indexes(conn)
         if version == 1:
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
@@ -156,16 +440,6 @@ def _run_step(conn: sqlite3.Connection, path: Path, version: int, script: str) -
 def _statements(script: str) -> list[str]:
     # Our scripts hold no ';' inside literals, so a split at statement ends is exact.
     return [part.strip() for part in script.split(";") if part.strip()]
-
-
-def _drop_legacy_schema_change_indexes(conn: sqlite3.Connection) -> None:
-    rows = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'schema_changes' "
-        "AND sql IS NOT NULL"
-    ).fetchall()
-    for (name,) in rows:
-        if name not in SCHEMA_CHANGES_INDEXES:
-            conn.execute(f'DROP INDEX "{name.replace(chr(34), chr(34) * 2)}"')
 
 
 def open_database(path: Path, mcpr_version: str) -> None:

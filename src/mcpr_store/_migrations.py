@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES_SINCE"]
 
 SCHEMA_VERSION: Final = 5
 
@@ -87,9 +87,10 @@ CREATE INDEX IF NOT EXISTS idx_schema_changes_upstream
     ON schema_changes (upstream_url, detected_at);
 """
 
-# v3 rebuilds server_schema to widen its UNIQUE key; SQLite cannot alter a constraint. Any
-# upstream_url index of v2 disappears with the old table or is dropped by the migration code
-# (the original's v2 index names are not part of the facts, so they are found by table).
+# v3 rebuilds server_schema to widen its UNIQUE key; SQLite cannot alter a constraint. The v2
+# index on server_schema goes with the old table; on schema_changes, which is altered in place,
+# the original drops exactly one index, so any index a user added there survives, as it does
+# with the original.
 _V3: Final = """
 CREATE TABLE server_schema_v3 (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -109,6 +110,7 @@ ALTER TABLE server_schema_v3 RENAME TO server_schema;
 CREATE INDEX IF NOT EXISTS idx_schema_proxy ON server_schema (proxy, upstream_url);
 
 ALTER TABLE schema_changes ADD COLUMN proxy TEXT NOT NULL DEFAULT 'default';
+DROP INDEX IF EXISTS idx_schema_changes_upstream;
 CREATE INDEX IF NOT EXISTS idx_schema_changes_proxy ON schema_changes (proxy, detected_at);
 """
 
@@ -127,5 +129,7 @@ ALTER TABLE requests ADD COLUMN prompt_name TEXT;
 #: (version reached, SQL script). Step N runs when the stored version is below N.
 MIGRATIONS: Final = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
 
-#: Indexes a v5 database has on schema_changes; v3 drops any other (the v2 upstream ones).
-SCHEMA_CHANGES_INDEXES: Final = frozenset({"idx_schema_changes_proxy"})
+#: The tables each version introduced: a database stamped version N has all of them up to N
+#: (telling a store from another application's file that happens to have a ``meta`` table).
+TABLES_SINCE: Final = ((1, ("meta", "requests", "sessions")),
+                       (2, ("schema_changes", "server_schema")))

@@ -4,7 +4,8 @@ The parent opens the store (it owns the writer), then forks worker processes tha
 realistic traffic at a fixed total rate: sessions from several AI clients, ``tools/call``,
 ``resources/read``, ``prompts/get`` and list calls with errors and timeouts, session ends,
 and server schemas that change midway. Workers shut their handle down (which detaches),
-the parent shuts the store down and prints what the database now holds.
+the parent shuts the store down and prints what the database now holds (with ``--json``,
+one summary object and no progress bar).
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from .. import (
     RequestEvent,
@@ -30,6 +29,8 @@ from .. import (
     Store,
     StoreConfig,
 )
+from .._db import ReadOnlyConnection
+from ._format import Col, Output
 
 CLIENTS = [
     ("claude-ai", "0.1.0"), ("claude-code", "1.0.44"), ("cursor-vscode", "1.2.3"),
@@ -146,12 +147,13 @@ def _record_schemas(store: Store, plan: DemoPlan, ts: int, version: int) -> None
                                         method="tools/list", payload=tools_payload(version)))
 
 
-def run_demo(config: StoreConfig, plan: DemoPlan, console: Console) -> int:
+def run_demo(config: StoreConfig, plan: DemoPlan, out: Output) -> int:
     """Run the demo against ``config``'s database; print a summary; return an exit code."""
     store = Store.open(config)
-    console.print(f"[bold]mcpr-store demo[/] → {store.db_path}: {plan.workers} workers, "
-                  f"{plan.rate:g} events/s for {plan.duration:g} s (writer pid "
-                  f"{store.stats().writer_pid})")
+    if not out.json_lines:
+        out.line(f"mcpr-store demo → {store.db_path}: {plan.workers} workers, {plan.rate:g} "
+                 f"events/s for {plan.duration:g} s (writer pid {store.stats().writer_pid})",
+                 style="bold")
     # Workers are forked before this process starts a thread of its own (its sender thread
     # starts with its first event, the progress bar's with the bar).
     ctx = multiprocessing.get_context("fork")
@@ -163,7 +165,8 @@ def run_demo(config: StoreConfig, plan: DemoPlan, console: Console) -> int:
     _record_schemas(store, plan, int(time.time() * 1000), 1)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=out.console, transient=True,
+                  disable=out.json_lines) as progress:
         task = progress.add_task("recording", total=plan.duration, info="")
         while any(w.is_alive() for w in workers):
             elapsed = max(0.0, time.monotonic() - start_at)
@@ -175,30 +178,39 @@ def run_demo(config: StoreConfig, plan: DemoPlan, console: Console) -> int:
         worker.join()
     failed = [w.exitcode for w in workers if w.exitcode != 0]
     clean = store.shutdown()
-    stats = store.stats()
-    _print_summary(console, store.db_path, stats, plan)
+    _print_summary(out, store.db_path, store.stats(), plan, clean and not failed)
     if failed or not clean:
-        console.print(f"[red]demo did not finish cleanly[/] (worker exit codes {failed}, "
-                      f"clean shutdown: {clean})")
+        if not out.json_lines:
+            out.line(f"demo did not finish cleanly (worker exit codes {failed}, clean "
+                     f"shutdown: {clean})", style="red")
         return 1
     return 0
 
 
-def _print_summary(console: Console, db_path: str, stats: Any, plan: DemoPlan) -> None:
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-        counts = {table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                  for table in ("requests", "sessions", "server_schema", "schema_changes")}
-        proxy_rows = conn.execute("SELECT COUNT(*) FROM requests WHERE proxy = ?",
-                                  (plan.proxy,)).fetchone()[0]
-    table = Table(title="database now holds", title_justify="left")
-    table.add_column("table")
-    table.add_column("rows", justify="right")
-    for name, count in counts.items():
-        table.add_row(name, f"{count:,}")
-    console.print(table)
-    console.print(f"this run: recorded {stats.recorded:,} = committed {stats.committed:,} "
-                  f"+ rejected {stats.rejected:,} + dropped {stats.dropped:,} "
-                  f"+ lost {stats.lost:,}"
-                  f"{' ' + str(stats.dropped_by_reason) if stats.dropped else ''}; "
-                  f"{stats.batches:,} transactions; requests from proxy "
-                  f"{plan.proxy!r} in the database: {proxy_rows:,}")
+def _print_summary(out: Output, db_path: str, stats: Any, plan: DemoPlan, clean: bool) -> None:
+    tables = ("requests", "sessions", "server_schema", "schema_changes")
+    reader = ReadOnlyConnection(Path(db_path))  # leaves no -wal or -shm behind
+    try:
+        counts, proxy_rows = reader.read(lambda conn: (
+            {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables},
+            conn.execute("SELECT COUNT(*) FROM requests WHERE proxy = ?",
+                         (plan.proxy,)).fetchone()[0]))
+    finally:
+        reader.close()
+    if out.json_lines:
+        out.json({"db": db_path, "proxy": plan.proxy, "clean": clean,
+                  "recorded": stats.recorded, "committed": stats.committed,
+                  "rejected": stats.rejected, "dropped": stats.dropped, "lost": stats.lost,
+                  "dropped_by_reason": dict(stats.dropped_by_reason),
+                  "transactions": stats.batches, "tables": counts,
+                  "proxy_requests": proxy_rows})
+        return
+    out.line("database now holds")
+    out.table([Col("table"), Col("rows", right=True)],
+              [[name, f"{count:,}"] for name, count in counts.items()])
+    out.line(f"this run: recorded {stats.recorded:,} = committed {stats.committed:,} "
+             f"+ rejected {stats.rejected:,} + dropped {stats.dropped:,} "
+             f"+ lost {stats.lost:,}"
+             f"{' ' + str(stats.dropped_by_reason) if stats.dropped else ''}; "
+             f"{stats.batches:,} transactions; requests from proxy "
+             f"{plan.proxy!r} in the database: {proxy_rows:,}")

@@ -1,8 +1,13 @@
 """Argument parsing and dispatch for ``mcpr-store``.
 
-Bad input (an unknown duration unit, a negative limit, a missing database, an ambiguous
-session prefix, a vacuum cutoff in the future, an invalid config file) is one line on
-stderr and exit code 2, never a traceback.
+``COMMANDS`` is the one list of commands: each entry says how a command is parsed (its
+arguments), documented (one line of help and an example) and run (a handler taking the
+arguments and a ``Context``). Adding a command is adding an entry; a name of two words
+(``db stats``) puts the command in a group, listed in ``GROUPS``.
+
+Bad input (an unknown duration unit, a negative limit, an empty --db, a missing database or
+one that is not a store, an ambiguous session prefix, a vacuum cutoff in the future, an
+invalid config file) is one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +17,24 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from .. import StoreConfig, StoreError, __version__
-from .._config import FileConfig, load_config_file, resolve_db_path
-from ..query import QueryEngine, QueryError
-from ._commands import COMMANDS
+from .._config import FileConfig, load_config_file
+from ..query import QueryError
+from ._commands import (
+    Context,
+    cmd_clients,
+    cmd_db_stats,
+    cmd_db_vacuum,
+    cmd_logs,
+    cmd_schema,
+    cmd_session,
+    cmd_sessions,
+    cmd_slow,
+    cmd_status,
+)
 from ._format import Output, parse_duration, parse_threshold
 
 EPILOG = """\
@@ -28,8 +44,8 @@ examples:
   mcpr-store logs --follow                 stream requests as they are committed
   mcpr-store slow --threshold 2s --since 6h
   mcpr-store status my-proxy               per-tool calls, latency percentiles, errors
-  mcpr-store sessions --active
-  mcpr-store session 0190a1                one session (id prefix) with its requests
+  mcpr-store sessions --active             every session active now
+  mcpr-store session 0190a1b2-c3d4         one session (as tables print its id)
   mcpr-store clients --since 30d
   mcpr-store schema --changes
   mcpr-store db stats
@@ -38,9 +54,10 @@ examples:
   mcpr-store --db /var/lib/mcpr/store.db logs --json | jq .tool
 
 The database is --db PATH, else [store] path of --config FILE, else $MCPR_DB, else
-~/.mcpr/store.db. Durations are a whole number and one unit: s, m, h, d, w.
+~/.mcpr/store.db; it is only read (no file is created beside it), except by db vacuum and
+demo. Durations are a whole number and one unit: s, m, h, d, w. Times are local, with the
+zone in the column header (TZ=UTC mcpr-store ... for UTC); --json gives unix ms.
 """
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -83,131 +100,220 @@ count = _arg(_count)
 positive = _arg(_positive)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``mcpr-store`` argument parser."""
-    common = _Parser(add_help=False)
-    common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
-                        help="database file (default: see below)")
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="TOML file with a [store] section (enabled, path, name)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="one JSON object per line, raw integers (ms, µs, bytes)")
-    parser = _Parser(prog="mcpr-store", parents=[common], epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description="Storage engine for MCP proxies: record, then query.")
-    parser.add_argument("--version", action="version", version=f"mcpr-store {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
+Handler = Callable[[argparse.Namespace, Context], int]
 
-    def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], help=help, description=help + ".",
-                                   epilog=f"example:\n  {example}",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def proxy(p: argparse.ArgumentParser) -> None:
-        p.add_argument("proxy", nargs="?", help="only this proxy's rows")
+@dataclass(frozen=True)
+class Command:
+    """One ``mcpr-store`` command: how it is parsed, documented and run."""
 
-    p = add("logs", "requests, newest first", "mcpr-store logs --tool search --since 30m")
-    proxy(p)
-    p.add_argument("--since", type=duration, default=None,
-                   help="window (default 1h; all time with --session)")
-    p.add_argument("--limit", type=count, default=50, help="rows (default 50)")
-    p.add_argument("--tool")
-    p.add_argument("--method", help="JSON-RPC method, e.g. tools/call")
-    p.add_argument("--session", help="session id prefix")
-    p.add_argument("--status", choices=["ok", "error", "timeout"])
-    p.add_argument("--error-code", help="JSON-RPC error code, e.g. -32601")
+    name: str  # one word, or "group word" for a command inside a group
+    help: str  # one line: the command list and the top of its --help
+    example: str  # the command line its --help shows
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+    aliases: tuple[str, ...] = ()
+
+
+def _proxy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("proxy", nargs="?", help="only this proxy's rows (the proxy's name)")
+
+
+def _since(p: argparse._ActionsContainer, default: int | None, what: str) -> None:
+    p.add_argument("--since", type=duration, default=default, metavar="DURATION", help=what)
+
+
+def _limit(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--limit", type=count, default=default, metavar="N",
+                   help=f"at most N rows (default {default})")
+
+
+def _logs_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
+    _since(p, None, "requests received in the last DURATION (default 1h; all time with "
+                    "--session)")
+    _limit(p, 50)
+    p.add_argument("--tool", help="only calls of this tool (its exact name)")
+    p.add_argument("--method", help="only this JSON-RPC method, e.g. tools/call")
+    p.add_argument("--session", metavar="ID",
+                   help="only this session: its id, or its start as tables print it")
+    p.add_argument("--status", choices=["ok", "error", "timeout"],
+                   help="only requests with this outcome")
+    p.add_argument("--error-code", metavar="CODE",
+                   help="only this JSON-RPC error code, e.g. -32601")
     p.add_argument("--follow", "-f", action="store_true",
-                   help="keep printing new rows as they are committed (Ctrl-C stops)")
+                   help="then print requests as they are committed, until Ctrl-C")
 
-    p = add("slow", "the slowest requests", "mcpr-store slow --threshold 2s --since 1d")
-    proxy(p)
-    p.add_argument("--threshold", type=threshold, default=500_000,
-                   help="minimum latency: us, ms or s (default 500ms)")
-    p.add_argument("--since", type=duration, default=3_600_000, help="window (default 1h)")
-    p.add_argument("--tool")
-    p.add_argument("--limit", type=count, default=20, help="rows (default 20)")
-    p.add_argument("--follow", "-f", action="store_true", help="stream new slow requests")
 
-    for name in ("status", "stats"):
-        p = add(name, "per-tool calls, latency percentiles, errors and bytes",
-                f"mcpr-store {name} --since 1d")
-        proxy(p)
-        p.add_argument("--since", type=duration, default=3_600_000, help="window (default 1h)")
-        p.add_argument("--tool")
+def _slow_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
+    p.add_argument("--threshold", type=threshold, default=500_000, metavar="LATENCY",
+                   help="minimum latency, a whole number of us, ms or s (default 500ms)")
+    _since(p, 3_600_000, "requests received in the last DURATION (default 1h)")
+    p.add_argument("--tool", help="only calls of this tool (its exact name)")
+    _limit(p, 20)
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="then print slow requests as they are committed, until Ctrl-C")
 
-    p = add("sessions", "MCP sessions, most recently seen first", "mcpr-store sessions --active")
-    proxy(p)
-    p.add_argument("--since", type=duration, default=3_600_000,
-                   help="window on the start (default 1h)")
-    p.add_argument("--limit", type=count, default=50, help="rows (default 50)")
-    p.add_argument("--client", help="client name, e.g. claude-ai")
-    p.add_argument("--active", action="store_true",
-                   help="only sessions not ended and seen in the last 5 minutes")
 
-    p = add("session", "one session, by id prefix, with its requests", "mcpr-store session 0190a1")
-    p.add_argument("id", help="session id or a unique prefix of it")
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
+    _since(p, 3_600_000, "requests received in the last DURATION (default 1h)")
+    p.add_argument("--tool", help="only this tool (its exact name)")
 
-    p = add("clients", "sessions grouped by client", "mcpr-store clients --since 30d")
-    proxy(p)
-    p.add_argument("--since", type=duration, default=7 * 86_400_000, help="window (default 7d)")
-    p.add_argument("--limit", type=count, default=50, help="rows (default 50)")
 
-    p = add("schema", "captured server schemas: status and snapshots, changes, unused tools",
-            "mcpr-store schema --changes --limit 20")
-    proxy(p)
+def _sessions_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
+    _limit(p, 50)
+    p.add_argument("--client", help="only sessions of this client name, e.g. claude-ai")
+    which = p.add_mutually_exclusive_group()
+    _since(which, None, "sessions started in the last DURATION (default 1h)")
+    which.add_argument("--active", action="store_true",
+                       help="every session active now (not ended, seen in the last 5 "
+                            "minutes), however long ago it started")
+
+
+def _session_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", help="the session's id, or its start as tables print it")
+
+
+def _clients_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
+    _since(p, 7 * 86_400_000, "sessions started in the last DURATION (default 7d)")
+    _limit(p, 50)
+
+
+def _schema_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
     p.add_argument("--method", help="only snapshots of this method, e.g. tools/list")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--changes", action="store_true", help="the change log, newest first")
     mode.add_argument("--unused", action="store_true",
-                      help="tools of the captured tools/list by use, unused first")
-    p.add_argument("--limit", type=count, default=50, help="rows of --changes (default 50)")
+                      help="each tool of the captured tools/list with its calls, unused first")
+    _limit(p, 50)
 
-    db = commands.add_parser("db", parents=[common], help="the database itself: stats, vacuum",
-                             description="The database itself.")
-    db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", parser_class=_Parser)
-    db_commands.required = True
-    db_commands.add_parser("stats", parents=[common], help="row counts, time span, file sizes",
-                           description="Row counts, time span, proxies, database and WAL size.")
-    p = db_commands.add_parser(
-        "vacuum", parents=[common], help="delete old rows and compact the file",
-        description="Delete requests older than --before (and sessions that ended before it "
-                    "with no requests left), then VACUUM and checkpoint.",
-        epilog="example:\n  mcpr-store db vacuum --before 30d --dry-run",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--before", type=duration, required=True, help="age cutoff, e.g. 30d")
-    p.add_argument("--proxy", dest="proxy_filter", help="only this proxy's rows")
-    p.add_argument("--dry-run", action="store_true", help="only count what would go")
 
-    p = add("demo", "simulate a multi-core proxy recording MCP traffic",
-            "mcpr-store demo --workers 4 --rate 5000 --duration 3")
-    p.add_argument("--workers", type=count, default=2, help="worker processes (default 2)")
-    p.add_argument("--rate", type=positive, default=2000.0,
+def _no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _vacuum_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--before", type=duration, required=True, metavar="DURATION",
+                   help="delete what is older than DURATION, e.g. 30d")
+    p.add_argument("--proxy", dest="proxy_filter", help="only this proxy's requests")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only count what would be deleted")
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=count, default=2, metavar="N",
+                   help="worker processes (default 2)")
+    p.add_argument("--rate", type=positive, default=2000.0, metavar="PER_SECOND",
                    help="events per second, all workers together (default 2000)")
-    p.add_argument("--duration", type=positive, default=5.0,
+    p.add_argument("--duration", type=positive, default=5.0, metavar="SECONDS",
                    help="seconds of traffic (default 5)")
     p.add_argument("--proxy", default=None,
                    help="proxy name on the rows (default: [store] name, else demo)")
+
+
+def _demo(args: argparse.Namespace, ctx: Context) -> int:
+    from .demo import DemoPlan, run_demo
+
+    if not ctx.file_config.enabled:
+        raise ValueError(f"the store is disabled in {args.config} (store.enabled = false)")
+    config = StoreConfig(db_path=ctx.db_path(), mcpr_version=__version__)
+    plan = DemoPlan(workers=args.workers, rate=args.rate, duration=args.duration,
+                    proxy=args.proxy or ctx.file_config.name or "demo")
+    return run_demo(config, plan, ctx.out)
+
+
+#: Every command, in the order ``--help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("logs", "requests, newest first", "mcpr-store logs --tool search --since 30m",
+            _logs_arguments, cmd_logs),
+    Command("slow", "the slowest requests", "mcpr-store slow --threshold 2s --since 1d",
+            _slow_arguments, cmd_slow),
+    Command("status", "per tool: calls, errors, latency percentiles, bytes (alias: stats)",
+            "mcpr-store status --since 1d", _status_arguments, cmd_status, aliases=("stats",)),
+    Command("sessions", "MCP sessions, most recently seen first", "mcpr-store sessions --active",
+            _sessions_arguments, cmd_sessions),
+    Command("session", "one session with its requests", "mcpr-store session 0190a1b2-c3d4",
+            _session_arguments, cmd_session),
+    Command("clients", "sessions grouped by client", "mcpr-store clients --since 30d",
+            _clients_arguments, cmd_clients),
+    Command("schema", "captured server schemas: status and snapshots, changes, unused tools",
+            "mcpr-store schema --changes --limit 20", _schema_arguments, cmd_schema),
+    Command("db stats", "row counts, time span, proxies, database and WAL size",
+            "mcpr-store db stats --json", _no_arguments, cmd_db_stats),
+    Command("db vacuum", "delete requests older than --before (and sessions that ended "
+            "before it with no requests left), then compact the file",
+            "mcpr-store db vacuum --before 30d --dry-run", _vacuum_arguments, cmd_db_vacuum),
+    Command("demo", "simulate a multi-core proxy recording MCP traffic",
+            "mcpr-store demo --workers 4 --rate 5000 --duration 3", _demo_arguments, _demo),
+)
+
+#: Groups of commands: their help and example.
+GROUPS: dict[str, tuple[str, str]] = {
+    "db": ("the database itself: row counts and sizes, deleting old rows",
+           "mcpr-store db vacuum --before 30d --dry-run"),
+}
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + "."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mcpr-store`` argument parser, built from ``COMMANDS``."""
+    common = _Parser(add_help=False)
+    common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
+                        help="database file (default: see mcpr-store --help)")
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML file with a [store] section (enabled, path, name)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="one JSON object per line, raw integers (unix ms, µs, bytes)")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="mcpr-store", parents=[common], epilog=EPILOG, formatter_class=raw,
+                     description="Storage engine for MCP proxies: record, then query.")
+    parser.add_argument("--version", action="version", version=f"mcpr-store {__version__}",
+                        help="print the version and exit")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                help="what to do; each command's --help has an example")
+    top.required = True
+    groups: dict[str, argparse._SubParsersAction[_Parser]] = {}
+    for command in COMMANDS:
+        *group, word = command.name.split()
+        where = top
+        if group:
+            if group[0] not in groups:
+                help, example = GROUPS[group[0]]
+                g = top.add_parser(group[0], parents=[common], help=help,
+                                   description=_sentence(help), formatter_class=raw,
+                                   epilog=f"example:\n  {example}")
+                groups[group[0]] = g.add_subparsers(
+                    dest=f"{group[0]}_command", metavar="COMMAND", parser_class=_Parser,
+                    required=True, help=f"what to do with {help.split(':')[0]}")
+            where = groups[group[0]]
+        p = where.add_parser(word, aliases=list(command.aliases), parents=[common],
+                             help=command.help, description=_sentence(command.help),
+                             epilog=f"example:\n  {command.example}", formatter_class=raw)
+        command.arguments(p)
+        p.set_defaults(run=command.run)
     return parser
-
-
-def _db_path(args: argparse.Namespace, file_config: FileConfig) -> Path:
-    explicit = getattr(args, "db", None) or file_config.path
-    return resolve_db_path(explicit)
 
 
 def run(argv: list[str]) -> int:
     """Parse ``argv`` and run the command; return the exit code."""
     args = build_parser().parse_args(argv)
+    ctx: Context | None = None
     try:
-        file_config = (load_config_file(args.config) if getattr(args, "config", None)
-                       else FileConfig())
-        if args.command == "demo":
-            return _demo(args, file_config)
-        name = args.command if args.command != "db" else f"db {args.db_command}"
-        out = Output(json_lines=getattr(args, "json", False))
-        with QueryEngine.open(_db_path(args, file_config)) as engine:
-            return COMMANDS[name](args, engine, out)
+        config_file = getattr(args, "config", None)
+        if config_file is not None and not config_file.strip():
+            raise ValueError("--config is empty; give a file's path, or leave --config out")
+        file_config = load_config_file(config_file) if config_file else FileConfig()
+        ctx = Context(args, Output(json_lines=getattr(args, "json", False)), file_config)
+        handler: Handler = args.run
+        return handler(args, ctx)
     except (QueryError, StoreError, ValueError) as exc:
         print(f"mcpr-store: {exc}", file=sys.stderr)
         return 2
@@ -219,16 +325,6 @@ def run(argv: list[str]) -> int:
     except BrokenPipeError:  # `mcpr-store logs | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def _demo(args: argparse.Namespace, file_config: FileConfig) -> int:
-    from rich.console import Console
-
-    from .demo import DemoPlan, run_demo
-
-    if not file_config.enabled:
-        raise ValueError(f"the store is disabled in {args.config} (store.enabled = false)")
-    config = StoreConfig(db_path=_db_path(args, file_config), mcpr_version=__version__)
-    plan = DemoPlan(workers=args.workers, rate=args.rate, duration=args.duration,
-                    proxy=args.proxy or file_config.name or "demo")
-    return run_demo(config, plan, Console(highlight=False))
+    finally:
+        if ctx is not None:
+            ctx.close()

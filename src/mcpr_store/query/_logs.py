@@ -1,4 +1,8 @@
-"""Request logs: newest first, the slow ones, and what is new since a row (for --follow)."""
+"""Request logs: newest first, the slow ones, and what is new since a row (for --follow).
+
+Following goes by row id, not time: ids grow in commit order, while ``ts`` is when the proxy
+received a request, and a batch from one worker can commit after a newer one from another.
+"""
 
 from __future__ import annotations
 
@@ -23,15 +27,15 @@ def _where(proxy: str | None, tool: str | None, method: str | None, status: str 
         where.add("id > ?", after_id)
     where.equals("proxy", proxy).equals("tool", tool).equals("method", method)
     where.equals("status", status).equals("error_code", error_code)
-    return where.prefix("session_id", session)
+    return where.equals("session_id", session)
 
 
 def logs(conn: sqlite3.Connection, *, limit: int, since_ts: int | None = None,
          proxy: str | None = None, tool: str | None = None, method: str | None = None,
          status: str | None = None, error_code: str | None = None,
          session: str | None = None, after_id: int | None = None) -> list[LogRow]:
-    """Requests matching the filters. Newest first; with ``after_id`` (follow mode) the
-    rows after that id, oldest first."""
+    """Requests matching the filters (``session`` is a whole id). Newest first; with
+    ``after_id`` (follow mode) the rows after that id, oldest first."""
     where = _where(proxy, tool, method, status, error_code, session, since_ts, after_id)
     order = "id ASC" if after_id is not None else "ts DESC, id DESC"
     rows = conn.execute(f"SELECT {LOG_COLUMNS} FROM requests{where.sql()} "

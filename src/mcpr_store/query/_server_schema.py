@@ -92,22 +92,28 @@ def upstream_status(conn: sqlite3.Connection, *,
 
 def tool_usage(conn: sqlite3.Connection, *, proxy: str | None = None,
                since_ts: int | None = None) -> list[ToolUsage]:
-    """The tools of each captured ``tools/list`` with their calls, errors and last call on
-    the same proxy; unused tools first, then by calls."""
-    result = []
+    """Each tool of the captured ``tools/list`` results, once per proxy, with the upstreams
+    that list it and its calls, errors and last call on that proxy; unused tools first,
+    then by calls. (A request row names its proxy, not its upstream, so calls are counted
+    per proxy: two upstreams listing one tool share its count instead of each showing it.)"""
+    listed: dict[tuple[str, str], list[str]] = {}  # (proxy, tool) -> upstreams listing it
     for snap in snapshots(conn, proxy=proxy, method="tools/list"):
         doc = _loads(snap.payload)
         items = doc.get("tools") if isinstance(doc, dict) else None
-        names = [t["name"] for t in items or [] if isinstance(t, dict)
-                 and isinstance(t.get("name"), str)]
-        for name in names:
-            where = Where().equals("tool", name).equals("proxy", snap.proxy)
-            if since_ts is not None:
-                where.add("ts >= ?", since_ts)
-            calls, errors, last = conn.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(status != 'ok'), 0), MAX(ts) FROM requests"
-                f"{where.sql()}", where.params).fetchone()
-            result.append(ToolUsage(proxy=snap.proxy, upstream_url=snap.upstream_url,
-                                    tool=name, calls=calls, errors=errors, last_call=last))
-    result.sort(key=lambda u: (u.calls > 0, -u.calls, u.tool))
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                upstreams = listed.setdefault((snap.proxy, item["name"]), [])
+                if snap.upstream_url not in upstreams:
+                    upstreams.append(snap.upstream_url)
+    result = []
+    for (proxy_name, name), upstreams in listed.items():
+        where = Where().equals("tool", name).equals("proxy", proxy_name)
+        if since_ts is not None:
+            where.add("ts >= ?", since_ts)
+        calls, errors, last = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(status != 'ok'), 0), MAX(ts) FROM requests"
+            f"{where.sql()}", where.params).fetchone()
+        result.append(ToolUsage(proxy=proxy_name, tool=name, upstreams=sorted(upstreams),
+                                calls=calls, errors=errors, last_call=last))
+    result.sort(key=lambda u: (u.calls > 0, -u.calls, u.tool, u.proxy))
     return result

@@ -17,9 +17,8 @@ __all__ = ["stats"]
 _LABEL = "COALESCE(tool, '<' || method || '>')"
 
 _TOTALS = f"""
-SELECT {_LABEL} AS label, COUNT(*), SUM(status != 'ok'), CAST(ROUND(AVG(latency_us)) AS INTEGER),
-       MIN(latency_us), MAX(latency_us), COALESCE(SUM(bytes_in), 0),
-       COALESCE(SUM(bytes_out), 0)
+SELECT {_LABEL} AS label, COUNT(*), SUM(status != 'ok'), SUM(latency_us), MIN(latency_us),
+       MAX(latency_us), COALESCE(SUM(bytes_in), 0), COALESCE(SUM(bytes_out), 0)
 FROM requests{{where}} GROUP BY label
 """
 
@@ -40,9 +39,16 @@ def _pct(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 2) if whole else 0.0
 
 
+def _mean(total: int, count: int) -> int:
+    """Rounded half away from zero, as SQLite's ROUND does."""
+    return (2 * total + count) // (2 * count)
+
+
 def stats(conn: sqlite3.Connection, *, since_ts: int | None = None, proxy: str | None = None,
           tool: str | None = None) -> StatsReport:
-    """Calls, latency (avg, min, max, p50, p95, p99), error % and bytes per label."""
+    """Calls, latency (avg, min, max, p50, p95, p99), error % and bytes per label, and the
+    same totals over all labels (but no overall percentiles: they would cost another sort of
+    every row in the window, and per-label ones do not combine)."""
     where = Where()
     if since_ts is not None:
         where.add("ts >= ?", since_ts)
@@ -57,16 +63,20 @@ def stats(conn: sqlite3.Connection, *, since_ts: int | None = None, proxy: str |
         n, values = ranked[label]
         return values[max(1, (p * n + 99) // 100)]
 
+    totals = conn.execute(_TOTALS.format(where=where.sql()), where.params).fetchall()
     tools = [
         ToolStats(label=label, calls=calls, errors=errors, error_pct=_pct(errors, calls),
-                  avg_us=avg_us, min_us=min_us, max_us=max_us, p50_us=at(label, 50),
-                  p95_us=at(label, 95), p99_us=at(label, 99), bytes_in=bytes_in,
-                  bytes_out=bytes_out)
-        for label, calls, errors, avg_us, min_us, max_us, bytes_in, bytes_out
-        in conn.execute(_TOTALS.format(where=where.sql()), where.params)
+                  avg_us=_mean(latency_sum, calls), min_us=min_us, max_us=max_us,
+                  p50_us=at(label, 50), p95_us=at(label, 95), p99_us=at(label, 99),
+                  bytes_in=bytes_in, bytes_out=bytes_out)
+        for label, calls, errors, latency_sum, min_us, max_us, bytes_in, bytes_out in totals
     ]
     tools.sort(key=lambda t: (-t.calls, t.label))
     calls = sum(t.calls for t in tools)
     errors = sum(t.errors for t in tools)
-    return StatsReport(tools=tools, total_calls=calls, total_errors=errors,
-                       error_pct=_pct(errors, calls))
+    return StatsReport(
+        tools=tools, total_calls=calls, total_errors=errors, error_pct=_pct(errors, calls),
+        avg_us=_mean(sum(row[3] for row in totals), calls) if calls else None,
+        min_us=min((t.min_us for t in tools), default=None),
+        max_us=max((t.max_us for t in tools), default=None),
+        bytes_in=sum(t.bytes_in for t in tools), bytes_out=sum(t.bytes_out for t in tools))

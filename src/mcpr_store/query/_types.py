@@ -67,6 +67,12 @@ class StatsReport(_Row):
     total_calls: int
     total_errors: int
     error_pct: float
+    # over all labels (None without rows); percentiles are per label only
+    avg_us: int | None = None
+    min_us: int | None = None
+    max_us: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,8 @@ class UpstreamStatus(_Row):
 @dataclass(frozen=True)
 class ToolUsage(_Row):
     proxy: str
-    upstream_url: str
     tool: str
+    upstreams: list[str]  # the upstreams whose tools/list names the tool
     calls: int
     errors: int
     last_call: int | None
