@@ -576,3 +576,21 @@ def test_non_terminal__plain_and_not_cut(wide_db: Path) -> None:
     done = mcpr_store("--db", str(wide_db), "logs", env={**os.environ, "COLUMNS": "60"})
     assert "\x1b" not in done.stdout
     assert "x" * 200 in done.stdout  # nothing is cut for a pipe or a file
+
+
+def test_schema__a_payload_nested_too_deep_to_parse_is_shown_without_its_details(
+    tmp_path: Path
+) -> None:
+    """A server's payload is stored as sent; the read side must not die on one it cannot
+    parse (json.loads raises RecursionError past about 1,000 levels)."""
+    db = tmp_path / "deep.db"
+    deep = "[" * 100_000 + "]" * 100_000
+    with Store.open(StoreConfig(db_path=db)) as store:
+        for method, key in (("tools/list", "tools"), ("initialize", "serverInfo")):
+            store.record(SchemaVersionEvent(ts=1_764_000_000_000, proxy="p",
+                                            upstream_url="http://u", method=method,
+                                            payload='{"' + key + '":' + deep + "}"))
+    for args in ([], ["--unused"], ["--changes"], ["--json"], ["--unused", "--json"]):
+        done = mcpr_store("schema", "--db", str(db), *args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)

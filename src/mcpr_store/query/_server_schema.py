@@ -46,9 +46,11 @@ def changes(conn: sqlite3.Connection, *, limit: int, proxy: str | None = None,
 
 
 def _loads(payload: str) -> Any:
+    """The stored payload parsed, or None when it cannot be: it is whatever a server sent
+    (not JSON, or nested deeper than the parser's stack allows)."""
     try:
         return json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError, MemoryError):
         return None
 
 
