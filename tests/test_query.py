@@ -350,11 +350,12 @@ def test_read__rows_and_last_id_from_one_snapshot(db: Path) -> None:
 def test_active_sessions__every_one_active_now_however_long_ago_it_started(
     db: Path, q: QueryEngine
 ) -> None:
+    now = int(time.time() * 1000)  # "active" is the last 5 minutes: NOW may be older by now
     insert_sessions(db, [
-        {"session_id": "s-long", "started_at": NOW - 30 * 3_600_000, "last_seen_at": NOW - MIN},
-        {"session_id": "s-new", "started_at": NOW - MIN, "last_seen_at": NOW},
-        {"session_id": "s-idle", "last_seen_at": NOW - 10 * MIN},
-        {"session_id": "s-ended", "last_seen_at": NOW, "ended_at": NOW},
+        {"session_id": "s-long", "started_at": now - 30 * 3_600_000, "last_seen_at": now - MIN},
+        {"session_id": "s-new", "started_at": now - MIN, "last_seen_at": now},
+        {"session_id": "s-idle", "last_seen_at": now - 10 * MIN},
+        {"session_id": "s-ended", "last_seen_at": now, "ended_at": now},
     ])
     assert [s.session_id for s in q.active_sessions()] == ["s-new", "s-long"]
     assert all(s.is_active for s in q.active_sessions())

@@ -27,7 +27,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import platform
 import struct
 import sys
 from typing import Any, Final
@@ -50,8 +49,12 @@ _WAITERS: Final = (100, 104)  # not_empty_n_waiters, not_full_n_waiters
 
 
 def _supported() -> bool:
-    return (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
-            and struct.calcsize("P") == 8)
+    # confstr answers at once; platform.libc_ver() would scan the Python binary.
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        libc = ""
+    return sys.platform == "linux" and libc.startswith("glibc") and struct.calcsize("P") == 8
 
 
 _SUPPORTED: Final = _supported()

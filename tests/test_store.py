@@ -1,4 +1,4 @@
-"""Store: open, record, flush, stats, shutdown (the producer side, with a real writer)."""
+"""Store: open, record, flush, stats, shutdown (the public handle, with a real writer)."""
 
 from __future__ import annotations
 
