@@ -233,3 +233,22 @@ def test_str_and_int_subclasses__are_stored_as_plain_values(
     assert store.shutdown()
     assert query(db_path, "SELECT tool, bytes_in, status FROM requests ORDER BY id") == [
         ("search", 10, "ok"), ("search", 10, "error")]
+
+
+def test_times_in_other_units__are_stored_with_one_warning_naming_the_value(
+    open_store: Callable[..., Store], db_path: Path, capfd: Any
+) -> None:
+    store = open_store()
+    for i in range(3):
+        store.record(request(f"s{i}", ts=1_764_000_000 + i))  # seconds, not milliseconds
+        assert store.flush()
+    for i in range(3):
+        store.record(request(f"n{i}", ts=1_764_000_000_000_000_000 + i))  # nanoseconds
+        assert store.flush()
+    assert store.shutdown()
+    err = capfd.readouterr().err
+    assert err.count("looks like seconds") == 1 and "ts=1764000000" in err
+    assert err.count("looks like micro- or nanoseconds") == 1
+    assert "ts=1764000000000000000" in err
+    assert query(db_path, "SELECT ts FROM requests WHERE request_id = 's0'") == [
+        (1_764_000_000,)]

@@ -8,12 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
-from faultkit import FaultReport
+from faultkit import FaultReport, read_json
 from helpers import query, request, scalar, wait_for
 
 from mcpr_store import Store
@@ -153,3 +155,66 @@ def test_gunicorn_preload__every_request_lands(
     assert len(pids) >= 2
     fault_report.add("gunicorn --preload, 3 workers, graceful stop", offered=601,
                      committed=scalar(db_path, "SELECT COUNT(*) FROM requests"))
+
+
+def test_gunicorn_recycling_workers__books_exact_through_a_writer_kill(
+    db_path: Path, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    """``max_requests`` recycles workers all the time (pids come and go, and may be reused),
+    and the writer is SIGKILLed in the middle: every worker's numbers must survive the
+    replacement, and the books must balance exactly at the end."""
+    port = _free_port()
+    books = tmp_path / "books.json"
+    env = {**os.environ, "MCPR_TEST_DB": str(db_path), "MCPR_TEST_BOOKS": str(books),
+           "PYTHONPATH": str(Path(__file__).parent / "apps")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--preload", "--workers", "3", "--max-requests",
+         "25", "--max-requests-jitter", "10", "--bind", f"127.0.0.1:{port}",
+         "--graceful-timeout", "20", "wsgi_store:app"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    pids: set[bytes] = set()
+    try:
+        def up() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/probe", timeout=1).read()
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, what="gunicorn to serve")
+        master = psutil.Process(server.pid)
+        for i in range(600):
+            if i == 300:
+                writer = next(c for c in master.children()
+                              if "mcpr_store._writer" in " ".join(c.cmdline()))
+                writer.kill()
+            while True:  # a worker being recycled may refuse a connection: ask again
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/req-{i}",
+                                                timeout=10) as r:
+                        pids.add(r.read())
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, server.stderr.read() if server.stderr else ""
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    final = read_json(books)
+    rows = scalar(db_path, "SELECT COUNT(*) FROM requests")
+    assert len(pids) > 10  # workers were recycled many times
+    assert final["restarts"] == 1
+    assert final["committed"] == rows
+    # Every request and the probe; a retried request may have reached the app twice (its
+    # copy is then rejected as a duplicate request_id).
+    assert final["recorded"] >= 601
+    assert final["recorded"] == (final["committed"] + final["rejected"] + final["dropped"]
+                                 + final["lost"]), final
+    assert final["dropped"] == 0
+    stored = {r for (r,) in query(db_path, "SELECT request_id FROM requests")}
+    assert stored <= {"probe"} | {f"req-{i}" for i in range(600)}
+    fault_report.add("gunicorn --preload, max_requests recycling, writer SIGKILLed mid-run",
+                     offered=601, committed=rows, lost=final["lost"],
+                     dropped=final["dropped"], rejected=final["rejected"])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -10,6 +12,22 @@ from typing import Any
 from mcpr_store import RequestEvent, Store, StoreConfig
 
 store = Store.open(StoreConfig(db_path=os.environ["MCPR_TEST_DB"]))
+_OWNER = os.getpid()
+
+
+def _final_books() -> None:
+    """In the master (the owner), after every worker has exited: the store's books."""
+    if os.getpid() != _OWNER or "MCPR_TEST_BOOKS" not in os.environ:
+        return
+    clean = store.shutdown()
+    s = store.stats()
+    with open(os.environ["MCPR_TEST_BOOKS"], "w") as f:
+        json.dump({"clean": clean, "recorded": s.recorded, "committed": s.committed,
+                   "rejected": s.rejected, "dropped": s.dropped, "lost": s.lost,
+                   "lost_by_reason": s.lost_by_reason, "restarts": s.writer_restarts}, f)
+
+
+atexit.register(_final_books)  # registered after the store's own hook: runs before it
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
