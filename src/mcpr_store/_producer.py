@@ -19,7 +19,10 @@ Why it looks like this:
 - Nothing here takes a lock or waits on a ``threading.Event`` that another thread may be
   holding: a signal handler can interrupt any line of the main thread, and a handler that
   calls ``shutdown()`` must never wait for something the interrupted code holds. Requests to
-  the sender (flush, close) are plain attributes it polls every few milliseconds.
+  the sender (flush, close) are plain attributes; to wake it, a byte is written to a
+  non-blocking pipe (one syscall, async-signal-safe), by ``record()`` when it finds its buffer
+  empty and by ``flush()``/``close()``. So an idle process's sender sleeps (with a
+  ``_IDLE_WAKE`` safety net), and a busy one is woken about once per batch.
 
 The sender never dies: anything it cannot turn into a message is counted as dropped
 (``unreadable``, ``too_large``) and logged, and every other error is logged and survived.
@@ -27,9 +30,11 @@ The sender never dies: anything it cannot turn into a message is counted as drop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import select
 import time
 from collections import deque
 from queue import Full
@@ -50,6 +55,9 @@ MESSAGE_EVENTS: Final = 4096
 #: 200 ms batch interval and its 10 ms idle poll, an idle proxy's event is committed in
 #: about 215 ms.
 _LINGER: Final = 0.005
+#: The sender's safety net while idle: a wake-up lost to a race (a ``record()`` that saw a
+#: non-empty buffer the sender emptied a moment later) costs at most this.
+_IDLE_WAKE: Final = 0.1
 #: While closing: how long to wait for ``record()`` calls in progress on other threads.
 _IN_FLIGHT_GRACE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
@@ -87,11 +95,13 @@ class Producer:
         # Sessions first: their requests may be in the same round.
         self._order = sorted(enumerate(self.buffers.values()),
                              key=lambda kb: list(KINDS.values())[kb[0]] is not SessionEvent)
+        self._deques = tuple(self.buffers.values())
         self.capacity = buffer_events
         self.accepting = True
         self._encoder = WireEncoder(self.token, os.getpid(), _process_start())
         # A message may take half the queue, so one always fits once the queue drains.
         self._max_message = queue_bytes // 2
+        self._queue_bytes = queue_bytes
         self.flush_requests: deque[int] = deque()
         self._outbox: list[tuple[bytes, int]] = []  # encoded, waiting for room in the queue
         self._outbox_events = 0
@@ -101,10 +111,27 @@ class Producer:
         self.retired = False  # the store is done with this thread
         self._final: bytes | None = None
         self._log_at: dict[str, float] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.thread = threading.Thread(target=self._run, name="mcpr-store-sender", daemon=True)
         self.thread.start()
 
     # -- any thread ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Wake the sender. Never blocks, never raises; safe in a signal handler."""
+        # A full pipe means the sender is awake anyway; a closed one, that it is gone.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: this producer (the parent's) has no thread here; close its
+        descriptors so they do not pile up over generations of forks."""
+        self.retired = True
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def buffer_for(self, event: Any) -> deque[Any]:
         """The buffer of ``event``'s kind, for an instance of a subclass of an event class.
@@ -131,6 +158,7 @@ class Producer:
         self.accepting = False
         if self.close_deadline is None:
             self.close_deadline = deadline
+        self.wake()
 
     def sweep(self) -> int:
         """Count as dropped (``closed``) what a ``record()`` in progress at the close put in
@@ -151,12 +179,23 @@ class Producer:
 
     # -- the sender thread --------------------------------------------------------------
 
+    def _sleep_until_woken(self) -> None:
+        """Block until ``wake()`` (or the idle safety net), unless there is work already."""
+        if self.flush_requests or self._outbox or any(self._deques):
+            return
+        select.select([self._wake_r], [], [], _IDLE_WAKE)
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
+            while os.read(self._wake_r, 4096):
+                pass
+
     def _run(self) -> None:
         while not self.retired:
             try:
                 if self.close_deadline is None:
-                    time.sleep(_LINGER)
-                    self._cycle()
+                    self._sleep_until_woken()
+                    time.sleep(_LINGER)  # let a batch form
+                    if self.flush_requests or self._outbox or any(self._deques):
+                        self._cycle()
                 elif not self.done_closing:
                     self._close(self.close_deadline)
                 else:
@@ -189,14 +228,9 @@ class Producer:
         for kind, buffer in self._order:
             pop = buffer.popleft
             while buffer:
-                rows = []
-                try:
-                    for _ in range(min(len(buffer), MESSAGE_EVENTS)):
-                        rows.append(pop())
-                except IndexError:  # swept by a closing store meanwhile
-                    pass
-                if rows:
-                    self._encode(kind, rows)
+                # Only this thread pops while it runs (``sweep`` waits until it is done), so
+                # the buffer holds at least ``len(buffer)`` events here.
+                self._encode(kind, [pop() for _ in range(min(len(buffer), MESSAGE_EVENTS))])
         self._put_outbox()
 
     def _encode(self, kind: int, rows: list[Any]) -> None:
@@ -232,6 +266,8 @@ class Producer:
         """Put what is waiting; True when nothing is left waiting."""
         if not self._outbox:
             return True
+        if self.queue.data_size() + len(self._outbox[0][0]) + 8 > self._queue_bytes:
+            return False  # no room for the first: don't pay for a put that must fail
         try:
             self.queue.put_many_nowait([message for message, _ in self._outbox])
             put = len(self._outbox)

@@ -123,6 +123,8 @@ class Store:
         # or signal handler can split the two (see ``_books.ProducerBooks``).
         if producer.accepting:
             if len(buffer) < producer.capacity:
+                if not buffer:
+                    producer.wake()  # the first event of a batch: the sender may be asleep
                 books.recorded += 1
                 buffer.append(event)
             else:
@@ -156,6 +158,7 @@ class Store:
         seq = next(self._flush_seq)
         epoch = self.books[G.WRITER_EPOCH]
         producer.flush_requests.append(seq)
+        producer.wake()
         row: int | None = None
         while True:
             if row is None or self.books.get(row, P.TOKEN) != producer.token:
@@ -165,6 +168,7 @@ class Store:
             if self.books[G.WRITER_EPOCH] != epoch:  # a new writer: ask it again
                 epoch = self.books[G.WRITER_EPOCH]
                 producer.flush_requests.append(seq)
+                producer.wake()
             if time.monotonic() >= deadline:
                 return False
             time.sleep(_POLL)
@@ -323,6 +327,7 @@ class Store:
         # Threads do not survive fork: a fresh producer with its own sender, empty buffers
         # (what the parent had buffered is the parent's to send), and no supervisor.
         self._supervisor = None
+        self._producer.forget_after_fork()
         self._producer = self._new_producer(owner=False)
         if self._deadline is not None:  # shut down in the parent before the fork
             self._producer.accepting = False

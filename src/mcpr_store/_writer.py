@@ -267,6 +267,11 @@ class Writer:
         while len(self.pending) < _MAX_PENDING and self.pending_bytes < _MAX_PENDING_BYTES:
             if self.stopping and time.monotonic() >= self.stop_reading_at:
                 break
+            if not self.queue.qsize():
+                # A read of the message count, no lock: an idle writer's poll costs a
+                # microsecond, not a get_many's setup (tens of microseconds).
+                self.last_empty = time.monotonic()
+                break
             self.in_queue_since = time.monotonic()
             self.state.release()
             try:
@@ -400,49 +405,60 @@ class Writer:
     # -- committing -----------------------------------------------------------------------
 
     def _commit_due(self) -> None:
+        """Commit one batch when one is due (so the queue is read between batches), or
+        everything pending when a flush or the stop asks for it."""
         now = time.monotonic()
-        due = (
-            len(self.pending) >= self.batch_size
-            or (self.oldest is not None and now - self.oldest >= self.interval)
-            or self.flushes
-            or self.stopping
-        )
-        if due and now >= self.retry_at:
+        if now < self.retry_at or not (self.pending or self.flushes):
+            return
+        if self.flushes or self.stopping:
             self.commit_pending()
+        elif (len(self.pending) >= self.batch_size
+              or (self.oldest is not None and now - self.oldest >= self.interval)):
+            self._commit_one()
 
     def commit_pending(self) -> None:
-        """Commit everything pending in batches; on failure keep it and schedule a retry."""
-        books = self.books
-        total = len(self.pending)
+        """Commit everything pending, batch by batch, then answer the flushes waiting for it;
+        on failure keep the rest and schedule a retry."""
         while self.pending:
-            chunk = self.pending.take(self.batch_size)
-            try:
-                stored = store_batch(self._connection(), chunk,
-                                     (self.spec.store_token, self.committed, self.refused))
-            except (sqlite3.Error, StoreError, OSError) as exc:
-                self.pending.put_back(chunk)
-                books.add(G.COMMIT_FAILURES, 1)
-                self.log.warn("commit", f"commit of {len(chunk)} events to {self.path} failed, "
-                                        f"will retry in {self.retry_delay:.2f} s: {exc}")
-                self.retry_at = time.monotonic() + self.retry_delay
-                self.retry_delay = min(self.retry_delay * 2, _RETRY_MAX)
-                self.pending_bytes = int(self.pending_bytes * len(self.pending) / max(total, 1))
+            if not self._commit_one():
                 return
-            self.retry_delay = _RETRY_MIN
-            self.committed += stored.committed
-            self.refused += len(stored.rejections)
-            for why in stored.rejections:
-                self.log.warn("database", f"rejected an event: {why}")
-            books[G.COMMITTED] = self.committed
-            books[G.REJECTED_DB] = self.refused
-            books.add(G.BATCHES, 1)
-            books[G.LAST_COMMIT_MS] = int(time.time() * 1000)
-        self.oldest = None
-        self.pending_bytes = 0
+        books = self.books
         for row, seq in self.flushes.items():
             if books.get(row, P.FLUSHED) < seq:
                 books.set(row, P.FLUSHED, seq)
         self.flushes.clear()
+
+    def _commit_one(self) -> bool:
+        """Commit up to ``batch_size`` pending events in one transaction; False if it failed
+        (the events stay pending, a retry is scheduled)."""
+        books = self.books
+        total = len(self.pending)
+        chunk = self.pending.take(self.batch_size)
+        try:
+            stored = store_batch(self._connection(), chunk,
+                                 (self.spec.store_token, self.committed, self.refused))
+        except (sqlite3.Error, StoreError, OSError) as exc:
+            self.pending.put_back(chunk)
+            books.add(G.COMMIT_FAILURES, 1)
+            self.log.warn("commit", f"commit of {len(chunk)} events to {self.path} failed, "
+                                    f"will retry in {self.retry_delay:.2f} s: {exc}")
+            self.retry_at = time.monotonic() + self.retry_delay
+            self.retry_delay = min(self.retry_delay * 2, _RETRY_MAX)
+            return False
+        self.retry_delay = _RETRY_MIN
+        self.committed += stored.committed
+        self.refused += len(stored.rejections)
+        for why in stored.rejections:
+            self.log.warn("database", f"rejected an event: {why}")
+        books[G.COMMITTED] = self.committed
+        books[G.REJECTED_DB] = self.refused
+        books.add(G.BATCHES, 1)
+        books[G.LAST_COMMIT_MS] = int(time.time() * 1000)
+        left = len(self.pending)
+        self.pending_bytes = self.pending_bytes * left // total if total else 0
+        # What is left arrived after what was just committed: its wait starts now at most.
+        self.oldest = time.monotonic() if left else None
+        return True
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection, reopened first if the file at our path is no longer the one
