@@ -10,7 +10,10 @@ bodies stay as the upstream sent them). It knows nothing of MCP: recording is
 An upstream that cannot be reached, or fails before its response starts, is answered
 ``502 Bad Gateway`` (a one-line text body); a failure after the response started ends the
 body where it stopped. A client that goes away cancels the upstream request, so a long
-stream (a GET the server keeps open) does not outlive its client.
+stream (a GET the server keeps open) does not outlive its client. When the worker is told
+to stop (SIGTERM or SIGINT), the GET streams end at once (the spec lets a server close them
+at any time; the client reconnects elsewhere), while POSTs, which carry answers, drain:
+otherwise every connected legacy client would hold the worker for its whole drain time.
 
 Why the httpx client is created at lifespan startup, not in ``__init__``: the app is built
 in the proxy's main process before the workers fork, and a client's connection pool must
@@ -19,8 +22,12 @@ belong to the worker's own event loop.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 from collections.abc import AsyncIterator
-from typing import Final
+from types import FrameType
+from typing import Any, Final
 
 import anyio
 import httpx
@@ -53,6 +60,7 @@ class Forward:
         self.origin = url.copy_with(path="/", query=None, fragment=None)
         self.path = url.path or "/"
         self.client: httpx.AsyncClient | None = None
+        self.stopping: anyio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -68,12 +76,32 @@ class Forward:
                     timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
                     follow_redirects=False, trust_env=False)
+                self.stopping = anyio.Event()
+                self._watch_stop_signals()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.client is not None:
                     await self.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _watch_stop_signals(self) -> None:
+        """Set ``stopping`` on SIGTERM/SIGINT, then call the server's own handler (uvicorn's,
+        which starts its graceful stop). Only the main thread can take signals."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        stopping = self.stopping
+        assert stopping is not None
+        for number in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(number)
+
+            def handler(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(stopping.set)  # the only signal-safe way in
+                if callable(previous):
+                    previous(sig, frame)
+
+            signal.signal(number, handler)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = self.client
@@ -111,16 +139,23 @@ class Forward:
             async with anyio.create_task_group() as tasks:
                 if body_done.is_set():
                     tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
+                if scope["method"] == "GET" and self.stopping is not None:
+                    tasks.start_soon(_cancel_on, self.stopping, tasks.cancel_scope)
                 try:
                     async for chunk in response.aiter_raw():
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
                 except httpx.HTTPError:
                     pass  # the upstream broke off: end the body where it stopped
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tasks.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

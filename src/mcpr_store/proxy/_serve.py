@@ -6,10 +6,12 @@ gunicorn workers that serve the app with uvicorn (the ``uvicorn-worker`` package
 worker records through the store handle it inherited: one writer for all of them.
 
 Stopping: SIGTERM and SIGINT both stop gracefully. The main process closes the listening
-socket and passes SIGTERM to the workers; each worker's uvicorn stops accepting, lets the
-requests in flight finish (for at most ``DRAIN_SECONDS``, then cancels the rest, whose
-calls are recorded as failed), runs the app's lifespan shutdown (which settles calls still
-open), and on exit hands its buffered events to the writer (its store handle detaches).
+socket and passes SIGTERM to the workers; each worker's uvicorn stops accepting, ends its
+GET streams, lets the requests in flight finish (for at most ``DRAIN_SECONDS``, then
+cancels the rest, whose calls are recorded as failed), and runs the app's lifespan
+shutdown: calls still open are settled, then the worker's store handle hands its buffered
+events to the writer and detaches. (This happens in the lifespan, not at process exit:
+uvicorn ends a signalled worker by re-raising the signal, which skips exit handlers.)
 Once every worker has exited, the main process shuts the store down: the writer commits
 everything and exits. A second SIGINT during that wait forces a quick stop (gunicorn's
 rule), as Ctrl-C twice does in most servers.
@@ -31,7 +33,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 from .. import Store, StoreConfig
-from ..asgi import StoreMiddleware
+from ..asgi import Message, Receive, Scope, Send, StoreMiddleware
 from ._forward import Forward
 
 __all__ = ["ProxyWorker", "run_proxy"]
@@ -77,6 +79,27 @@ class _Application(BaseApplication):  # type: ignore[misc]
         _Arbiter(self).run()
 
 
+class _DetachOnShutdown:
+    """At the worker's lifespan shutdown (after the app's), the worker's store handle sends
+    what it holds and detaches."""
+
+    def __init__(self, app: StoreMiddleware, store: Store) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete" and not self.store.is_owner:
+                self.store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
 def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: StoreConfig,
               name: str, announce: Any = print) -> int:
     """Serve the recording proxy for ``upstream`` on ``host:port`` until SIGTERM or SIGINT.
@@ -88,8 +111,8 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     """
     forward = Forward(upstream)  # validates the URL before anything starts
     store = Store.open(config)
-    app = StoreMiddleware(forward, store=store, proxy=name, upstream=upstream,
-                          path=forward.path)
+    app = _DetachOnShutdown(StoreMiddleware(forward, store=store, proxy=name,
+                                            upstream=upstream, path=forward.path), store)
 
     def when_ready(server: Any) -> None:
         bound = server.LISTENERS[0].sock.getsockname()

@@ -1,0 +1,119 @@
+"""``mcpr-store proxy``: the recording reverse proxy with real pre-forked workers in front of
+the official SDK's server (uvicorn on loopback), real SDK clients, a real SIGTERM; and
+``mcpr-store demo --real``, which drives that stack."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import psutil
+from helpers import query, wait_for
+from mcp import Client
+from mcp_types import Implementation
+
+from mcpr_store.proxy._demo import start_proxy
+from mcpr_store.proxy._demo_server import ServerThread, build_demo_server
+
+CLI = [sys.executable, "-c", "import sys; from mcpr_store.cli import main; sys.exit(main())"]
+
+
+def _tree(pid: int) -> dict[str, set[int]]:
+    """The proxy's processes by role: gunicorn workers and store writers."""
+    roles: dict[str, set[int]] = {"workers": set(), "writers": set()}
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        roles["writers" if "mcpr_store._writer" in cmdline else "workers"].add(child.pid)
+    return roles
+
+
+async def _client(url: str, index: int, answered: Counter[str]) -> None:
+    """Sessions in a loop until the proxy stops answering; counts the answers seen."""
+    name, mode = f"client-{index}", ("legacy", "auto")[index % 2]
+    try:
+        while True:
+            async with Client(url, mode=mode, cache=None,
+                              client_info=Implementation(name=name, version="1")) as client:
+                answered[name] += 1
+                await client.list_tools()  # (else the 2026 client lists on its first call)
+                answered[name] += 1
+                for i in range(4):
+                    await client.call_tool("search", {"query": f"q{i}"})
+                    answered[name] += 1
+                    await client.call_tool("wait", {"ms": 5})
+                    answered[name] += 1
+    except Exception:  # connection refused or reset: the proxy has stopped
+        return
+
+
+async def _traffic_then_sigterm(url: str, proxy: subprocess.Popen[bytes],
+                                answered: Counter[str]) -> None:
+    clients = [asyncio.create_task(_client(url, i, answered)) for i in range(8)]
+    while sum(answered.values()) < 120 and not all(task.done() for task in clients):
+        await asyncio.sleep(0.02)
+    proxy.send_signal(signal.SIGTERM)  # while requests are in flight
+    await asyncio.wait_for(asyncio.gather(*clients), timeout=60)
+
+
+def test_proxy__four_workers_record_every_answered_request_and_stop_on_sigterm(db_path):
+    server = build_demo_server(1, log_level="CRITICAL")
+    answered: Counter[str] = Counter()
+    with ServerThread(server.streamable_http_app()) as upstream:
+        proxy, url = start_proxy(upstream.url(), str(db_path), "edge", workers=4)
+        try:
+            roles = wait_for(lambda: (r := _tree(proxy.pid)) and len(r["workers"]) == 4 and r,
+                             what="4 workers")
+            assert len(roles["writers"]) == 1  # one writer, opened before the fork
+            asyncio.run(_traffic_then_sigterm(url, proxy, answered))
+            assert proxy.wait(timeout=60) == 0
+        finally:
+            if proxy.poll() is None:
+                proxy.kill()
+                proxy.wait()
+    everyone = roles["workers"] | roles["writers"]
+    wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
+                             != psutil.STATUS_ZOMBIE for pid in everyone),
+             what="no process of the proxy left")
+
+    rows = dict(query(db_path, "SELECT s.client_name, COUNT(*) FROM requests r JOIN sessions s "
+                               "ON r.session_id = s.session_id WHERE r.proxy = 'edge' "
+                               "GROUP BY s.client_name"))
+    assert len(answered) == 8 and sum(answered.values()) >= 120
+    for name, seen in answered.items():  # a request cut by the stop may have a row too
+        assert seen <= rows.get(name, 0) <= seen + 1, (name, seen, rows.get(name))
+    assert query(db_path, "SELECT COUNT(*) FROM requests WHERE session_id IS NULL") == [(0,)]
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_proxy__bad_input_is_one_line_and_exit_2(db_path):
+    for args in (["proxy", "ftp://example.org/mcp", "--db", str(db_path)],
+                 ["proxy", "http://127.0.0.1:1/mcp", "--port", "70000"],
+                 ["proxy", "http://127.0.0.1:1/mcp", "--workers", "0"]):
+        result = _cli(*args)
+        assert result.returncode == 2, result
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not db_path.exists()  # nothing was opened
+
+
+def test_demo_real__records_real_traffic_that_logs_then_shows(db_path):
+    result = _cli("demo", "--real", "--duration", "1", "--workers", "2", "--db", str(db_path))
+    assert result.returncode == 0, result.stderr
+    assert "stopped on SIGTERM (exit code 0)" in result.stdout
+    statuses: dict[str, Any] = dict(query(db_path, "SELECT status, COUNT(*) FROM requests "
+                                                   "WHERE proxy = 'demo-real' GROUP BY status"))
+    assert statuses["ok"] > 0 and statuses["error"] > 0
+    clients = {name for (name,) in query(db_path, "SELECT DISTINCT client_name FROM sessions")}
+    assert {"claude-code", "cursor-vscode", "ChatGPT"} <= clients
+    logs = _cli("--db", str(db_path), "logs", "demo-real", "--limit", "5")
+    assert logs.returncode == 0 and "tools/call" in logs.stdout, logs
