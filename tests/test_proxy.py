@@ -115,5 +115,5 @@ def test_demo_real__records_real_traffic_that_logs_then_shows(db_path):
     assert statuses["ok"] > 0 and statuses["error"] > 0
     clients = {name for (name,) in query(db_path, "SELECT DISTINCT client_name FROM sessions")}
     assert {"claude-code", "cursor-vscode", "ChatGPT"} <= clients
-    logs = _cli("--db", str(db_path), "logs", "demo-real", "--limit", "5")
+    logs = _cli("--db", str(db_path), "logs", "demo-real", "--method", "tools/call")
     assert logs.returncode == 0 and "tools/call" in logs.stdout, logs
