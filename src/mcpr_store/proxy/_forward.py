@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator
 from types import FrameType
@@ -72,8 +73,12 @@ class Forward:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # TCP_NODELAY: httpx writes a request's headers and body separately, and
+                # the body would wait for the upstream's delayed ACK of the headers.
+                transport = httpx.AsyncHTTPTransport(socket_options=[
+                    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
                 self.client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+                    transport=transport, timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
                     follow_redirects=False, trust_env=False)
                 self.stopping = anyio.Event()
