@@ -173,8 +173,9 @@ class Traffic:
     ``proxy`` names the rows, ``upstream`` the server whose schemas are captured. Calls
     that get no answer within ``timeout`` seconds are recorded as ``timeout``.
 
-    Not thread-safe: one instance serves one event loop (each forked worker builds its
-    own state after the fork; see ``asgi.StoreMiddleware``). No method raises or blocks.
+    Not thread-safe: one instance serves one event loop. A worker forked from the process
+    that built it gets its own copy (the proxy's main process builds it and serves
+    nothing). No method raises or blocks.
     """
 
     def __init__(self, store: Store, *, proxy: str, upstream: str,
