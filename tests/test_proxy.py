@@ -5,6 +5,7 @@ the official SDK's server (uvicorn on loopback), real SDK clients, a real SIGTER
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -14,10 +15,21 @@ from typing import Any
 import psutil
 from helpers import query, wait_for
 from mcp import Client
+from mcp_helpers import (
+    V2_TOOL_CHANGES,
+    change_rows,
+    error_rows,
+    expected_calls,
+    list_tools,
+    request_rows,
+    scenario,
+    session_rows,
+    tool_changes,
+)
 from mcp_types import Implementation
 
 from mcpr_store.proxy._demo import start_proxy
-from mcpr_store.proxy._demo_server import ServerThread, build_demo_server
+from mcpr_store.proxy._demo_server import ServerThread, build_demo_server, upgrade_demo_server
 
 CLI = [sys.executable, "-c", "import sys; from mcpr_store.cli import main; sys.exit(main())"]
 
@@ -91,6 +103,42 @@ def test_proxy__four_workers_record_every_answered_request_and_stop_on_sigterm(d
     assert query(db_path, "SELECT COUNT(*) FROM requests WHERE session_id IS NULL") == [(0,)]
 
 
+def test_proxy__records_exact_rows_of_both_protocols_and_stops_on_sigint(db_path):
+    server = build_demo_server(1, log_level="CRITICAL")
+    with ServerThread(server.streamable_http_app()) as upstream:
+        proxy, url = start_proxy(upstream.url(), str(db_path), "edge", workers=1)
+        try:
+            legacy_errors = asyncio.run(scenario(url, "legacy", name="cursor-vscode"))
+            auto_errors = asyncio.run(scenario(url, "auto", name="claude-code"))
+            upgrade_demo_server(server)
+            asyncio.run(list_tools(url, "auto", name="claude-code"))
+        finally:
+            proxy.send_signal(signal.SIGINT)  # Ctrl-C: the same clean stop as SIGTERM
+            assert proxy.wait(timeout=60) == 0
+
+    rows = request_rows(db_path, "edge")
+    assert rows == [*expected_calls("legacy"), *expected_calls("auto"),
+                    ("server/discover", None, None, None, "ok"),
+                    ("tools/list", None, None, None, "ok")]
+    (legacy_code, legacy_message), = legacy_errors
+    (auto_code, auto_message), = auto_errors
+    tool_errors = [("explode", None, None), ("refuse", None, None), ("no_such_tool", None, None)]
+    assert error_rows(db_path, "edge") == [
+        *tool_errors, ("demo://missing", str(legacy_code), legacy_message),
+        *tool_errors, ("demo://missing", str(auto_code), auto_message)]
+    (legacy_id, *legacy), (auto_id, *auto) = session_rows(db_path, "edge")
+    assert len(legacy_id) == 32  # the mcp-session-id of the upstream
+    assert legacy == ["cursor-vscode", "1.0", "cursor", 9, 4, 1]  # ended by its DELETE
+    assert auto_id.startswith("stateless-") and auto == ["claude-code", "1.0", "claude", 11, 4, 0]
+    assert [row[:2] for row in change_rows(db_path, "edge")][:2] == [
+        ("initialize", "initial"), ("tools/list", "initial")]
+    assert tool_changes(db_path, "edge") == V2_TOOL_CHANGES
+    assert query(db_path, "SELECT DISTINCT upstream_url FROM server_schema") == [
+        (upstream.url(),)]
+    sizes = query(db_path, "SELECT MIN(bytes_in), MIN(bytes_out) FROM requests")
+    assert sizes[0][0] > 0 and sizes[0][1] > 0
+
+
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -117,3 +165,6 @@ def test_demo_real__records_real_traffic_that_logs_then_shows(db_path):
     assert {"claude-code", "cursor-vscode", "ChatGPT"} <= clients
     logs = _cli("--db", str(db_path), "logs", "demo-real", "--method", "tools/call")
     assert logs.returncode == 0 and "tools/call" in logs.stdout, logs
+    shown = _cli("--db", str(db_path), "clients", "--json")
+    names = {json.loads(line)["client_name"] for line in shown.stdout.splitlines()}
+    assert {"claude-code", "ChatGPT"} <= names, shown  # stateless clients, by name
