@@ -57,7 +57,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -110,11 +110,15 @@ def _never_raises(method: _F) -> _F:
 
 
 def new_request_id(now_ms: int) -> str:
-    """A UUIDv7: 48 bits of unix ms, version 7, variant 10, 74 random bits from the OS
-    (``os.urandom``, so forked workers never share a random sequence)."""
-    value = (now_ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = value & ~(0xF << 76) | 0x7 << 76
-    value = value & ~(0x3 << 62) | 0x2 << 62
+    """A UUIDv7: 48 bits of unix ms, version 7, variant 10, 74 random bits.
+
+    The bits come from the ``random`` module's shared generator, which CPython reseeds from
+    the OS in every forked child, so workers forked from one proxy never share a sequence;
+    ``os.urandom`` would cost a system call per request.
+    """
+    rand = random.getrandbits(74)
+    value = ((now_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64
+             | 0x2 << 62 | (rand & 0x3FFF_FFFF_FFFF_FFFF))
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -26,7 +26,12 @@ of ``mcpr_store._traffic`` decide what is recorded. What it reads from the SDK:
 - ``latency_us`` is the server's own handling time, from this middleware to the answer.
 
 It never changes a message: it returns what ``call_next`` returned and re-raises what it
-raised. The connection is read from ``ctx.session._connection`` because mcp 2.3's
+raised. Shut the store down when the server stops: ``MCPServer.run("streamable-http")``
+ends on SIGTERM by re-raising the signal (uvicorn's way), which skips exit handlers, so
+install ``signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))`` before ``run()`` (the
+re-raise then exits in order) or call ``store.shutdown()`` in the app's lifespan.
+
+The connection is read from ``ctx.session._connection`` because mcp 2.3's
 ``ServerRequestContext`` does not expose it (its ``Context`` successor will, as
 ``connection``, which is tried first); FastMCP 4 reads the same attribute.
 """
