@@ -14,11 +14,14 @@ HTTP, uvicorn, its own process) under the same load: ``--clients`` official SDK 
 4. proxy, 4 workers: the same with 4 workers.
 
 Reported per configuration: requests/s (tools/call answers the clients saw, per second),
-its ratio to direct in the same run, and the share recorded (``tools/call`` rows in the
-database divided by the calls the clients saw, read after the recorder stopped cleanly).
-Medians of ``--runs`` runs. The machine is small and shared: server, proxy workers, store
-writer and load all compete for its cores, so the proxy's extra hop costs CPU the server
-and the load would otherwise have, and 4 workers cannot beat 1 on 2 cores.
+its ratio to direct in the same run; the CPU the serving side spent per answered call (the
+server's process tree, plus the proxy's: main process, workers, store writer), which
+contention on a shared machine disturbs far less than requests/s; and the share recorded
+(``tools/call`` rows in the database divided by the calls the clients saw, read after the
+recorder stopped cleanly). Medians of ``--runs`` runs. The machine is small and shared:
+server, proxy workers, store writer and load all compete for its cores, so the proxy's
+extra hop costs CPU the server and the load would otherwise have, and 4 workers cannot beat
+1 on 2 cores.
 
 Importable: ``measure(...)`` runs one configuration and returns a ``Measurement``.
 """
@@ -47,11 +50,12 @@ CONFIGS = ("direct", "sdk middleware", "proxy, 1 worker", "proxy, 4 workers")
 
 @dataclass(frozen=True)
 class Measurement:
-    """One configuration's result: calls answered per second, and rows recorded per call
-    answered (``None`` when nothing records)."""
+    """One configuration's result: calls answered per second, serving CPU milliseconds per
+    call answered, and rows recorded per call answered (``None`` when nothing records)."""
 
     config: str
     rps: float
+    cpu_ms: float
     recorded_share: float | None
 
 
@@ -140,12 +144,15 @@ def measure(config: str, *, clients: int, load_procs: int, duration: float, mode
         url = f"http://127.0.0.1:{_wait_file(port_file, server)}/mcp"
         if config.startswith("proxy"):
             proxy, url = start_proxy(url, str(db), "bench-proxy", 4 if "4" in config else 1)
+        serving = [p for p in (server, proxy) if p is not None]
+        cpu_before = sum(_tree_cpu(p) for p in serving)  # start-up (imports) excluded
         per_proc = [clients // load_procs + (i < clients % load_procs)
                     for i in range(load_procs)]
         loads = [subprocess.Popen(_python("_load", url, str(n), str(warmup), str(duration),
                                           mode), stdout=subprocess.PIPE)
                  for n in per_proc if n]
         results = [json.loads(load.communicate(timeout=duration + 120)[0]) for load in loads]
+        cpu = sum(_tree_cpu(p) for p in serving) - cpu_before
     finally:
         for process in (proxy, server):
             if process is not None and process.poll() is None:
@@ -159,7 +166,22 @@ def measure(config: str, *, clients: int, load_procs: int, duration: float, mode
             rows = conn.execute("SELECT COUNT(*) FROM requests WHERE method = 'tools/call'"
                                 ).fetchone()[0]
         share = rows / total if total else 0.0
-    return Measurement(config, answered / duration, share)
+    return Measurement(config, answered / duration, cpu * 1000 / max(total, 1), share)
+
+
+def _tree_cpu(process: subprocess.Popen[bytes]) -> float:
+    """User plus system CPU seconds of ``process`` and its descendants so far."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    seconds = 0.0
+    for member in (root, *root.children(recursive=True)):
+        try:
+            times = member.cpu_times()
+        except psutil.Error:
+            continue
+        seconds += times.user + times.system
+    return seconds
 
 
 def main() -> None:
@@ -184,13 +206,17 @@ def main() -> None:
     print(f"\n{args.clients} SDK clients (mode={args.mode}) in {args.load_procs} processes, "
           f"{args.duration:g} s per configuration, median of {args.runs} runs "
           f"(shared {os.cpu_count()}-core machine):")
-    print(f"{'configuration':<18} {'requests/s':>11} {'vs direct':>10} {'recorded':>9}")
+    print(f"{'configuration':<18} {'requests/s':>11} {'vs direct':>10} {'CPU ms/call':>12} "
+          f"{'vs direct':>10} {'recorded':>9}")
     for config in CONFIGS:
         rps = statistics.median(r[config].rps for r in runs)
         ratio = statistics.median(r[config].rps / r["direct"].rps for r in runs)
+        cpu = statistics.median(r[config].cpu_ms for r in runs)
+        cpu_ratio = statistics.median(r[config].cpu_ms / r["direct"].cpu_ms for r in runs)
         shares = [r[config].recorded_share for r in runs]
         share = "-" if shares[0] is None else f"{statistics.median(s or 0 for s in shares):.1%}"
-        print(f"{config:<18} {rps:>11,.0f} {ratio:>10.2f} {share:>9}")
+        print(f"{config:<18} {rps:>11,.0f} {ratio:>10.2f} {cpu:>12.2f} {cpu_ratio:>10.2f} "
+              f"{share:>9}")
 
 
 def _entry(argv: list[str]) -> Any:
