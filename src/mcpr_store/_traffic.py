@@ -14,11 +14,12 @@ their layer knows (the transport's session id, sizes in bytes, when the answer l
   ``tools/call``, ``prompt_name`` that of ``prompts/get``, ``resource_uri`` is ``params.uri``
   of ``resources/read|subscribe|unsubscribe``; ``latency_us`` runs until the answer is
   complete (for SSE: until the event carrying it). ``status``: ``error`` for a JSON-RPC
-  ``error`` (``error_code`` is its ``code``, ``error_msg`` its ``message``, cut to 512
-  characters), for a ``tools/call`` result with ``isError: true`` (no code, no message: the
-  text is tool output, a payload body), and for a failure without a JSON-RPC answer (HTTP
-  status >= 400, a stream that ended first; the message says which); ``timeout`` when no
-  answer came within ``timeout`` seconds (a later answer is then ignored); else ``ok``.
+  ``error`` (``error_code`` is its ``code``, which the store keeps as decimal text,
+  ``error_msg`` its ``message``, cut to 512 characters), for a ``tools/call`` result with
+  ``isError: true`` (no code, no message: the text is tool output, a payload body), and
+  for a failure without a JSON-RPC answer (HTTP status >= 400, a stream that ended first;
+  the message says which); ``timeout`` when no answer came within ``timeout`` seconds (a
+  later answer is then ignored); else ``ok``.
   ``bytes_in``/``bytes_out`` are the sizes the adapter measured, ``None`` where its layer
   never sees bytes.
 - Sessions. A transport session id (``mcp-session-id``, or the SDK connection's id) is the
@@ -346,7 +347,8 @@ class Traffic:
             session_id=session_id, method=call.method, tool=call.tool,
             resource_uri=call.resource_uri, prompt_name=call.prompt_name,
             latency_us=int((now - call.started) * 1_000_000), status=status,
-            error_code=None if code is None else str(code), error_msg=message,
+            error_code=code if code is None or type(code) is int else str(code),
+            error_msg=message,
             bytes_in=call.bytes_in, bytes_out=bytes_out))
         if result is not None and call.method in SCHEMA_METHODS and isinstance(result, Mapping):
             self._schema(call, result)
