@@ -136,7 +136,9 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
         sys.stdout.flush()
 
     def worker_exit(server: Any, worker: Any) -> None:
-        store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)  # detaches: sends what it holds
+        # Already detached at lifespan shutdown (then a no-op); this covers a worker whose
+        # lifespan never ran, such as one that failed to boot.
+        store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)
 
     options = {
         "bind": f"{host}:{port}", "workers": workers,
