@@ -51,6 +51,8 @@ examples:
   mcpr-store db stats
   mcpr-store db vacuum --before 30d --dry-run
   mcpr-store demo --workers 4 --rate 5000 --duration 10
+  mcpr-store demo --real                   real server, proxy and SDK clients
+  mcpr-store proxy http://127.0.0.1:8000/mcp --port 9000 --workers 4
   mcpr-store --db /var/lib/mcpr/store.db logs --json | jq .tool
 
 The database is --db PATH, else [store] path of --config FILE, else $MCPR_DB, else
@@ -94,10 +96,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise ValueError(f"not a port number (0-65535): {text!r}")
+    return int(text)
+
+
 duration = _arg(parse_duration)
 threshold = _arg(parse_threshold)
 count = _arg(_count)
 positive = _arg(_positive)
+port = _arg(_port)
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
@@ -214,17 +223,39 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of traffic (default 5)")
     p.add_argument("--proxy", default=None,
                    help="proxy name on the rows (default: [store] name, else demo)")
+    p.add_argument("--real", action="store_true",
+                   help="a real MCP server, the recording proxy (--workers workers) and SDK "
+                        "clients for --duration seconds, instead of the simulation")
 
 
 def _demo(args: argparse.Namespace, ctx: Context) -> int:
     from .demo import DemoPlan, run_demo
 
+    if args.real:
+        from ..proxy._command import run_demo_command
+        return run_demo_command(args, ctx.file_config, ctx.db_path())
     if not ctx.file_config.enabled:
         raise ValueError(f"the store is disabled in {args.config} (store.enabled = false)")
     config = StoreConfig(db_path=ctx.db_path(), mcpr_version=__version__)
     plan = DemoPlan(workers=args.workers, rate=args.rate, duration=args.duration,
                     proxy=args.proxy or ctx.file_config.name or "demo")
     return run_demo(config, plan, ctx.out)
+
+
+def _proxy_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("upstream", metavar="UPSTREAM_URL", help="the MCP server's URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port, default=9000, help="port to listen on; 0 picks a free one")
+    p.add_argument("--workers", type=count, default=1, metavar="N",
+                   help="worker processes (default 1)")
+    p.add_argument("--name", default=None,
+                   help="proxy name on the rows (default: [store] name, else default)")
+
+
+def _proxy_server(args: argparse.Namespace, ctx: Context) -> int:
+    from ..proxy._command import run_proxy_command
+
+    return run_proxy_command(args, ctx.file_config, ctx.db_path())
 
 
 #: Every command, in the order ``--help`` lists them.
@@ -250,6 +281,9 @@ COMMANDS: tuple[Command, ...] = (
             "mcpr-store db vacuum --before 30d --dry-run", _vacuum_arguments, cmd_db_vacuum),
     Command("demo", "simulate a multi-core proxy recording MCP traffic",
             "mcpr-store demo --workers 4 --rate 5000 --duration 3", _demo_arguments, _demo),
+    Command("proxy", "a recording reverse proxy in front of a streamable-HTTP MCP server",
+            "mcpr-store proxy http://127.0.0.1:8000/mcp --port 9000 --workers 4",
+            _proxy_server_arguments, _proxy_server),
 )
 
 #: Groups of commands: their help and example.
