@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -69,3 +70,25 @@ def test_demo__json_prints_one_summary_object(db_path: Path) -> None:
     assert summary["recorded"] == (summary["committed"] + summary["rejected"]
                                    + summary["dropped"] + summary["lost"])
     assert summary["tables"]["requests"] == scalar(db_path, "SELECT COUNT(*) FROM requests")
+
+
+def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Path) -> None:
+    """The query commands import the read side only (no faster-fifo, no Store, no psutil)."""
+    db = tmp_path / "q.db"
+    from mcpr_store._db import open_database
+
+    open_database(db, "test")
+    probe = (
+        "import sys\n"
+        "sys.argv = ['mcpr-store', 'logs', '--db', sys.argv[1], '--json']\n"
+        "try:\n"
+        "    from mcpr_store.cli import main\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "bad = {'faster_fifo', 'mcpr_store._store', 'mcpr_store._producer', 'psutil'}\n"
+        "print(sorted(bad & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(db)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
