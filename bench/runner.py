@@ -7,7 +7,9 @@ calibrated once here and handed to every worker, so all designs run the same han
 
 ``--quick`` is a smoke run: small sizes, one run, and workers running several at a time, so
 that the whole harness is exercised in seconds; its numbers are not for reading. It writes to
-``bench/out/`` unless ``--out`` says otherwise; a full run writes ``docs/``.
+``bench/out/`` unless ``--out`` says otherwise; a full run writes ``docs/``: the report
+(``benchmarks.md``), the charts, and the raw per-run results (``benchmarks.json``), from
+which ``--replot`` renders the report and charts again without measuring.
 
 Exits 0 when every worker succeeded, 1 when one failed (the report is still written, and
 says which), 2 on bad arguments.
@@ -138,10 +140,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="request threads in the GIL-heavy proxy (default 4)")
     parser.add_argument("--work-us", type=float, default=25.0,
                         help="pure-Python work per request in the GIL-heavy proxy (default 25)")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="measure nothing: re-render the report and charts from a "
+                             "benchmarks.json a run wrote (into --out, default its folder)")
     args = parser.parse_args(argv)
     args.runs = args.runs if args.runs is not None else (1 if args.quick else 5)
     args.jobs = args.jobs if args.jobs is not None else (len(DESIGNS) if args.quick else 1)
-    args.out = args.out or ROOT / ("bench/out" if args.quick else "docs")
+    args.out = args.out or (args.replot.parent if args.replot
+                            else ROOT / ("bench/out" if args.quick else "docs"))
     keys = args.designs.split(",") if args.designs else list(DESIGNS)
     unknown = [k for k in keys if k not in DESIGNS]
     problem = (f"unknown design {unknown[0]!r} (known: {', '.join(DESIGNS)})" if unknown
@@ -155,9 +161,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; return the exit status."""
-    args = _parse(argv)
+_RAW_KEYS: Final = frozenset({"machine", "params", "quick", "designs", "runs", "failures"})
+#: Latency samples kept per design and run in benchmarks.json (evenly spaced ranks of the
+#: sorted samples): enough for the chart's distribution, small enough to commit.
+_SAMPLES_KEPT: Final = 300
+
+
+def _thin(samples: list[float]) -> list[float]:
+    ordered = sorted(samples)
+    if len(ordered) > _SAMPLES_KEPT:
+        step = (len(ordered) - 1) / (_SAMPLES_KEPT - 1)
+        ordered = [ordered[round(i * step)] for i in range(_SAMPLES_KEPT)]
+    return [round(x, 3) for x in ordered]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every (run, design) worker; the raw results as ``benchmarks.json`` holds them."""
     iterations, work_us = calibrate(args.work_us)
     params = dataclasses.replace(QUICK if args.quick else Params(), gil_threads=args.threads,
                                  work_iterations=iterations, work_us=work_us)
@@ -181,26 +200,55 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  run {outcome.run + 1}/{args.runs}  {outcome.design:15} "
                       f"{outcome.seconds:5.1f} s  {status}", flush=True)
                 if outcome.result is not None:
+                    if "latency_samples_ms" in outcome.result:
+                        outcome.result["latency_samples_ms"] = _thin(
+                            outcome.result["latency_samples_ms"])
                     runs[outcome.run][outcome.design] = outcome.result
                 else:
                     failures.setdefault(outcome.design, []).append(
                         f"run {outcome.run + 1}: {outcome.error}")
-    summary = summarise(runs, failures)
+    return {"machine": info, "params": dataclasses.asdict(params), "quick": args.quick,
+            "designs": args.designs, "runs": runs, "failures": failures}
 
+
+def write(raw: dict[str, Any], out: Path) -> list[str]:
+    """Write the report and charts of ``raw`` results into ``out``; return the files' names."""
     from . import charts, report
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    images = charts.draw(summary, args.designs, args.out)
-    text = report.render(summary, args.designs, params, info, images, quick=args.quick)
-    (args.out / "benchmarks.md").write_text(text, encoding="utf-8")
-    raw = {"machine": info, "params": dataclasses.asdict(params),
-           "runs": [{d: {k: v for k, v in r.items() if k != "latency_samples_ms"}
-                     for d, r in run.items()} for run in runs], "failures": failures}
-    (args.out / "benchmarks.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    summary = summarise(raw["runs"], raw["failures"])
+    params = Params(**raw["params"])
+    designs = [d for d in raw["designs"] if d in DESIGNS]
+    out.mkdir(parents=True, exist_ok=True)
+    images = charts.draw(summary, designs, out)
+    text = report.render(summary, designs, params, raw["machine"], images, quick=raw["quick"])
+    (out / "benchmarks.md").write_text(text, encoding="utf-8")
     print()
-    print(report.tables(summary, args.designs, params))
-    where = ", ".join(str(args.out / name) for name in ["benchmarks.md", *images])
-    print(f"written: {where}")
+    print(report.tables(summary, designs, params))
     if not images:
         print("charts skipped: matplotlib is not installed (pip install -e '.[bench]')")
-    return 1 if failures else 0
+    return ["benchmarks.md", *images]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or re-render saved results); return the exit status."""
+    args = _parse(argv)
+    if args.replot:
+        try:
+            raw = json.loads(args.replot.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"python -m bench: error: cannot read {args.replot}: {exc}", file=sys.stderr)
+            return 2
+        missing = _RAW_KEYS - set(raw) if isinstance(raw, dict) else _RAW_KEYS
+        if missing:
+            print(f"python -m bench: error: {args.replot} is not a benchmarks.json "
+                  f"(no {sorted(missing)[0]!r})", file=sys.stderr)
+            return 2
+        names = write(raw, args.out)
+    else:
+        raw = measure(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "benchmarks.json").write_text(json.dumps(raw) + "\n", encoding="utf-8")
+        names = [*write(raw, args.out), "benchmarks.json"]
+    written = ", ".join(str(args.out / name) for name in names)
+    print(f"written: {written}")
+    return 1 if raw["failures"] else 0

@@ -3,7 +3,8 @@
 Nothing here asserts a timing: a smoke run's numbers on a shared machine mean nothing. What
 is asserted is that every design ran every scenario, that each design's books balance
 (every event offered is committed or dropped, counted in the database file itself), and
-that the report and, with matplotlib installed, the charts were written.
+that the report and, with matplotlib installed, the charts were written, and that
+``--replot`` renders the same report again from the saved results.
 """
 
 from __future__ import annotations
@@ -64,11 +65,16 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
             assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
             assert f"]({name})" in report
 
+    again = bench("--replot", str(tmp_path / "benchmarks.json"), "--out",
+                  str(tmp_path / "again"), timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "again" / "benchmarks.md").read_text() == report
+
 
 @pytest.mark.parametrize("args", [["--runs", "0"], ["--designs", "none,nosuch"],
-                                  ["--work-us", "-1"]])
+                                  ["--work-us", "-1"], ["--replot", "/nonexistent.json"]])
 def test_bench__bad_arguments__one_line_and_exit_2(args: list[str]) -> None:
     proc = bench(*args, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("python -m bench: error:")
-    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
