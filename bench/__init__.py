@@ -1,4 +1,4 @@
-"""Benchmarks of mcpr-store, each against baselines measured in the same run.
+"""Benchmarks of mcpr-store, each against baselines measured beside it by the same process.
 
 ``python -m bench`` (the write side): the seven designs of issue 10, from no store at all
 to mcpr-store, driven with the same synthetic MCP traffic into the same schema; it writes

@@ -65,9 +65,11 @@ def draw(summary: Summary, keys: list[str], out: Path) -> list[str]:
     return drawn
 
 
-def _hbars(ax: Axes, spreads: list[Spread | None], colors: list[str]) -> None:
-    """Horizontal bars, first on top, each with its value written beside it."""
-    for y, (s, color) in enumerate(zip(spreads, colors, strict=True)):
+def _hbars(ax: Axes, spreads: list[Spread | None], colors: list[str],
+           notes: list[str] | None = None) -> None:
+    """Horizontal bars, first on top, each with its value (and note) written beside it."""
+    notes = notes or [""] * len(spreads)
+    for y, (s, color, note) in enumerate(zip(spreads, colors, notes, strict=True)):
         if s is None:
             ax.annotate("not measured", (0, y), xytext=(4, 0), textcoords="offset points",
                         va="center", fontsize=8, color="#777777")
@@ -78,6 +80,9 @@ def _hbars(ax: Axes, spreads: list[Spread | None], colors: list[str]) -> None:
                         capsize=3, lw=1, zorder=3)
         ax.annotate(f"{s.median:.2f}", (s.high, y), xytext=(5, 0),
                     textcoords="offset points", va="center", fontsize=9)
+        if note:
+            ax.annotate(note, (s.high, y), xytext=(5, -11), textcoords="offset points",
+                        va="center", fontsize=7.5, color=_HIGHLIGHT, fontweight="bold")
     ax.grid(axis="x", color="#e5e5e5", zorder=0)
 
 
@@ -94,30 +99,32 @@ def _throughput(plt: Any, summary: Summary, keys: list[str]) -> Any:
     left.set_yticks(ys, [_label(k) for k in stores])
     left.invert_yaxis()
 
-    _hbars(left, gil, colors)
+    notes = []
+    for k in stores:
+        share = summary.get(k, "gil_committed_share")
+        notes.append(f"only {share.median * 100:.0f} % committed" if share is not None
+                     and share.median < 0.9995 else
+                     f"{share.low * 100:.1f} % committed in one run" if share is not None
+                     and share.low < 0.9995 else "")
+    _hbars(left, gil, colors, notes)
     top = max([1.0] + [s.high for s in gil if s is not None])
-    left.set_xlim(0, top * 1.22)
+    left.set_xlim(0, top * 1.3)
     left.axvline(1.0, color="#333333", lw=1.2, zorder=4, label="(1) no store")
-    control = summary.get("none", "control_ratio")
+    control = summary.pooled("control_ratio")
     if control is not None:
         left.axvline(control.median, color="#333333", lw=1.2, ls="--", zorder=4,
                      label="(1) no store, other core kept busy")
-    for y, (k, s) in enumerate(zip(stores, gil, strict=True)):
-        share = summary.get(k, "gil_committed_share")
-        if s is not None and share is not None and share.low < 0.9995:
-            left.annotate(f"only {share.low * 100:.1f} % committed", (s.median, y),
-                          xytext=(-4, 0), textcoords="offset points", ha="right",
-                          va="center", fontsize=8, color="white", fontweight="bold", zorder=5)
-    left.legend(loc="lower right", fontsize=8, frameon=True, framealpha=0.9)
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8,
+                frameon=False)
     left.set_title("GIL-heavy proxy: requests/s it serves,\nrelative to no store")
     left.set_xlabel("requests/s as a multiple of (1) no store (higher is better)")
 
     _hbars(right, sustained, colors)
     top = max([1.0] + [s.high for s in sustained if s is not None])
-    right.set_xlim(0, top * 1.22)
+    right.set_xlim(0, top * 1.3)
     right.axvline(1.0, color="#333333", lw=1.2, zorder=4,
                   label="plain executemany, 500 rows per transaction")
-    right.legend(loc="lower right", fontsize=8, frameon=True, framealpha=0.9)
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
     right.set_title("Writer: committed events/s it sustains,\nrelative to plain executemany")
     right.set_xlabel("events/s as a multiple of a plain executemany loop (higher is better)")
     right.tick_params(axis="y", length=0)

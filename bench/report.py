@@ -90,25 +90,27 @@ def _gil(summary: Summary, keys: list[str]) -> list[str]:
     rows = []
     for k in keys:
         rows.append([_name(k) + _failed(summary, k), _spread(summary.get(k, "gil_rps")),
+                     _spread(summary.get(k, "base_gil_rps")),
                      _spread(summary.get(k, "gil_ratio"), _ratio),
                      _spread(summary.get(k, "gil_ratio_busy"), _ratio),
                      _spread(summary.get(k, "gil_committed_share"), _share)])
         if k == "none":
-            busy = summary.get(k, "gil_busy_rps")
+            busy = summary.get(k, "base_gil_busy_rps")
             rows.append(["(1) no store, other core kept busy (the control)", _spread(busy),
+                         _spread(summary.get(k, "base_gil_rps")),
                          _spread(summary.get(k, "control_ratio"), _ratio),
                          "1.00" if busy else "—", "—"])
-    return _table(["design", "requests/s", "÷ (1)", "÷ (1) with a busy core",
-                   "events in the database"], rows)
+    return _table(["design", "requests/s", "(1) measured beside it, requests/s", "÷ (1)",
+                   "÷ (1) with a busy core", "events in the database"], rows)
 
 
 def _sustained(summary: Summary, keys: list[str]) -> list[str]:
-    rows = [["plain executemany, 500 rows per transaction (the ceiling)",
-             _spread(summary.get("none", "ceiling_per_s")), "1.00"]] if "none" in keys else []
-    rows += [[_name(k) + _failed(summary, k), _spread(summary.get(k, "sustained_per_s")),
-              _spread(summary.get(k, "sustained_ratio"), _ratio)]
-             for k in keys if DESIGNS[k].stores]
-    return _table(["design", "committed events/s", "÷ executemany"], rows)
+    rows = [[_name(k) + _failed(summary, k), _spread(summary.get(k, "sustained_per_s")),
+             _spread(summary.get(k, "base_ceiling_per_s")),
+             _spread(summary.get(k, "sustained_ratio"), _ratio)]
+            for k in keys if DESIGNS[k].stores]
+    return _table(["design", "committed events/s",
+                   "plain executemany measured beside it, rows/s", "÷ executemany"], rows)
 
 
 def _overload(summary: Summary, keys: list[str]) -> list[str]:
@@ -184,7 +186,7 @@ def tables(summary: Summary, keys: list[str], p: Params) -> str:
 
 
 def _targets(summary: Summary) -> list[str]:
-    """mcpr-store against issue 10's targets (each relative to a baseline of the same run)."""
+    """mcpr-store against issue 10's targets (each relative to a baseline measured beside it)."""
     def get(metric: str) -> Spread | None:
         return summary.get(_STORE, metric)
 
@@ -249,7 +251,7 @@ def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
         "database (mcpr-store's schema version 5, created by its own migrations). "
         + (f"Each figure is the median of {summary.runs} runs, with the lowest and highest "
            "run in parentheses" if summary.runs > 1 else "Each figure is from a single run")
-        + "; each ratio is taken within a run against that run's baseline.", "",
+        + "; each ratio is taken against a baseline measured beside it, by the same worker.", "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}; Python "
         f"{info['python']}, SQLite {info['sqlite']}, faster-fifo {info['faster-fifo']}, "
         f"mcpr-store {info['mcpr-store']}; {info['date']}. **The machine was shared** with "
@@ -288,7 +290,9 @@ def _method(p: Params, loop: str) -> list[str]:
     return ["## How each number is measured", "",
             "Every design runs in a fresh worker process per run (`bench/worker.py`), each "
             "scenario on a fresh instance and database; designs run one at a time, in an "
-            "order that rotates between runs.", "",
+            "order that rotates between runs. Each worker also measures the baselines its "
+            "ratios divide by, right beside the scenario they judge, so that a ratio never "
+            "mixes two moments of a shared machine.", "",
             f"- **Producer cost**: {p.producer_events:,} events in bursts of "
             f"{p.producer_burst:,} (each fits every design's buffer), built before the burst. "
             "*record() call* is the calling thread's CPU time inside the loop; the second "
@@ -296,20 +300,22 @@ def _method(p: Params, loop: str) -> list[str]:
             "bursts and the waits until all was committed: a sender thread (mcpr-store), "
             "a feeder thread (multiprocessing.Queue), or an in-process writer thread (3, 6). "
             "Design 1's figure is the harness's loop and call alone, included in every "
-            "other figure. *÷ one put_nowait* divides by design 5's call cost of the same "
-            "run.",
+            "other figure. *÷ one put_nowait* divides by the CPU time of one faster-fifo "
+            "`put_nowait` of an event (design 5's transport), timed by the same worker.",
             f"- **GIL-heavy proxy**: {p.gil_threads} threads each run a pure-Python handler "
             f"of about {p.work_us:.0f} µs, build one event and record it, flat out for "
-            f"{p.gil_seconds:g} s. The control is design 1 while another process spins on "
-            "the other core, as a writer process would keep it busy. *Events in the "
-            "database* counts rows in the file after shutdown.",
+            f"{p.gil_seconds:g} s. Right before, the same worker runs design 1 (no store), "
+            "and right after, design 1 while another process spins on the other core, as a "
+            "writer process would keep it busy (the control); the ratios are to those. "
+            "*Events in the database* counts rows in the file after shutdown.",
             f"- **Sustained**: events offered as fast as possible while fewer than 5,000 are "
             f"in flight (so no design drops), for {p.sustained_seconds:g} s; committed "
             "events/s over the last four fifths. The ceiling is a plain loop of "
             "`executemany` of 500 request rows per transaction on the same schema and "
-            "pragmas, in the same run.",
+            "pragmas, run by the same worker just before.",
             f"- **Overload**: events offered at {p.overload_factor:g} times the design's own "
-            f"sustained rate from the same run, for {p.overload_seconds:g} s, each "
+            "sustained rate (measured just before by the same worker), for "
+            f"{p.overload_seconds:g} s, each "
             "`record()` timed; then shutdown. *Committed* is counted in the database, "
             "*dropped* by the design; *unaccounted* is offered - committed - dropped and "
             "must be 0. A design whose `record()` is slower than the offered rate is "

@@ -38,12 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+import faster_fifo
 import psutil
 
 from mcpr_store import RequestEvent
 
 from . import sink
-from .designs import Design
+from .designs import Design, NoStore
 from .traffic import Traffic
 
 __all__ = ["Params", "handle_request", "percentile", "run_scenarios"]
@@ -55,7 +56,6 @@ _PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
 _BACKLOG: Final = 5_000
 _SETTLE_TIMEOUT: Final = 120.0
 _SHUTDOWN_TIMEOUT: Final = 120.0
-_POLL: Final = 0.001  # the latency reader's polling interval, seconds
 _MIB: Final = 1024 * 1024
 
 Result = dict[str, Any]
@@ -324,9 +324,9 @@ def overload(cls: type[Design], p: Params, tmp: Path, capacity: float) -> Result
     """Events offered at ``overload_factor`` times ``capacity`` (events/s): every
     ``record()`` timed, then the books after shutdown.
 
-    ``capacity`` is the design's own sustained rate from the same run. A design whose
-    ``record()`` is slower than the offered rate (the synchronous one) is offered what it
-    can take; the achieved offered rate is reported.
+    ``capacity`` is the design's own sustained rate, measured just before by the same
+    worker. A design whose ``record()`` is slower than the offered rate (the synchronous
+    one) is offered what it can take; the achieved offered rate is reported.
     """
     opened = _Opened(cls, tmp, "overload")
     design = opened.design
@@ -424,8 +424,7 @@ def gil_proxy(cls: type[Design], p: Params, tmp: Path, busy_core: bool = False) 
             spinner.wait()
     offered = sum(served)
     design.shutdown(_SHUTDOWN_TIMEOUT)
-    prefix = "gil_busy" if busy_core else "gil"
-    result: Result = {f"{prefix}_rps": offered / elapsed}
+    result: Result = {"gil_rps": offered / elapsed}
     if cls.stores:
         books = _books(design, opened.path, offered)
         result.update({"gil_committed_share": books["committed"] / offered,
@@ -433,8 +432,32 @@ def gil_proxy(cls: type[Design], p: Params, tmp: Path, busy_core: bool = False) 
     return result
 
 
+# --- baselines, measured in every worker beside the design they judge -----------------------
+
+
+def gil_baseline(p: Params, tmp: Path, *, busy_core: bool) -> Result:
+    """The GIL-heavy proxy with no store: alone, or with the other core kept busy."""
+    rps = gil_proxy(NoStore, p, tmp, busy_core=busy_core)["gil_rps"]
+    return {"base_gil_busy_rps" if busy_core else "base_gil_rps": rps}
+
+
+def put_baseline(p: Params) -> Result:
+    """CPU per faster-fifo ``put_nowait`` of one event (pickled) in a tight loop: the unit of
+    the producer-cost ratio."""
+    fifo = faster_fifo.Queue(max_size_bytes=16 * _MIB)
+    for event in Traffic(7).take(100):  # the first puts touch fresh shared memory
+        fifo.put_nowait(event)
+    events = Traffic(8).take(p.producer_burst)
+    put = fifo.put_nowait
+    t0 = time.thread_time()
+    for event in events:
+        put(event)
+    return {"base_put_us": (time.thread_time() - t0) / len(events) * 1e6}
+
+
 def executemany_ceiling(p: Params, tmp: Path) -> Result:
-    """Request rows/s of a plain loop: ``executemany`` of 500 rows, one transaction each."""
+    """Request rows/s of a plain loop: ``executemany`` of 500 rows, one transaction each:
+    the SQLite ceiling of the sustained scenario, on the same schema and pragmas."""
     path = tmp / "ceiling.db"
     sink.create(path)
     conn = sink.connect(path)
@@ -450,26 +473,37 @@ def executemany_ceiling(p: Params, tmp: Path) -> Result:
         spent += time.perf_counter() - t0
         rows += len(batch)
     conn.close()
-    return {"ceiling_per_s": rows / spent}
+    return {"base_ceiling_per_s": rows / spent}
 
 
 def run_scenarios(cls: type[Design], p: Params, tmp: Path,
                   progress: Callable[[str], None]) -> Result:
-    """Every scenario that applies to ``cls``, in a fixed order; the merged results."""
+    """Every scenario that applies to ``cls``, in a fixed order; the merged results.
+
+    Every worker also measures the baselines (``base_*``), each right before (or, for the
+    busy-core control, right after) the scenario it judges: on a shared machine a baseline
+    taken minutes earlier in another process would carry other load.
+    """
     result: Result = {}
     steps: list[tuple[str, Callable[[], Result]]] = [
-        ("producer", lambda: producer_cost(cls, p, tmp))]
+        ("producer", lambda: producer_cost(cls, p, tmp)),
+        ("put_nowait baseline", lambda: put_baseline(p))]
     if cls.stores:
         steps += [("latency", lambda: latency(cls, p, tmp)),
+                  ("executemany baseline", lambda: executemany_ceiling(p, tmp)),
                   ("sustained", lambda: sustained(cls, p, tmp)),
                   ("overload", lambda: overload(cls, p, tmp, result["sustained_per_s"])),
                   ("shutdown", lambda: shutdown_pending(cls, p, tmp)),
-                  ("gil", lambda: gil_proxy(cls, p, tmp))]
+                  ("no-store baseline", lambda: gil_baseline(p, tmp, busy_core=False)),
+                  ("gil", lambda: gil_proxy(cls, p, tmp)),
+                  ("busy-core baseline", lambda: gil_baseline(p, tmp, busy_core=True))]
     else:
-        steps += [("gil", lambda: gil_proxy(cls, p, tmp)),
-                  ("gil-busy", lambda: gil_proxy(cls, p, tmp, busy_core=True)),
-                  ("ceiling", lambda: executemany_ceiling(p, tmp))]
+        steps += [("no-store baseline", lambda: gil_baseline(p, tmp, busy_core=False)),
+                  ("busy-core baseline", lambda: gil_baseline(p, tmp, busy_core=True)),
+                  ("executemany baseline", lambda: executemany_ceiling(p, tmp))]
     for name, step in steps:
         progress(name)
         result.update(step())
+    if not cls.stores:  # design 1 is its own baseline
+        result["gil_rps"] = result["base_gil_rps"]
     return result

@@ -1,9 +1,10 @@
 """From the workers' per-run results to medians, spreads and ratios against baselines.
 
-Every ratio is taken within one run, against that run's baseline (design 1's requests/s
-with and without a busy core, the executemany ceiling, faster-fifo's ``put_nowait``), and
-only then summarised over runs: on a shared machine a baseline measured minutes apart
-would carry other load. Never compares a number with a fixed threshold.
+Every ratio is taken within one worker, against the baseline that worker measured beside
+the scenario (a proxy with no store, alone and with a busy core; the executemany ceiling;
+one faster-fifo ``put_nowait``), and only then summarised over runs: on a shared machine a
+baseline measured minutes apart would carry other load. Never compares a number with a
+fixed threshold.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Any, Final
 
 __all__ = ["Spread", "Summary", "summarise"]
 
-#: Derived per-run ratios: name -> (numerator metric, baseline design, baseline metric).
+#: Derived ratios: name -> (metric, baseline metric), both from the same worker's results.
 RATIOS: Final = {
-    "gil_ratio": ("gil_rps", "none", "gil_rps"),
-    "gil_ratio_busy": ("gil_rps", "none", "gil_busy_rps"),
-    "control_ratio": ("gil_busy_rps", "none", "gil_rps"),  # what a busy core costs (1)
-    "sustained_ratio": ("sustained_per_s", "none", "ceiling_per_s"),
-    "producer_vs_put": ("producer_total_us", "fifo-per-event", "producer_call_us"),
+    "gil_ratio": ("gil_rps", "base_gil_rps"),
+    "gil_ratio_busy": ("gil_rps", "base_gil_busy_rps"),
+    "control_ratio": ("base_gil_busy_rps", "base_gil_rps"),  # what a busy core costs (1)
+    "sustained_ratio": ("sustained_per_s", "base_ceiling_per_s"),
+    "producer_vs_put": ("producer_total_us", "base_put_us"),
 }
 
 
@@ -42,9 +43,19 @@ class Summary:
     latency_samples_ms: dict[str, list[float]]
     failures: dict[str, list[str]]
     runs: int
+    values: dict[str, dict[str, list[float]]]  # design -> metric -> one value per run
 
     def get(self, design: str, metric: str) -> Spread | None:
         return self.metrics.get(design, {}).get(metric)
+
+    def pooled(self, metric: str) -> Spread | None:
+        """A metric over every design's runs: for baselines, which every worker measures."""
+        pool = [v for per_metric in self.values.values() for v in per_metric.get(metric, [])]
+        return _spread(pool) if pool else None
+
+
+def _spread(values: list[float]) -> Spread:
+    return Spread(statistics.median(values), min(values), max(values), len(values))
 
 
 def summarise(runs: list[dict[str, dict[str, Any]]],
@@ -60,11 +71,11 @@ def summarise(runs: list[dict[str, dict[str, Any]]],
                     samples.setdefault(design, []).extend(value)
                 elif isinstance(value, int | float) and not isinstance(value, bool):
                     per_metric.setdefault(metric, []).append(float(value))
-            for name, (metric, base_design, base_metric) in RATIOS.items():
-                base = run.get(base_design, {}).get(base_metric)
+            for name, (metric, base_metric) in RATIOS.items():
+                base = result.get(base_metric)
                 if result.get(metric) is not None and base:
                     per_metric.setdefault(name, []).append(result[metric] / base)
-    metrics = {design: {metric: Spread(statistics.median(v), min(v), max(v), len(v))
-                        for metric, v in per_metric.items()}
+    metrics = {design: {metric: _spread(v) for metric, v in per_metric.items()}
                for design, per_metric in values.items()}
-    return Summary(metrics, {d: sorted(s) for d, s in samples.items()}, failures, len(runs))
+    return Summary(metrics, {d: sorted(s) for d, s in samples.items()}, failures, len(runs),
+                   values)

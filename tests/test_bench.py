@@ -39,11 +39,12 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
     raw = json.loads((tmp_path / "benchmarks.json").read_text())
     (run,) = raw["runs"]
     assert sorted(run) == sorted(DESIGNS)
-    assert {"producer_call_us", "gil_rps", "gil_busy_rps", "ceiling_per_s"} <= set(run["none"])
+    baselines = {"base_put_us", "base_ceiling_per_s", "base_gil_rps", "base_gil_busy_rps"}
+    assert {"producer_call_us", "gil_rps"} | baselines <= set(run["none"])
     for design in DESIGNS[1:]:
         result = run[design]
         for metric in ("producer_total_us", "latency_p99_ms", "sustained_per_s",
-                       "overload_max_record_us", "shutdown_s", "gil_rps"):
+                       "overload_max_record_us", "shutdown_s", "gil_rps", *baselines):
             assert metric in result, (design, metric)
         for books in ("sustained_unaccounted", "overload_unaccounted", "shutdown_unaccounted",
                       "gil_unaccounted"):
