@@ -165,6 +165,17 @@ def _latency(summary: Summary, keys: list[str]) -> list[str]:
     return _table(["design", "p50, ms", "p99, ms", "max, ms", "idle proxy's event, ms"], rows)
 
 
+def _noise(summary: Summary) -> list[str]:
+    """How much the no-store proxy itself varied: the noise every GIL-heavy ratio carries."""
+    base = summary.pooled("base_gil_rps")
+    if base is None or base.runs < 2:
+        return []
+    return [f"Design 1, measured beside every design, served {base.low:,.0f} to "
+            f"{base.high:,.0f} requests/s (median {base.median:,.0f}) over "
+            f"{base.runs} measurements: that is the noise of this machine, and each ratio "
+            "below carries it.", ""]
+
+
 def tables(summary: Summary, keys: list[str], p: Params) -> str:
     """The result tables, as markdown, with one heading line each."""
     sections = [
@@ -181,7 +192,10 @@ def tables(summary: Summary, keys: list[str], p: Params) -> str:
     ]
     out: list[str] = []
     for title, lines in sections:
-        out += [f"### {title}", "", *lines, ""]
+        out += [f"### {title}", ""]
+        if title.startswith("GIL-heavy"):
+            out += _noise(summary)
+        out += [*lines, ""]
     return "\n".join(out)
 
 
@@ -227,13 +241,12 @@ def _headline(summary: Summary) -> str:
     rate = summary.get(_STORE, "sustained_ratio")
     if None in (gil, busy, share, cost, rate):
         return ""
-    assert gil and busy and share and cost and rate
-    return (f"**In one line:** a GIL-heavy proxy recording every request into mcpr-store "
-            f"served {gil.median:.2f} of the requests/s it serves with no store "
-            f"({busy.median:.2f} of the same with the second core kept busy), with "
-            f"{share.median * 100:.1f} % of its events committed; `record()` cost "
-            f"{cost.median:.2f} µs per event including the sender thread, and the writer "
-            f"sustained {rate.median:.2f} of a plain `executemany` loop.")
+    return (f"**In one line:** with mcpr-store recording every request, a GIL-heavy proxy "
+            f"served {_spread(gil, _ratio)} of the requests/s it serves with no store and "
+            f"{_spread(busy, _ratio)} of those with the second core kept busy, committing "
+            f"{_spread(share, _share)} of its events; `record()` cost {_spread(cost)} µs per "
+            "event including the sender thread; the writer sustained "
+            f"{_spread(rate, _ratio)} of a plain `executemany` loop.")
 
 
 def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
