@@ -1,7 +1,7 @@
 """The read side on 1,000,000 requests: plans use the indexes, percentiles stay exact.
 
 Marked ``slow`` (building the database takes a while): ``pytest -m "not slow"`` skips it;
-CI runs it. Timings are measured by ``bench/bench_queries.py``, not asserted here.
+CI runs it. Timings are measured by ``python -m bench.queries``, not asserted here.
 """
 
 from __future__ import annotations

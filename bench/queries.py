@@ -1,6 +1,6 @@
 """Query times on 1,000,000 requests, the database the scale test builds.
 
-    python bench/bench_queries.py [--rows 1000000] [--runs 5]
+    python -m bench.queries [--rows 1000000] [--runs 5]
 
 Each CLI query with its default window (and a few filters), median of ``--runs`` runs,
 against ``SELECT COUNT(*) FROM requests`` (a full covering-index scan) in the same run.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_query_scale import build
+from test_query_scale import build  # type: ignore[import-not-found]
 
 from mcpr_store.query import QueryEngine
 

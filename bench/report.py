@@ -1,0 +1,360 @@
+"""The markdown report: ``docs/benchmarks.md``, and the same tables on the terminal.
+
+Every figure is the median over runs with the lowest and highest run in parentheses; every
+ratio was taken inside one run against that run's baseline (``bench.summary``). The report
+states the machine, and that it was shared. It never runs anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from .designs import DESIGNS
+from .scenarios import Params
+from .summary import Spread, Summary
+
+__all__ = ["render", "tables"]
+
+_STORE: Final = "mcpr-store"
+
+Format = Callable[[float], str]
+
+
+def _num(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _share(x: float) -> str:
+    return f"{x * 100:.1f} %"
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _spread(s: Spread | None, fmt: Format = _num) -> str:
+    if s is None:
+        return "—"
+    if s.runs == 1 or fmt(s.low) == fmt(s.high):
+        return fmt(s.median)
+    return f"{fmt(s.median)} ({fmt(s.low)} to {fmt(s.high)})"
+
+
+def _worst(s: Spread | None) -> str:
+    """For books that must balance: the run furthest from zero, not a median."""
+    if s is None:
+        return "—"
+    worst = s.high if abs(s.high) >= abs(s.low) else s.low
+    return f"{worst:,.0f}"
+
+
+def _name(key: str) -> str:
+    cls = DESIGNS[key]
+    return f"({cls.number}) {cls.label}"
+
+
+def _table(header: list[str], rows: list[list[str]], *, numbers: bool = True) -> list[str]:
+    """A markdown table; columns after the first are right-aligned when ``numbers``."""
+    align = "--:" if numbers else "---"
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else align for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _failed(summary: Summary, key: str) -> str:
+    return " (failed in some runs)" if key in summary.failures else ""
+
+
+def _producer(summary: Summary, keys: list[str]) -> list[str]:
+    rows = [[_name(k) + _failed(summary, k),
+             _spread(summary.get(k, "producer_call_us")),
+             _spread(summary.get(k, "producer_total_us")),
+             _spread(summary.get(k, "producer_vs_put"), _ratio),
+             _spread(summary.get(k, "producer_dropped"), _count)] for k in keys]
+    return _table(["design", "record() call, µs/event",
+                   "with the proxy's other threads, µs/event", "÷ one put_nowait of (5)",
+                   "dropped"], rows)
+
+
+def _gil(summary: Summary, keys: list[str]) -> list[str]:
+    rows = []
+    for k in keys:
+        rows.append([_name(k) + _failed(summary, k), _spread(summary.get(k, "gil_rps")),
+                     _spread(summary.get(k, "base_gil_rps")),
+                     _spread(summary.get(k, "gil_ratio"), _ratio),
+                     _spread(summary.get(k, "gil_ratio_busy"), _ratio),
+                     _spread(summary.get(k, "gil_committed_share"), _share)])
+        if k == "none":
+            busy = summary.get(k, "base_gil_busy_rps")
+            rows.append(["(1) no store, other core kept busy (the control)", _spread(busy),
+                         _spread(summary.get(k, "base_gil_rps")),
+                         _spread(summary.get(k, "control_ratio"), _ratio),
+                         "1.00" if busy else "—", "—"])
+    return _table(["design", "requests/s", "(1) measured beside it, requests/s", "÷ (1)",
+                   "÷ (1) with a busy core", "events in the database"], rows)
+
+
+def _sustained(summary: Summary, keys: list[str]) -> list[str]:
+    rows = [[_name(k) + _failed(summary, k), _spread(summary.get(k, "sustained_per_s")),
+             _spread(summary.get(k, "base_ceiling_per_s")),
+             _spread(summary.get(k, "sustained_ratio"), _ratio)]
+            for k in keys if DESIGNS[k].stores]
+    return _table(["design", "committed events/s",
+                   "plain executemany measured beside it, rows/s", "÷ executemany"], rows)
+
+
+def _overload(summary: Summary, keys: list[str]) -> list[str]:
+    rows = [[_name(k) + _failed(summary, k),
+             _spread(summary.get(k, "overload_offered_per_s"), _count),
+             _spread(summary.get(k, "overload_max_record_us")),
+             _spread(summary.get(k, "overload_p999_record_us")),
+             _spread(summary.get(k, "overload_offered"), _count),
+             _spread(summary.get(k, "overload_committed"), _count),
+             _spread(summary.get(k, "overload_dropped"), _count),
+             _worst(summary.get(k, "overload_unaccounted")),
+             _spread(summary.get(k, "overload_drain_s"))]
+            for k in keys if DESIGNS[k].stores]
+    return _table(["design", "offered events/s", "longest record(), µs",
+                   "p99.9 record(), µs", "offered", "committed", "dropped",
+                   "unaccounted (worst run)", "shutdown after, s"], rows)
+
+
+def _shutdown_memory(summary: Summary, keys: list[str]) -> list[str]:
+    rows = []
+    for k in keys:
+        if not DESIGNS[k].stores:
+            rows.append([_name(k) + " (the harness alone)", "—", "—",
+                         _spread(summary.get(k, "proxy_rss_mib")), "—", "—", "—"])
+            continue
+        rows.append([_name(k) + _failed(summary, k),
+                     _spread(summary.get(k, "shutdown_s"), lambda x: f"{x:.3f}"),
+                     _spread(summary.get(k, "shutdown_committed_share"), _share),
+                     _spread(summary.get(k, "proxy_rss_mib"), lambda x: f"{x:.0f}"),
+                     _spread(summary.get(k, "overload_proxy_rss_mib"), lambda x: f"{x:.0f}"),
+                     _spread(summary.get(k, "writer_rss_mib"), lambda x: f"{x:.0f}")
+                     if summary.get(k, "writer_rss_mib") else "in the proxy",
+                     _spread(summary.get(k, "overload_writer_rss_mib"), lambda x: f"{x:.0f}")
+                     if summary.get(k, "overload_writer_rss_mib") else "in the proxy"])
+    return _table(["design", "shutdown(), s", "committed", "proxy RSS, MiB (sustained)",
+                   "proxy RSS, MiB (overload)", "writer RSS, MiB (sustained)",
+                   "writer RSS, MiB (overload)"], rows)
+
+
+def _latency(summary: Summary, keys: list[str]) -> list[str]:
+    rows = []
+    for k in keys:
+        if not DESIGNS[k].stores:
+            continue
+        missed = summary.get(k, "idle_missed")
+        idle = (_spread(summary.get(k, "idle_latency_ms")) if not missed or not missed.high
+                else "not committed while idle: waits for the next event")
+        rows.append([_name(k) + _failed(summary, k),
+                     _spread(summary.get(k, "latency_p50_ms")),
+                     _spread(summary.get(k, "latency_p99_ms")),
+                     _spread(summary.get(k, "latency_max_ms")), idle])
+    return _table(["design", "p50, ms", "p99, ms", "max, ms", "idle proxy's event, ms"], rows)
+
+
+def _noise(summary: Summary) -> list[str]:
+    """How much the no-store proxy itself varied: the noise every GIL-heavy ratio carries."""
+    base = summary.pooled("base_gil_rps")
+    if base is None or base.runs < 2:
+        return []
+    return [f"Design 1, measured beside every design, served {base.low:,.0f} to "
+            f"{base.high:,.0f} requests/s (median {base.median:,.0f}) over "
+            f"{base.runs} measurements: that is the noise of this machine, and each ratio "
+            "below carries it.", ""]
+
+
+def tables(summary: Summary, keys: list[str], p: Params) -> str:
+    """The result tables, as markdown, with one heading line each."""
+    sections = [
+        ("Producer cost: `record()` in a tight loop", _producer(summary, keys)),
+        (f"GIL-heavy proxy: {p.gil_threads} threads, {p.work_us:.0f} µs of Python per request",
+         _gil(summary, keys)),
+        ("Sustained committed events/s", _sustained(summary, keys)),
+        (f"Overload: {p.overload_factor:g} times each design's sustained rate for "
+         f"{p.overload_seconds:g} s", _overload(summary, keys)),
+        (f"Shutdown with {p.pending_events:,} events just recorded; memory",
+         _shutdown_memory(summary, keys)),
+        (f"Latency from `record()` to committed, at {p.latency_rate:,} events/s",
+         _latency(summary, keys)),
+    ]
+    out: list[str] = []
+    for title, lines in sections:
+        out += [f"### {title}", ""]
+        if title.startswith("GIL-heavy"):
+            out += _noise(summary)
+        out += [*lines, ""]
+    return "\n".join(out)
+
+
+def _targets(summary: Summary) -> list[str]:
+    """mcpr-store against issue 10's targets (each relative to a baseline measured beside it)."""
+    def get(metric: str) -> Spread | None:
+        return summary.get(_STORE, metric)
+
+    def verdict(ok: bool | None) -> str:
+        return "—" if ok is None else ("met" if ok else "**not met**")
+
+    checks: list[tuple[str, str, bool | None]] = []
+    s = get("producer_total_us")
+    checks.append(("`record()` with the sender's CPU at most 1 µs per event",
+                   _spread(s) + " µs", None if s is None else s.median <= 1.0))
+    s = get("producer_vs_put")
+    checks.append(("... and at most 0.1 of one faster-fifo `put_nowait`", _spread(s, _ratio),
+                   None if s is None else s.median <= 0.1))
+    s, share = get("gil_ratio_busy"), get("gil_committed_share")
+    checks.append(("GIL-heavy proxy at least 0.97 of the busy-core control, 100 % committed",
+                   f"{_spread(s, _ratio)}, {_spread(share, _share)} committed",
+                   None if s is None or share is None
+                   else s.median >= 0.97 and share.low >= 1.0))
+    s = get("sustained_ratio")
+    checks.append(("sustained commits at least 0.9 of plain executemany", _spread(s, _ratio),
+                   None if s is None else s.median >= 0.9))
+    s, books = get("overload_max_record_us"), get("overload_unaccounted")
+    checks.append(("overload: longest `record()` under 1 ms, exact accounting",
+                   f"{_spread(s)} µs, unaccounted {_worst(books)}",
+                   None if s is None or books is None
+                   else s.median < 1000 and books.low == books.high == 0))
+    s = get("idle_latency_ms")
+    checks.append(("an idle proxy's event committed within 250 ms", _spread(s) + " ms",
+                   None if s is None else s.median <= 250))
+    return _table(["target", "measured", "verdict"],
+                  [[t, m, verdict(ok)] for t, m, ok in checks])
+
+
+def _headline(summary: Summary) -> str:
+    gil, busy = summary.get(_STORE, "gil_ratio"), summary.get(_STORE, "gil_ratio_busy")
+    share = summary.get(_STORE, "gil_committed_share")
+    cost = summary.get(_STORE, "producer_total_us")
+    rate = summary.get(_STORE, "sustained_ratio")
+    if None in (gil, busy, share, cost, rate):
+        return ""
+    return (f"**In one line:** with mcpr-store recording every request, a GIL-heavy proxy "
+            f"served {_spread(gil, _ratio)} of the requests/s it serves with no store and "
+            f"{_spread(busy, _ratio)} of those with the second core kept busy, committing "
+            f"{_spread(share, _share)} of its events; `record()` cost {_spread(cost)} µs per "
+            "event including the sender thread; the writer sustained "
+            f"{_spread(rate, _ratio)} of a plain `executemany` loop.")
+
+
+def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
+           images: list[str], *, quick: bool) -> str:
+    """The whole of ``docs/benchmarks.md``."""
+    lines = ["# Benchmarks", ""]
+    if quick:
+        lines += ["> **Quick smoke run** (`python -m bench --quick`): small sizes, one run, "
+                  "several designs at a time. These numbers only show that the harness works; "
+                  "run `python -m bench` for numbers.", ""]
+    lines += [
+        "Generated by `python -m bench` (from the repository root; charts need the `bench` "
+        "extra: `pip install -e '.[bench]'`). Seven designs a Python MCP proxy could use to "
+        "record its traffic are driven with the same synthetic traffic into the same "
+        "database (mcpr-store's schema version 5, created by its own migrations). "
+        + (f"Each figure is the median of {summary.runs} runs, with the lowest and highest "
+           "run in parentheses" if summary.runs > 1 else "Each figure is from a single run")
+        + "; each ratio is taken against a baseline measured beside it, by the same worker.", "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}; Python "
+        f"{info['python']}, SQLite {info['sqlite']}, faster-fifo {info['faster-fifo']}, "
+        f"mcpr-store {info['mcpr-store']}; {info['date']}. **The machine was shared** with "
+        "other work while this ran: expect noise of tens of percent between runs, and read "
+        "the spreads.", ""]
+    headline = _headline(summary)
+    if headline:
+        lines += [headline, ""]
+    lines += [f"![{alt}]({name})" for name, alt in (
+        ("bench_throughput.png", "Throughput relative to the baselines, per design"),
+        ("bench_producer.png", "Producer cost per design"),
+        ("bench_latency.png", "Latency from record() to committed, per design"),
+    ) if name in images]
+    lines += ["", "## The designs", ""]
+    lines += _table(["design", "how it is built"],
+                    [[_name(k), DESIGNS[k].setup] for k in keys], numbers=False)
+    lines += ["", "Designs 2 to 6 share one piece of SQL (`bench/sink.py`: insert-or-ignore "
+              "the sessions, `executemany` the requests, move each session's counters, one "
+              "transaction), so they differ only in how events travel; mcpr-store runs its "
+              "own writer. The traffic is a session (`initialize`) followed by 50 requests, "
+              "repeated: mostly `tools/call`, some list calls, resource reads and prompts, "
+              "5 % errors and timeouts (`bench/traffic.py`).", "", "## Results", ""]
+    lines += [tables(summary, keys, p)]
+    if _STORE in keys:
+        lines += ["## mcpr-store against the targets of issue 10", "", *_targets(summary), ""]
+    if summary.failures:
+        lines += ["## Failures", ""]
+        lines += [f"- {_name(k)}: {'; '.join(v)}" for k, v in summary.failures.items()]
+        lines += [""]
+    loop = summary.get("none", "producer_call_us")
+    lines += _method(p, f"{loop.median:.2f} µs" if loop else "unmeasured here")
+    return "\n".join(lines)
+
+
+def _method(p: Params, loop: str) -> list[str]:
+    return ["## How each number is measured", "",
+            "Every design runs in a fresh worker process per run (`bench/worker.py`), each "
+            "scenario on a fresh instance and database; designs run one at a time, in an "
+            "order that rotates between runs. Each worker also measures the baselines its "
+            "ratios divide by, right beside the scenario they judge, so that a ratio never "
+            "mixes two moments of a shared machine.", "",
+            f"- **Producer cost**: {p.producer_events:,} events in bursts of "
+            f"{p.producer_burst:,} (each fits every design's buffer), built before the burst. "
+            "*record() call* is the calling thread's CPU time inside the loop; the second "
+            "figure adds the CPU time of every other thread of the proxy process over the "
+            "bursts and the waits until all was committed: a sender thread (mcpr-store), "
+            "a feeder thread (multiprocessing.Queue), or an in-process writer thread (3, 6). "
+            "Design 1's figure is the harness's loop and call alone, included in every "
+            "other figure. *÷ one put_nowait* divides by the CPU time of one faster-fifo "
+            "`put_nowait` of an event (design 5's transport), timed by the same worker.",
+            f"- **GIL-heavy proxy**: {p.gil_threads} threads each run a pure-Python handler "
+            f"of about {p.work_us:.0f} µs, build one event and record it, flat out for "
+            f"{p.gil_seconds:g} s. Right before, the same worker runs design 1 (no store), "
+            "and right after, design 1 while another process spins on the other core, as a "
+            "writer process would keep it busy (the control); the ratios are to those. "
+            "*Events in the database* counts rows in the file after shutdown.",
+            f"- **Sustained**: events offered as fast as possible while fewer than 5,000 are "
+            f"in flight (so no design drops), for {p.sustained_seconds:g} s; committed "
+            "events/s over the last four fifths. The ceiling is a plain loop of "
+            "`executemany` of 500 request rows per transaction on the same schema and "
+            "pragmas, run by the same worker just before.",
+            f"- **Overload**: events offered at {p.overload_factor:g} times the design's own "
+            "sustained rate (measured just before by the same worker), for "
+            f"{p.overload_seconds:g} s, each "
+            "`record()` timed; then shutdown. *Committed* is counted in the database, "
+            "*dropped* by the design; *unaccounted* is offered - committed - dropped and "
+            "must be 0. A design whose `record()` is slower than the offered rate is "
+            "offered what it takes (see the offered rate).",
+            f"- **Shutdown**: {p.pending_events:,} events recorded in a tight loop, then "
+            "`shutdown()` timed; *committed* is counted in the database.",
+            "- **Memory**: RSS of the proxy process (the worker, including the harness: see "
+            "design 1) and of the writer process, at the end of the sustained and of the "
+            "overload scenarios.",
+            f"- **Latency**: {p.latency_rate:,} events/s for {p.latency_seconds:g} s (after "
+            f"{p.latency_warmup:g} s of warm-up, followed by {p.latency_tail:g} s more "
+            "traffic), each request's `record()` time against the moment a separate reader "
+            "process, polling every millisecond, first sees its row. *Idle* is one request "
+            f"after {p.idle_gap:g} s of silence ({p.idle_samples} per run); one that is not "
+            f"committed within {p.idle_wait:g} s is reported as such.", "",
+            "Where the harness may distort a number:", "",
+            "- every `record()` figure includes the harness's loop and call (design 1's "
+            f"figure, {loop});",
+            "- overload timing adds two `perf_counter_ns()` calls per `record()` (about "
+            "0.1 µs), and on a shared 2-core machine the OS may preempt a thread inside any "
+            "call: a single long `record()` can be the scheduler, which is why p99.9 stands "
+            "beside the maximum;",
+            "- latencies carry up to 1 ms of polling, and the reader process takes some CPU;",
+            "- the sustained scenario asks the design for its books every 500 events (for "
+            "mcpr-store that is `stats()`, which reads the writer's RSS and CPU with psutil, "
+            "some 0.1 ms) on the producer thread;",
+            "- designs 3 and 6 run their writer on a thread of the proxy process, so the "
+            "producer loops and the writer take turns holding the GIL; that is the design, "
+            "not the harness.", ""]
