@@ -1,0 +1,44 @@
+"""Helpers for the PostgreSQL tests: read-only queries and a fingerprint of a database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+
+def pg_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on a fresh connection."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql.encode(), params or None).fetchall()
+
+
+def pg_scalar(url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    return pg_query(url, sql, params)[0][0]
+
+
+def fingerprint(url: str) -> dict[str, Any]:
+    """Everything a migration could change in the public schema: relations, columns,
+    indexes, constraints, and every row with its xmin (so even a rewrite of a row with the
+    same values shows)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        relations = conn.execute(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1").fetchall()
+        columns = conn.execute(
+            "SELECT table_name, ordinal_position, column_name, data_type, is_nullable, "
+            "column_default FROM information_schema.columns WHERE table_schema = 'public' "
+            "ORDER BY 1, 2").fetchall()
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+            "ORDER BY 1").fetchall()
+        constraints = conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace ORDER BY 1").fetchall()
+        rows = {}
+        for name, kind in relations:
+            if kind == "r":
+                rows[name] = sorted(conn.execute(
+                    f'SELECT xmin::text, t::text FROM "{name}" t'.encode()).fetchall())
+    return {"relations": relations, "columns": columns, "indexes": indexes,
+            "constraints": constraints, "rows": rows}
