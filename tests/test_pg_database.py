@@ -14,8 +14,8 @@ from pghelpers import fingerprint, pg_query, pg_scalar
 from pgserver import PgServer, _free_port
 
 from mcpr_store import StoreError
-from mcpr_store._errors import StorePostgresError
 from mcpr_store._db import open_database as open_sqlite
+from mcpr_store._errors import StorePostgresError
 from mcpr_store.pg import PostgresTarget, connect, open_database
 
 
@@ -144,7 +144,7 @@ def test_connect__server_down_is_a_clear_error_without_the_password(
     assert message.startswith("cannot connect to PostgreSQL at postgresql://postgres:***@")
     assert "Connection refused" in message
     assert secret not in message and pg_server.password not in message
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # no traceback of it
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
 def test_connect__garbled_url_never_shows_the_password(pg_server: PgServer) -> None:
