@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,3 +44,26 @@ def fingerprint(url: str) -> dict[str, Any]:
                     f'SELECT xmin::text, t::text FROM "{name}" t'.encode()).fetchall())
     return {"relations": relations, "columns": columns, "indexes": indexes,
             "constraints": constraints, "rows": rows}
+
+
+#: Every stored column but the ids, in an order both back ends agree on.
+TABLE_ROWS = {
+    "requests": "SELECT request_id, ts, proxy, session_id, method, tool, latency_us, status, "
+                "error_code, error_msg, bytes_in, bytes_out, resource_uri, prompt_name "
+                "FROM requests ORDER BY request_id",
+    "sessions": "SELECT session_id, proxy, started_at, last_seen_at, ended_at, client_name, "
+                "client_version, client_platform, total_calls, total_errors "
+                "FROM sessions ORDER BY session_id",
+    "server_schema": "SELECT proxy, upstream_url, method, payload, captured_at, schema_hash "
+                     "FROM server_schema ORDER BY proxy, upstream_url, method",
+    "schema_changes": "SELECT upstream_url, method, change_type, item_name, old_hash, "
+                      "new_hash, detected_at, proxy FROM schema_changes ORDER BY id",
+}
+
+
+def sqlite_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(TABLE_ROWS[table]).fetchall()
+    finally:
+        conn.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from helpers import wait_for
-from pghelpers import pg_query, pg_scalar
+from pghelpers import TABLE_ROWS, pg_query, pg_scalar, sqlite_rows
 from pgserver import PgServer
 
 from mcpr_store import RequestEvent, SchemaVersionEvent, SessionClosed, SessionEvent
@@ -58,28 +57,6 @@ def sqlite_batch(*events: Event) -> Batch:
         kind = _KIND[type(event)]
         batch.rows(kind).append(validate(kind, tuple(event)))
     return batch
-
-
-TABLE_ROWS = {
-    "requests": "SELECT request_id, ts, proxy, session_id, method, tool, latency_us, status, "
-                "error_code, error_msg, bytes_in, bytes_out, resource_uri, prompt_name "
-                "FROM requests ORDER BY request_id",
-    "sessions": "SELECT session_id, proxy, started_at, last_seen_at, ended_at, client_name, "
-                "client_version, client_platform, total_calls, total_errors "
-                "FROM sessions ORDER BY session_id",
-    "server_schema": "SELECT proxy, upstream_url, method, payload, captured_at, schema_hash "
-                     "FROM server_schema ORDER BY proxy, upstream_url, method",
-    "schema_changes": "SELECT upstream_url, method, change_type, item_name, old_hash, "
-                      "new_hash, detected_at, proxy FROM schema_changes ORDER BY id",
-}
-
-
-def sqlite_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(TABLE_ROWS[table]).fetchall()
-    finally:
-        conn.close()
 
 
 def tools(*names: str, version: str = "1") -> str:
