@@ -209,6 +209,12 @@ class PgServer:
         self._outages.append(thread)
         return thread
 
+    def wait_outages(self) -> None:
+        """Wait until every ``stopped_for`` outage is over (the server started again)."""
+        for thread in self._outages:
+            thread.join(timeout=_PG_CTL_TIMEOUT * 2)
+        self._outages = [thread for thread in self._outages if thread.is_alive()]
+
     def is_running(self) -> bool:
         pid = self.postmaster_pid()
         return pid is not None and psutil.pid_exists(pid)
@@ -221,8 +227,7 @@ class PgServer:
 
     def close(self) -> None:
         """Stop the server if it runs and remove its directory."""
-        for thread in self._outages:
-            thread.join(timeout=_PG_CTL_TIMEOUT)
+        self.wait_outages()
         try:
             if self.is_running():
                 self.stop()
@@ -278,10 +283,15 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> Iterator[str]:
     """The URL of a fresh, empty database on the session's server, dropped after the test."""
-    if not pg_server.is_running():
-        pg_server.start()  # a fault test left it stopped
+    _running(pg_server)
     name = pg_server.create_database()
     yield pg_server.url(name)
-    if not pg_server.is_running():
-        pg_server.start()
+    _running(pg_server)
     pg_server.drop_database(name)
+
+
+def _running(server: PgServer) -> None:
+    """The server up again after whatever a fault test did to it."""
+    server.wait_outages()
+    if not server.is_running():
+        server.start()

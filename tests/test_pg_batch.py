@@ -212,6 +212,25 @@ def test_target__reconnects_after_a_server_restart(pg_server: PgServer, pg_url: 
     assert pg_query(pg_url, "SELECT total_calls, total_errors FROM sessions") == [(3, 1)]
 
 
+def test_target__server_down_for_seconds_fails_clearly_then_recovers(
+        pg_server: PgServer, pg_url: str) -> None:
+    target = PostgresTarget.open(pg_url, "test")
+    try:
+        target.store_batch(pg_batch(SessionEvent("s1", "p", 1_000), req("r1")))
+        outage = pg_server.stopped_for(2)
+        with pytest.raises(StorePostgresError) as raised:
+            target.store_batch(pg_batch(req("r2")))
+        assert pg_server.password not in str(raised.value)
+        with pytest.raises(StorePostgresError, match="cannot connect to PostgreSQL at "
+                                                     "postgresql://postgres:\\*\\*\\*@"):
+            target.store_batch(pg_batch(req("r2")))
+        outage.join(timeout=60)
+        assert target.store_batch(pg_batch(req("r2"))).committed == 1
+    finally:
+        target.close()
+    assert pg_query(pg_url, "SELECT total_calls FROM sessions") == [(2,)]
+
+
 class CuttingRelay:
     """A TCP relay to the server that, once armed, cuts the connection around the next
     COMMIT: ``before`` it reaches the server, or ``after`` the server answered it (so the

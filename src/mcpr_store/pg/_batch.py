@@ -126,9 +126,10 @@ _RECOUNT_SESSIONS: Final = (
     "WHERE s.session_id = c.session_id"
 )
 # Requests go in by COPY into a per-connection temporary table, then one INSERT ... SELECT
-# that skips what is already stored: measured 1.7x the rows/s of pipelined executemany and
-# 1.4x one INSERT from unnest() arrays, 0.76x a plain COPY with no duplicate handling at all
-# (bench/bench_pg.py). The rows leave the temporary table at every commit or rollback.
+# that skips what is already stored: about twice the rows/s of pipelined executemany (with
+# ON CONFLICT DO NOTHING RETURNING) and 1.2-1.4x one INSERT from unnest() arrays, at 0.8x a
+# plain COPY with no duplicate handling at all (bench/bench_pg.py, 500-row transactions).
+# Its rows leave the temporary table at every commit or rollback.
 _INCOMING: Final = "mcpr_incoming_requests"
 _CREATE_INCOMING: Final = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ("
@@ -245,6 +246,8 @@ def _commit(conn: Connection, batch: BatchRows, ours: Container[str], *,
     try:
         conn.execute("COMMIT")
     except psycopg.OperationalError as exc:
+        if not (conn.broken or conn.closed):
+            raise  # the server answered: the transaction is rolled back
         raise CommitUnknownError(
             f"connection lost while committing {len(_all_rows(batch))} events: {exc}",
             xid, written.inserted) from exc
