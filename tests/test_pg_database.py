@@ -59,6 +59,9 @@ def test_open_database__creates_the_v5_tables_of_the_sqlite_store(
                    "sessions.ended_at", "sessions.total_calls", "server_schema.captured_at",
                    "schema_changes.detected_at", "requests.id"):
         assert types[column] == "bigint", column
+    collations = pg_query(pg_url, "SELECT DISTINCT collation_name FROM information_schema."
+                                  "columns WHERE table_schema = 'public' AND data_type = 'text'")
+    assert collations == [("C",)]  # byte-wise, as SQLite compares
     meta = dict(pg_query(pg_url, "SELECT key, value FROM meta"))
     assert meta["schema_version"] == "5"
     assert meta["mcpr_version"] == "1.2.3"
