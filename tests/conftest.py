@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
+from pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures: tests/pgserver.py)
 
 from mcpr_store import Store, StoreConfig
 

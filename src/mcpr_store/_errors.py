@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreIOError", "StoreSQLiteError", "WriterStartError"]
+__all__ = [
+    "StoreError",
+    "StoreIOError",
+    "StorePostgresError",
+    "StoreSQLiteError",
+    "WriterStartError",
+]
 
 
 class StoreError(Exception):
@@ -15,6 +21,11 @@ class StoreIOError(StoreError):
 
 class StoreSQLiteError(StoreError):
     """SQLite refused the database: not a database, corrupt, or a migration failed."""
+
+
+class StorePostgresError(StoreError):
+    """PostgreSQL refused: the server is down, the login failed, the database is newer or
+    not ours, or a transaction failed. The message shows the URL with its password masked."""
 
 
 class WriterStartError(StoreError):

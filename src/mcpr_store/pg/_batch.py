@@ -1,0 +1,563 @@
+"""The SQL of one batch on PostgreSQL, and the writer's handle that stores batches.
+
+Owns what ``_batch.store_batch`` does on SQLite, with the same meaning: sessions are
+inserted or ignored (a session arriving after its requests starts from a recount of them),
+requests go in with a ``request_id`` that is already stored rejected and counted (never an
+error for the batch), session counters change in the same transaction as the rows they
+count, closes set ``ended_at`` once, and server schemas are diffed with ``_server_schema.diff``.
+A row the database refuses costs nobody else: the batch is redone with a savepoint per row.
+
+What SQLite gets for free from its single writer, PostgreSQL must be told: several writers
+on several hosts commit at once, under READ COMMITTED. A session's recount (when its row
+arrives) and another writer's increments (for requests it stores) would race: the increment
+finds no session row yet, the recount does not see the other's uncommitted requests, and a
+count is lost. So every transaction first takes a transaction-scoped advisory lock per
+session (and per server-schema key) it touches, all in one statement, in sorted order (no
+deadlock between two writers' lock sets), and holds them to the commit; the statements after
+the lock see everything a previous holder committed.
+
+A connection lost during COMMIT leaves the outcome unknown. ``PostgresTarget`` remembers the
+transaction id and asks the server (``pg_xact_status``) once it is back: if that commit
+happened, the retried batch's requests are found already stored and are counted as
+committed, not rejected, so the books balance. Everything else in a batch is idempotent.
+
+This module never validates events (``_wire`` does as it decodes them, for both back ends) and never
+touches the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import weakref
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final, Protocol, TypeVar
+
+import psycopg
+
+from .._batch import Stored
+from .._errors import StorePostgresError
+from .._events import RequestEvent, SessionClosed, SessionEvent
+from .._server_schema import diff as schema_diff
+from ._database import CONNECT_TIMEOUT, Connection, connect, describe_error, migrate
+from ._url import mask_url
+
+__all__ = [
+    "REQUEST_COLUMNS",
+    "BatchRows",
+    "CommitUnknownError",
+    "PostgresTarget",
+    "store_batch",
+]
+
+#: A batch's rows are the events' fields in declaration order (``tuple(event)``).
+REQUEST_COLUMNS: Final = RequestEvent._fields
+SESSION_COLUMNS: Final = SessionEvent._fields
+CLOSE_COLUMNS: Final = SessionClosed._fields
+
+
+class BatchRows(Protocol):
+    """Validated rows of one batch, each kind in arrival order and event field order
+    (``_batch.Batch`` is one)."""
+
+    sessions: list[tuple[Any, ...]]
+    requests: list[tuple[Any, ...]]
+    closes: list[tuple[Any, ...]]
+    schemas: list[tuple[Any, ...]]
+
+
+class CommitUnknownError(StorePostgresError):
+    """The connection broke while COMMIT was on its way: the batch may be stored or not.
+
+    ``xid`` is the transaction id to ask ``pg_xact_status`` about; ``inserted`` the request
+    ids that transaction inserted. ``PostgresTarget`` settles it; a caller of
+    ``store_batch`` must do the same or accept counting those requests as rejected.
+    """
+
+    def __init__(self, message: str, xid: str, inserted: list[str]) -> None:
+        super().__init__(message)
+        self.xid = xid
+        self.inserted = inserted
+
+
+class RowRefused(Exception):
+    """Internal: a bulk statement hit a row the database refuses; redo row by row."""
+
+
+#: Failures of one row, not of the transaction: bad text (NUL, a lone surrogate), a value
+#: too large for an index entry, a constraint. Anything else (connection, deadlock, lock
+#: timeout) fails the transaction, which the caller retries.
+ROW_ERRORS: Final = (psycopg.DataError, psycopg.IntegrityError,
+                      psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError)
+
+_TEXT, _BIGINT = "text", "bigint"
+_REQUEST_TYPES: Final = (_TEXT, _BIGINT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _BIGINT,
+                         _TEXT, _TEXT, _TEXT, _BIGINT, _BIGINT)
+assert len(_REQUEST_TYPES) == len(REQUEST_COLUMNS)
+_REQUEST_LIST: Final = ", ".join(REQUEST_COLUMNS)
+
+# --- SQL ----------------------------------------------------------------------------------
+
+_LOCK: Final = "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k"
+_XID: Final = "SELECT pg_current_xact_id()::text"
+
+_INSERT_SESSIONS: Final = (
+    "INSERT INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
+    "client_version, client_platform, total_calls, total_errors) "
+    "SELECT s, p, t, t, cn, cv, cp, 0, 0 FROM unnest(%s::text[], %s::text[], %s::bigint[], "
+    "%s::text[], %s::text[], %s::text[]) AS v(s, p, t, cn, cv, cp) "
+    "ON CONFLICT (session_id) DO NOTHING RETURNING session_id"
+)
+_INSERT_SESSION: Final = (
+    "INSERT INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
+    "client_version, client_platform, total_calls, total_errors) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0) "
+    "ON CONFLICT (session_id) DO NOTHING RETURNING session_id"
+)
+# A session can arrive after some of its requests (another worker, another writer): its
+# counters start from the rows already stored, so they always agree with them.
+_RECOUNT_SESSIONS: Final = (
+    "UPDATE sessions AS s SET total_calls = c.calls, total_errors = c.errors, "
+    "last_seen_at = GREATEST(s.last_seen_at, c.last) "
+    "FROM (SELECT session_id, count(*) AS calls, "
+    "      count(*) FILTER (WHERE status <> 'ok') AS errors, max(ts) AS last "
+    "      FROM requests WHERE session_id = ANY(%s::text[]) GROUP BY session_id) AS c "
+    "WHERE s.session_id = c.session_id"
+)
+# Requests go in by COPY into a per-connection temporary table, then one INSERT ... SELECT
+# that skips what is already stored: about twice the rows/s of pipelined executemany (with
+# ON CONFLICT DO NOTHING RETURNING) and 1.2-1.4x one INSERT from unnest() arrays, at 0.8x a
+# plain COPY with no duplicate handling at all (bench/bench_pg.py, 500-row transactions).
+# Its rows leave the temporary table at every commit or rollback.
+_INCOMING: Final = "mcpr_incoming_requests"
+_CREATE_INCOMING: Final = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ("
+    + ", ".join(f"{c} {t}" for c, t in zip(REQUEST_COLUMNS, _REQUEST_TYPES, strict=True))
+    + ") ON COMMIT DELETE ROWS"
+).encode()
+_COPY_INCOMING: Final = f"COPY {_INCOMING} ({_REQUEST_LIST}) FROM STDIN".encode()
+_INSERT_INCOMING: Final = (
+    f"INSERT INTO requests ({_REQUEST_LIST}) SELECT {_REQUEST_LIST} FROM {_INCOMING} "
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+).encode()
+_INSERT_REQUEST: Final = (
+    f"INSERT INTO requests ({_REQUEST_LIST}) VALUES ({', '.join(['%s'] * 14)}) "
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+).encode()
+_COUNT_REQUESTS: Final = (
+    "UPDATE sessions AS s SET last_seen_at = GREATEST(s.last_seen_at, v.last), "
+    "total_calls = s.total_calls + v.calls, total_errors = s.total_errors + v.errors "
+    "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+    "AS v(session_id, last, calls, errors) WHERE s.session_id = v.session_id"
+)
+_CLOSE_SESSIONS: Final = (
+    "UPDATE sessions AS s SET ended_at = v.ended_at "
+    "FROM unnest(%s::text[], %s::bigint[]) AS v(session_id, ended_at) "
+    "WHERE s.session_id = v.session_id AND s.ended_at IS NULL"
+)
+_CLOSE_SESSION: Final = (
+    "UPDATE sessions SET ended_at = %s WHERE session_id = %s AND ended_at IS NULL"
+)
+_STORED_SCHEMA: Final = (
+    "SELECT schema_hash, payload FROM server_schema "
+    "WHERE proxy = %s AND upstream_url = %s AND method = %s"
+)
+_INSERT_CHANGE: Final = (
+    "INSERT INTO schema_changes (upstream_url, method, change_type, item_name, old_hash, "
+    "new_hash, detected_at, proxy) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_UPSERT_SCHEMA: Final = (
+    "INSERT INTO server_schema (proxy, upstream_url, method, payload, captured_at, "
+    "schema_hash) VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (proxy, upstream_url, method) DO UPDATE SET payload = excluded.payload, "
+    "captured_at = excluded.captured_at, schema_hash = excluded.schema_hash"
+)
+
+# --- one batch ----------------------------------------------------------------------------
+
+
+def lock_key(kind: str, *parts: str) -> int:
+    """The 64-bit advisory lock key of a session (``"session", id``) or a server schema
+    (``"schema", proxy, upstream_url, method``): the same on every host and Python. Two
+    names that collide only serialise needlessly."""
+    text = "\x1f".join((kind, *parts)).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
+@dataclass
+class _Written:
+    stored: Stored = field(default_factory=Stored)
+    inserted: list[str] = field(default_factory=list)  # request ids this transaction stored
+
+
+def store_batch(conn: Connection, batch: BatchRows, *,
+                ours: Container[str] = frozenset()) -> Stored:
+    """Store ``batch`` in one transaction and commit it; return what was committed and why
+    anything was refused (``committed + len(rejections) == len(batch)``).
+
+    ``ours`` holds request ids this writer itself stored in an earlier transaction whose
+    commit it could not confirm: found already stored, they count as committed.
+
+    Raises ``CommitUnknownError`` when the connection broke during COMMIT, and
+    ``StorePostgresError`` when the transaction failed as a whole (connection lost, deadlock,
+    lock timeout): it was rolled back, nothing of the batch is stored, retry it unchanged.
+    Blocks while another writer holds a lock on one of the batch's sessions, at most
+    ``_database.LOCK_TIMEOUT_MS``.
+    """
+    try:
+        try:
+            return _commit(conn, batch, ours, careful=False)
+        except RowRefused:
+            return _commit(conn, batch, ours, careful=True)
+    except psycopg.Error as exc:
+        raise StorePostgresError(
+            f"transaction of {len(_all_rows(batch))} events failed: {exc}"
+        ) from exc
+
+
+def _all_rows(batch: BatchRows) -> list[tuple[Any, ...]]:
+    return [*batch.sessions, *batch.requests, *batch.closes, *batch.schemas]
+
+
+_PREPARED_CONNECTIONS: Final[weakref.WeakSet[Connection]] = weakref.WeakSet()
+
+
+def prepare_connection(conn: Connection) -> None:
+    """Create the connection's temporary table for ``insert_requests`` once, outside any
+    transaction (a rollback would take it away)."""
+    if conn not in _PREPARED_CONNECTIONS:
+        conn.execute(_CREATE_INCOMING)
+        _PREPARED_CONNECTIONS.add(conn)
+
+
+def _commit(conn: Connection, batch: BatchRows, ours: Container[str], *,
+            careful: bool) -> Stored:
+    if batch.requests and not careful:
+        prepare_connection(conn)
+    conn.execute("BEGIN")
+    try:
+        written = _write(conn, batch, ours, careful=careful)
+        row = conn.execute(_XID).fetchone()
+        xid = str(row[0]) if row else ""
+    except BaseException:
+        _rollback(conn)
+        raise
+    try:
+        conn.execute("COMMIT")
+    except psycopg.OperationalError as exc:
+        if not (conn.broken or conn.closed):
+            raise  # the server answered: the transaction is rolled back
+        raise CommitUnknownError(
+            f"connection lost while committing {len(_all_rows(batch))} events: {exc}",
+            xid, written.inserted) from exc
+    return written.stored
+
+
+def _rollback(conn: Connection) -> None:
+    if conn.closed or conn.broken:
+        return  # the server rolls back a transaction whose connection is gone
+    with contextlib.suppress(psycopg.Error):  # the error that brought us here is the one
+        conn.execute("ROLLBACK")
+
+
+def _write(conn: Connection, batch: BatchRows, ours: Container[str], *,
+           careful: bool) -> _Written:
+    written = _Written()
+    _lock(conn, batch)
+    stored = written.stored
+    _insert_sessions(conn, batch.sessions, written, careful=careful)
+
+    def already(row: tuple[Any, ...]) -> None:
+        if row[0] in ours:  # our own, from a commit we could not confirm
+            stored.committed += 1
+        else:
+            stored.rejections.append(
+                f"request {row[0]!r} refused by the database: request_id already stored")
+
+    def refused(row: tuple[Any, ...], why: str) -> None:
+        stored.rejections.append(f"request {row[0]!r} refused by the database: {why}")
+
+    inserted = insert_requests(conn, batch.requests, careful=careful, duplicate=already,
+                               refused=refused)
+    stored.committed += len(inserted)
+    written.inserted.extend(row[0] for row in inserted)
+    _count_requests(conn, inserted)
+    _close_sessions(conn, batch.closes, written, careful=careful)
+    for row in batch.schemas:
+        _each(conn, careful, written, partial(_store_schema, conn, row),
+              f"schema of {row[2]!r} {row[3]!r}")
+    return written
+
+
+def _lock(conn: Connection, batch: BatchRows) -> None:
+    keys = {lock_key("session", row[0]) for row in batch.sessions}
+    keys.update(lock_key("session", row[3]) for row in batch.requests if row[3] is not None)
+    keys.update(lock_key("session", row[0]) for row in batch.closes)
+    keys.update(lock_key("schema", row[1], row[2], row[3]) for row in batch.schemas)
+    if keys:
+        conn.execute(_LOCK, (sorted(keys),)).fetchall()
+
+
+def _each(conn: Connection, careful: bool, written: _Written, step: Callable[[], Any],
+          what: str) -> bool:
+    """Run one row's statements: in a savepoint when careful (a refusal is recorded and the
+    transaction goes on), else bare (a refusal asks for the careful redo)."""
+    if not careful:
+        try:
+            step()
+        except ROW_ERRORS as exc:
+            raise RowRefused from exc
+        written.stored.committed += 1
+        return True
+    try:
+        with conn.transaction():
+            step()
+    except ROW_ERRORS as exc:
+        written.stored.rejections.append(f"{what} refused by the database: {exc}")
+        return False
+    written.stored.committed += 1
+    return True
+
+
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
+
+
+def _first_each(rows: list[_Row], key: int,
+                duplicate: Callable[[_Row], None] | None = None) -> list[_Row]:
+    """``rows`` keeping the first row of each ``row[key]``; later ones go to ``duplicate``
+    (or are dropped). One statement cannot touch a row twice, and SQLite keeps the first."""
+    seen: set[Any] = set()
+    kept = []
+    for row in rows:
+        if row[key] in seen:
+            if duplicate is not None:
+                duplicate(row)
+            continue
+        seen.add(row[key])
+        kept.append(row)
+    return kept
+
+
+def _insert_sessions(conn: Connection, rows: list[tuple[Any, ...]], written: _Written, *,
+                     careful: bool) -> None:
+    if not rows:
+        return
+    inserted: list[str] = []
+    if careful:
+        for row in rows:
+            def insert(row: tuple[Any, ...] = row) -> None:
+                found = conn.execute(_INSERT_SESSION, (*row[:3], row[2], *row[3:])).fetchone()
+                if found:
+                    inserted.append(found[0])
+            _each(conn, True, written, insert, f"session {row[0]!r}")
+    else:
+        unique = _first_each(rows, 0)
+        try:
+            inserted = [sid for (sid,) in conn.execute(
+                _INSERT_SESSIONS, [list(column) for column in zip(*unique, strict=True)])]
+        except ROW_ERRORS as exc:
+            raise RowRefused from exc
+        # A re-sent session (or a twin in this batch) is ignored, and still committed.
+        written.stored.committed += len(rows)
+    if inserted:
+        conn.execute(_RECOUNT_SESSIONS, (inserted,))
+
+
+def insert_requests(conn: Connection, rows: list[tuple[Any, ...]], *, careful: bool,
+                    duplicate: Callable[[tuple[Any, ...]], None],
+                    refused: Callable[[tuple[Any, ...], str], None]) -> list[tuple[Any, ...]]:
+    """Insert request ``rows`` (event field order) inside the caller's transaction; return
+    those inserted, in order. A row whose request_id is already stored (or earlier in
+    ``rows``) goes to ``duplicate``. Careful: a row the database refuses goes to ``refused``
+    with the reason; else it raises ``RowRefused`` (roll back, redo carefully). Not
+    careful, the connection must have been through ``prepare_connection``."""
+    if not rows:
+        return []
+    unique = _first_each(rows, 0, duplicate)
+    kept: list[tuple[Any, ...]] = []
+    if careful:
+        for row in unique:
+            try:
+                with conn.transaction():
+                    found = conn.execute(_INSERT_REQUEST, row).fetchone()
+            except ROW_ERRORS as exc:
+                refused(row, str(exc))
+                continue
+            if found:
+                kept.append(row)
+            else:
+                duplicate(row)
+        return kept
+    try:
+        cursor = conn.cursor()
+        with cursor.copy(_COPY_INCOMING) as copy:
+            for row in unique:
+                copy.write_row(row)
+        new = {rid for (rid,) in cursor.execute(_INSERT_INCOMING)}
+    except ROW_ERRORS as exc:
+        raise RowRefused from exc
+    for row in unique:
+        if row[0] in new:
+            kept.append(row)
+        else:
+            duplicate(row)
+    return kept
+
+
+def _count_requests(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    per_session: dict[str, list[int]] = {}
+    for row in rows:
+        session_id = row[3]
+        if session_id is None:
+            continue
+        counts = per_session.setdefault(session_id, [row[1], 0, 0])
+        counts[0] = max(counts[0], row[1])
+        counts[1] += 1
+        counts[2] += row[9] != "ok"
+    if per_session:
+        conn.execute(_COUNT_REQUESTS, (list(per_session),
+                                       *(list(c) for c in zip(*per_session.values(),
+                                                              strict=True))))
+
+
+def _close_sessions(conn: Connection, rows: list[tuple[Any, ...]], written: _Written, *,
+                    careful: bool) -> None:
+    if not rows:
+        return
+    if careful:
+        for session_id, ended_at in rows:
+            close = partial(conn.execute, _CLOSE_SESSION, (ended_at, session_id))
+            _each(conn, True, written, close, f"close of session {session_id!r}")
+        return
+    unique = _first_each(rows, 0)
+    try:
+        conn.execute(_CLOSE_SESSIONS, [list(column) for column in zip(*unique, strict=True)])
+    except ROW_ERRORS as exc:
+        raise RowRefused from exc
+    written.stored.committed += len(rows)
+
+
+def _store_schema(conn: Connection, row: tuple[Any, ...]) -> None:
+    ts, proxy, upstream_url, method, payload, new_hash = row
+    found = conn.execute(_STORED_SCHEMA, (proxy, upstream_url, method)).fetchone()
+    if found is None:
+        changes: list[tuple[str, str | None]] = [("initial", None)]
+        old_hash = None
+    else:
+        old_hash, old_payload = found
+        changes = [] if old_hash == new_hash else schema_diff(method, old_payload, payload)
+    if changes:
+        conn.cursor().executemany(
+            _INSERT_CHANGE,
+            [(upstream_url, method, change, item, old_hash, new_hash, ts, proxy)
+             for change, item in changes])
+    conn.execute(_UPSERT_SCHEMA, (proxy, upstream_url, method, payload, ts, new_hash))
+
+
+# --- the writer's handle --------------------------------------------------------------------
+
+
+class PostgresTarget:
+    """One writer's connection to one PostgreSQL database. Open with ``PostgresTarget.open``.
+
+    ``store_batch`` reconnects (and re-checks the tables) when the connection was lost, and
+    settles commits whose outcome a lost connection hid. Not thread-safe: one writer loop
+    owns it.
+    """
+
+    def __init__(self, url: str, mcpr_version: str, conn: Connection, *,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self.masked_url = mask_url(url)
+        self.mcpr_version = mcpr_version
+        self.connect_timeout = connect_timeout
+        self.conn: Connection | None = conn
+        self.reconnects = 0
+        self._in_doubt: list[tuple[str, list[str]]] = []  # (xid, request ids it inserted)
+        self._ours: set[str] = set()  # ids of settled commits, until seen again
+
+    @classmethod
+    def open(cls, url: str, mcpr_version: str, *,
+             connect_timeout: float = CONNECT_TIMEOUT) -> PostgresTarget:
+        """Connect, create or migrate the tables and stamp ``mcpr_version``.
+
+        Raises ``StorePostgresError`` (URL masked) when the server is down, refuses the
+        login, or holds a database that is newer or not ours (left untouched).
+        """
+        conn = connect(url, connect_timeout=connect_timeout)
+        try:
+            migrate(conn, url, mcpr_version)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(url, mcpr_version, conn, connect_timeout=connect_timeout)
+
+    def store_batch(self, batch: BatchRows) -> Stored:
+        """Store ``batch`` in one transaction (see ``store_batch``).
+
+        Raises ``StorePostgresError`` when it was not stored, or may not have been: keep the
+        batch and call again later with the same rows (other rows may follow them). Blocks
+        for at most about ``connect_timeout`` when it has to reconnect.
+        """
+        conn = self._connection()
+        try:
+            self._settle(conn)
+            stored = store_batch(conn, batch, ours=self._ours)
+        except CommitUnknownError as exc:
+            self._in_doubt.append((exc.xid, exc.inserted))
+            self._drop()
+            raise
+        except StorePostgresError:
+            if conn.closed or conn.broken:
+                self._drop()
+            raise
+        if self._ours:
+            self._ours.difference_update(row[0] for row in batch.requests)
+        return stored
+
+    def _connection(self) -> Connection:
+        if self.conn is not None and not self.conn.closed and not self.conn.broken:
+            return self.conn
+        self._drop()
+        conn = connect(self.url, connect_timeout=self.connect_timeout)
+        try:
+            migrate(conn, self.url, self.mcpr_version)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        self.reconnects += 1
+        return conn
+
+    def _settle(self, conn: Connection) -> None:
+        """Learn the outcome of each commit a lost connection hid; raises while one is still
+        running (its backend has not yet noticed the lost client)."""
+        while self._in_doubt:
+            xid, inserted = self._in_doubt[0]
+            try:
+                row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            except psycopg.Error as exc:
+                raise StorePostgresError(
+                    f"cannot learn whether an earlier commit to {self.masked_url} happened: "
+                    f"{describe_error(exc, self.url)}") from exc
+            status = row[0] if row else None
+            if status == "in progress":
+                raise StorePostgresError(
+                    f"an earlier commit to {self.masked_url} (transaction {xid}) is still in "
+                    "progress on the server; retrying later")
+            if status == "committed":
+                self._ours.update(inserted)
+            self._in_doubt.pop(0)
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        """Close the connection. Never raises."""
+        self._drop()
+
