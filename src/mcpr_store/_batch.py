@@ -16,19 +16,32 @@ refused events is written in the same transaction too (``meta``, key
 ``mcpr-store.books.<store token>``), so a writer killed between COMMIT and its shared
 counters leaves the truth in the database (see ``_books``).
 
+``SqliteTarget`` is the writer's SQLite database behind ``Target``, the interface the
+PostgreSQL back end (``pg.PostgresTarget``) implements too: the writer loop is one.
+
 This module never touches the queue.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Protocol
 
-from . import _server_schema
+from . import _db, _server_schema
 
-__all__ = ["Batch", "Stored", "books_key", "delete_books", "read_books", "store_batch"]
+__all__ = ["Batch", "SqliteTarget", "Stored", "Target", "books_key", "open_target",
+           "read_books", "store_batch"]
+
+log = logging.getLogger("mcpr_store.writer")
+
+#: Milliseconds a writer's statement waits for another connection's lock: short, so the
+#: writer retries with backoff and goes on reading the queue meanwhile.
+BUSY_TIMEOUT_MS: Final = 250
 
 _KINDS: Final = ("session", "request", "close", "schema")  # commit order: sessions first
 
@@ -153,7 +166,7 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, i
         for row in batch.schemas:
             _one(conn, stored, "schema", row, _store_schema)
         token, committed, refused = books
-        conn.execute(_UPSERT_BOOKS, (books_key(token), _books_value(
+        conn.execute(_UPSERT_BOOKS, (books_key(token), books_value(
             committed + stored.committed, refused + len(stored.rejections))))
         conn.execute("COMMIT")
     except BaseException:
@@ -163,8 +176,18 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, i
     return stored
 
 
-def _books_value(committed: int, refused: int) -> str:
+def books_value(committed: int, refused: int) -> str:
+    """The ``meta`` value of a store's books: totals after a transaction, and when."""
     return f"{committed} {refused} {int(time.time() * 1000)}"
+
+
+def parse_books(value: object) -> tuple[int, int] | None:
+    """(committed, refused) from a ``books_value``; None if it is not one."""
+    try:
+        committed, refused, _ = str(value).split()
+        return int(committed), int(refused)
+    except ValueError:
+        return None
 
 
 def read_books(conn: sqlite3.Connection, store_token: str) -> tuple[int, int] | None:
@@ -174,13 +197,7 @@ def read_books(conn: sqlite3.Connection, store_token: str) -> tuple[int, int] | 
                            (books_key(store_token),)).fetchone()
     except sqlite3.Error:
         return None
-    if row is None:
-        return None
-    try:
-        committed, refused, _ = str(row[0]).split()
-        return int(committed), int(refused)
-    except ValueError:
-        return None
+    return parse_books(row[0]) if row is not None else None
 
 
 def delete_books(conn: sqlite3.Connection, store_token: str) -> None:
@@ -277,3 +294,125 @@ def _store_schema(conn: sqlite3.Connection, row: Any) -> None:
          for change, item in changes],
     )
     conn.execute(_UPSERT_SCHEMA, (proxy, upstream_url, method, payload, ts, new_hash))
+
+
+class Target(Protocol):
+    """Where a writer commits: the one interface of both back ends (``SqliteTarget`` here,
+    ``pg.PostgresTarget`` for a ``postgresql://`` URL). Everything that differs between
+    SQLite and PostgreSQL sits behind it; the writer loop is the same for both."""
+
+    @property
+    def name(self) -> str:
+        """The database, as logs may show it (a path; a URL with its password masked)."""
+
+    def store(self, batch: Batch, books: tuple[str, int, int]) -> Stored:
+        """Store ``batch`` in one transaction with the store's books (token, committed,
+        refused before it). Raises ``sqlite3.Error``, ``OSError`` or ``StoreError`` when the
+        transaction as a whole failed: nothing was stored, retry the same batch later."""
+
+    def read_books(self, store_token: str) -> tuple[int, int] | None:
+        """(committed, refused) written with the store's last transaction, if any."""
+
+    def delete_books(self, store_token: str) -> None:
+        """At a clean exit: drop the store's books row."""
+
+    def close(self) -> None: ...
+
+
+class SqliteTarget:
+    """The writer's SQLite file: created and migrated when opened, reopened when the file at
+    its path is no longer the one it opened (deleted or replaced: writing on would store
+    events nobody can read)."""
+
+    def __init__(self, path: Path, mcpr_version: str) -> None:
+        self.path = path
+        self.mcpr_version = mcpr_version
+        self.conn: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self.reopens = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def open(self) -> None:
+        """Open (creating and migrating if needed) the database. Raises ``StoreError``."""
+        _db.prepare_file(self.path)
+        conn = _db.connect(self.path)
+        try:
+            _db.migrate(conn, self.path, self.mcpr_version)
+            # Short waits for another connection's lock: the writer retries with backoff and
+            # goes on reading the queue meanwhile, instead of sitting 5 s in one statement.
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            stat = os.stat(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn, self.identity = conn, (stat.st_dev, stat.st_ino)
+
+    def store(self, batch: Batch, books: tuple[str, int, int]) -> Stored:
+        return store_batch(self._connection(), batch, books)
+
+    def read_books(self, store_token: str) -> tuple[int, int] | None:
+        return read_books(self._connection(), store_token)
+
+    def delete_books(self, store_token: str) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            delete_books(conn, store_token)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        try:
+            stat = os.stat(self.path)
+            current: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            current = None
+        if self.conn is not None and current == self.identity:
+            return self.conn
+        if self.conn is not None:
+            log.error("database file %s was %s while in use; reopening it", self.path,
+                      "deleted" if current is None else "replaced")
+            self.reopens += 1
+            self.close()
+        self.open()
+        assert self.conn is not None
+        return self.conn
+
+
+def open_target(database: str, mcpr_version: str) -> Target:
+    """The writer's target for ``database`` (a path, or a ``postgresql://`` URL), opened.
+    Raises ``StoreError`` naming what failed."""
+    from .pg._url import is_postgres_url
+
+    if is_postgres_url(database):
+        from .pg import PostgresTarget  # psycopg: only a PostgreSQL writer loads it
+
+        return PostgresTarget.open(database, mcpr_version)
+    target = SqliteTarget(Path(database), mcpr_version)
+    target.open()
+    return target
+
+
+def read_stored_books(database: str, store_token: str) -> tuple[int, int] | None:
+    """The owner's read of a store's books after it killed the writer (no writer runs)."""
+    try:
+        target = open_target(database, "mcpr-store")
+    except Exception:
+        return None
+    try:
+        return target.read_books(store_token)
+    except Exception:
+        return None
+    finally:
+        target.close()

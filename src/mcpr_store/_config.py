@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["FileConfig", "StoreConfig", "load_config_file", "resolve_db_path"]
+__all__ = ["Database", "FileConfig", "StoreConfig", "is_url", "load_config_file", "resolve_db_path"]
 
 DEFAULT_DB: Final = Path("~/.mcpr/store.db")
 
@@ -35,7 +35,8 @@ DEFAULT_BUFFER_EVENTS: Final = 100_000
 class StoreConfig:
     """Settings for ``Store.open``.
 
-    ``db_path`` None resolves as ``resolve_db_path`` says. ``batch_interval`` (seconds) and
+    ``db_path`` (a file path, or a ``postgresql://`` URL) None resolves as
+    ``resolve_db_path`` says. ``batch_interval`` (seconds) and
     ``batch_size`` bound how long and how many events the writer gathers per transaction.
     ``shutdown_timeout`` bounds ``shutdown()``; ``start_timeout`` bounds the writer's start.
     Raises ``ValueError`` for a setting out of range, naming it.
@@ -63,8 +64,9 @@ class StoreConfig:
         if not isinstance(self.mcpr_version, str) or not self.mcpr_version:
             raise ValueError("StoreConfig.mcpr_version must be a non-empty string")
 
-    def resolved_path(self) -> Path:
-        """The database path this configuration points at (not created)."""
+    def resolved_path(self) -> Database:
+        """The database this configuration points at: a path, or a PostgreSQL URL (not
+        created, not connected)."""
         return resolve_db_path(self.db_path)
 
 
@@ -73,16 +75,41 @@ def _require(ok: bool, name: str, what: str, value: object) -> None:
         raise ValueError(f"StoreConfig.{name} must be {what}, got {value!r}")
 
 
-def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Explicit path > ``MCPR_DB`` (when non-empty) > ``~/.mcpr/store.db``, user-expanded."""
+#: Where a store lives: a SQLite file's path, or a PostgreSQL URL (kept as its text).
+Database = Path | str
+
+
+def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Database:
+    """Explicit > ``MCPR_DB`` (when non-empty) > ``~/.mcpr/store.db``.
+
+    A ``postgresql://`` (or ``postgres://``) URL is returned as given; anything else is a
+    file path, user-expanded. Raises ``ValueError`` for an empty value, or a URL of another
+    scheme (which would otherwise become a directory named after it).
+    """
     if explicit is not None:
-        if not os.fspath(explicit):
+        text = os.fspath(explicit)
+        if not text:
             raise ValueError("database path is empty")
-        return Path(explicit).expanduser()
-    env = os.environ.get("MCPR_DB", "")
-    if env:
-        return Path(env).expanduser()
-    return DEFAULT_DB.expanduser()
+    else:
+        text = os.environ.get("MCPR_DB", "") or str(DEFAULT_DB)
+    return _target(text)
+
+
+def _target(text: str) -> Database:
+    from .pg._url import is_postgres_url, url_scheme  # no psycopg: text rules only
+
+    if is_postgres_url(text):
+        return text
+    scheme = url_scheme(text)
+    if scheme is not None:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}: give a file path or "
+                         "a postgresql:// URL")
+    return Path(text).expanduser()
+
+
+def is_url(target: Database) -> bool:
+    """Whether ``target`` (from ``resolve_db_path``) is a PostgreSQL URL."""
+    return isinstance(target, str)
 
 
 @dataclass(frozen=True)

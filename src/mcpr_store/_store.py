@@ -28,17 +28,19 @@ import os
 import secrets
 import time
 import weakref
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
 from . import _db
 from ._books import G, P, SharedBooks, StoreStats
-from ._config import StoreConfig
+from ._config import StoreConfig, is_url
 from ._events import Event
 from ._launch import WriterSpec
 from ._producer import Producer
 from ._queue import create_queue
 from ._supervisor import Supervisor
+from .pg._url import mask_url
 
 __all__ = ["Store"]
 
@@ -65,7 +67,7 @@ class Store:
         self.config = config
         self.queue = spec.queue
         self.books: SharedBooks = spec.books
-        self.db_path = spec.db_path
+        self.db_path = mask_url(spec.db_path)  # a path, or a URL without its password
         self._spec = spec
         self._owner_pid = spec.owner_pid
         self._supervisor = supervisor
@@ -89,16 +91,24 @@ class Store:
     def open(cls, config: StoreConfig | None = None) -> Store:
         """Create or upgrade the database, start the writer process, return the handle.
 
-        Blocks until the writer is ready (at most ``config.start_timeout`` seconds). Raises
-        ``StoreIOError`` when the directory or file cannot be created, ``StoreSQLiteError``
-        when the file is not a usable database or cannot be migrated (a newer schema is
-        refused untouched), and ``WriterStartError`` when the writer cannot start. Each
-        message names the path and the cause.
+        ``config.db_path`` is a SQLite file's path or a ``postgresql://`` URL (the ``postgres``
+        extra). Blocks until the writer is ready (at most ``config.start_timeout`` seconds).
+        Raises ``StoreIOError`` when the directory or file cannot be created,
+        ``StoreSQLiteError`` when the file is not a usable database or cannot be migrated (a
+        newer or foreign one is refused untouched), ``StorePostgresError`` when the server is
+        down, refuses the login, or holds a newer or foreign database, and
+        ``WriterStartError`` when the writer cannot start. Each message names the database
+        (a URL with its password masked) and the cause.
         """
         config = config or StoreConfig()
-        path = config.resolved_path()
-        _db.open_database(path, config.mcpr_version)
-        spec = WriterSpec(create_queue(config.queue_bytes), SharedBooks(), str(path),
+        database = config.resolved_path()
+        if is_url(database):
+            from .pg import open_database as open_postgres  # psycopg: the postgres extra
+
+            open_postgres(str(database), config.mcpr_version)
+        else:
+            _db.open_database(Path(database), config.mcpr_version)
+        spec = WriterSpec(create_queue(config.queue_bytes), SharedBooks(), str(database),
                           config.mcpr_version, os.getpid(), config.batch_interval,
                           config.batch_size, secrets.token_hex(8))
         supervisor = Supervisor(spec, config.start_timeout)

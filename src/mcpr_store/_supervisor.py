@@ -17,7 +17,6 @@ the queue or on a lock that the proxy's threads take, so the deadline holds.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -144,16 +143,9 @@ class Supervisor:
     def _settle_dead_writer(self) -> None:
         """No writer will start again: take its commits from the database and book what it
         held as lost (what a replacement writer does at its start)."""
-        from ._batch import read_books
+        from ._batch import read_stored_books
 
-        try:
-            conn = sqlite3.connect(f"file:{self.spec.db_path}?mode=ro", uri=True, timeout=1)
-            try:
-                stored = read_books(conn, self.spec.store_token)
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            stored = None
+        stored = read_stored_books(self.spec.db_path, self.spec.store_token)
         books = self.books
         if stored is not None:
             books[G.COMMITTED] = max(books[G.COMMITTED], stored[0])

@@ -39,12 +39,10 @@ import sqlite3
 import sys
 import threading
 import time
-from pathlib import Path
 from queue import Empty
 from typing import Any, Final
 
-from . import _db
-from ._batch import Batch, delete_books, read_books, store_batch
+from ._batch import Batch, Target, open_target
 from ._books import G, P, SharedBooks, process_alive
 from ._errors import StoreError
 from ._launch import WriterSpec, child_read_spec
@@ -64,7 +62,6 @@ _MAX_PENDING: Final = 100_000
 _MAX_PENDING_BYTES: Final = 32 * 1024 * 1024
 _RETRY_MIN: Final = 0.05
 _RETRY_MAX: Final = 2.0
-_BUSY_TIMEOUT_MS: Final = 250
 #: How long a writer whose owner is gone keeps retrying a batch the database refuses.
 _ORPHAN_GRACE: Final = 10.0
 #: Once stopping: the longest it keeps reading a queue that live workers keep filling.
@@ -111,9 +108,8 @@ class Writer:
         self.spec = spec
         self.queue = spec.queue
         self.books: SharedBooks = spec.books
-        self.path = Path(spec.db_path)
-        self.conn: sqlite3.Connection | None = None
-        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
+        self.target: Target | None = None
+        self.reopens_counted = 0
         self.owner_pid = spec.owner_pid
         self.interval = spec.batch_interval
         self.batch_size = spec.batch_size
@@ -145,25 +141,14 @@ class Writer:
 
     def open(self) -> None:
         """Open (creating and migrating if needed) the database. Raises ``StoreError``."""
-        _db.prepare_file(self.path)
-        conn = _db.connect(self.path)
-        try:
-            _db.migrate(conn, self.path, self.spec.mcpr_version)
-            # Short waits for another connection's lock: the loop retries with backoff and
-            # goes on reading the queue meanwhile, instead of sitting 5 s in one statement.
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            stat = os.stat(self.path)
-        except BaseException:
-            conn.close()
-            raise
-        self.conn, self.identity = conn, (stat.st_dev, stat.st_ino)
+        self.target = open_target(self.spec.db_path, self.spec.mcpr_version)
 
     def settle_predecessor(self) -> None:
         """Take over the books from a writer that died: its commits are read back from the
         database, and what it held and never committed is booked as lost."""
-        assert self.conn is not None
+        assert self.target is not None
         books = self.books
-        stored = read_books(self.conn, self.spec.store_token)
+        stored = self.target.read_books(self.spec.store_token)
         if stored is not None:
             committed, refused = stored
             books[G.COMMITTED] = max(books[G.COMMITTED], committed)
@@ -239,14 +224,11 @@ class Writer:
             lost = self.books.settle_owner(token or 0, self.books.get(owner, P.SENT))
             if lost:
                 log.warning("%d events the owner sent never arrived; they are lost", lost)
-        if self.conn is not None and self.orphaned_at is None:
+        if self.target is not None and self.orphaned_at is None:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                delete_books(self.conn, self.spec.store_token)
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                self.target.delete_books(self.spec.store_token)
+            except (sqlite3.Error, StoreError, OSError) as exc:
+                log.warning("could not delete this store's books row: %s", exc)
 
     def _owner_token(self) -> int | None:
         return getattr(self, "owner_token", None)
@@ -435,12 +417,16 @@ class Writer:
         total = len(self.pending)
         chunk = self.pending.take(self.batch_size)
         try:
-            stored = store_batch(self._connection(), chunk,
-                                 (self.spec.store_token, self.committed, self.refused))
+            if self.target is None:
+                self.open()
+            assert self.target is not None
+            stored = self.target.store(chunk, (self.spec.store_token, self.committed,
+                                               self.refused))
         except (sqlite3.Error, StoreError, OSError) as exc:
             self.pending.put_back(chunk)
             books.add(G.COMMIT_FAILURES, 1)
-            self.log.warn("commit", f"commit of {len(chunk)} events to {self.path} failed, "
+            where = self.target.name if self.target is not None else "the database"
+            self.log.warn("commit", f"commit of {len(chunk)} events to {where} failed, "
                                     f"will retry in {self.retry_delay:.2f} s: {exc}")
             self.retry_at = time.monotonic() + self.retry_delay
             self.retry_delay = min(self.retry_delay * 2, _RETRY_MAX)
@@ -452,6 +438,10 @@ class Writer:
             self.log.warn("database", f"rejected an event: {why}")
         books[G.COMMITTED] = self.committed
         books[G.REJECTED_DB] = self.refused
+        reopens = getattr(self.target, "reopens", 0)  # a SQLite file deleted or replaced
+        if reopens > self.reopens_counted:
+            books.add(G.DB_REOPENS, reopens - self.reopens_counted)
+            self.reopens_counted = reopens
         books.add(G.BATCHES, 1)
         books[G.LAST_COMMIT_MS] = int(time.time() * 1000)
         left = len(self.pending)
@@ -459,26 +449,6 @@ class Writer:
         # What is left arrived after what was just committed: its wait starts now at most.
         self.oldest = time.monotonic() if left else None
         return True
-
-    def _connection(self) -> sqlite3.Connection:
-        """The open connection, reopened first if the file at our path is no longer the one
-        we opened (deleted or replaced): writing on would store events nobody can read."""
-        try:
-            stat = os.stat(self.path)
-            current: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
-        except FileNotFoundError:
-            current = None
-        if self.conn is not None and current == self.identity:
-            return self.conn
-        if self.conn is not None:
-            log.error("database file %s was %s while in use; reopening it", self.path,
-                      "deleted" if current is None else "replaced")
-            self.books.add(G.DB_REOPENS, 1)
-            self.conn.close()
-            self.conn = None
-        self.open()
-        assert self.conn is not None
-        return self.conn
 
     def _watchdog(self) -> None:
         """Keep an orphaned writer from hanging in a queue call that never returns.
@@ -531,5 +501,5 @@ def main() -> None:
     try:
         writer.run()
     finally:
-        if writer.conn is not None:
-            writer.conn.close()
+        if writer.target is not None:
+            writer.target.close()

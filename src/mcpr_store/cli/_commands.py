@@ -14,10 +14,9 @@ import argparse
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from .._config import FileConfig, resolve_db_path
+from .._config import Database, FileConfig, resolve_db_path
 from ..query import LogRow, QueryEngine, QueryError, SessionRow, StatsReport
 from ._format import (
     Col,
@@ -51,7 +50,7 @@ class Context:
         self.file_config = file_config
         self._engine: QueryEngine | None = None
 
-    def db_path(self) -> Path:
+    def db_path(self) -> Database:
         """``--db``, else the config file's ``path``, else ``$MCPR_DB``, else the default.
         Raises ``ValueError`` for an empty ``--db`` (it never means "the default")."""
         explicit = getattr(self.args, "db", None)

@@ -37,7 +37,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import psycopg
 
-from .._batch import Stored
+from .._batch import Stored, books_key, books_value, parse_books
 from .._errors import StorePostgresError
 from .._events import RequestEvent, SessionClosed, SessionEvent
 from .._server_schema import diff as schema_diff
@@ -102,6 +102,10 @@ _REQUEST_LIST: Final = ", ".join(REQUEST_COLUMNS)
 
 _LOCK: Final = "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k"
 _XID: Final = "SELECT pg_current_xact_id()::text"
+_UPSERT_BOOKS: Final = (
+    "INSERT INTO meta (key, value) VALUES (%s, %s) "
+    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+)
 
 _INSERT_SESSIONS: Final = (
     "INSERT INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
@@ -193,12 +197,15 @@ class _Written:
 
 
 def store_batch(conn: Connection, batch: BatchRows, *,
-                ours: Container[str] = frozenset()) -> Stored:
+                ours: Container[str] = frozenset(),
+                books: tuple[str, int, int] | None = None) -> Stored:
     """Store ``batch`` in one transaction and commit it; return what was committed and why
     anything was refused (``committed + len(rejections) == len(batch)``).
 
     ``ours`` holds request ids this writer itself stored in an earlier transaction whose
-    commit it could not confirm: found already stored, they count as committed.
+    commit it could not confirm: found already stored, they count as committed. ``books`` =
+    (store token, committed, refused) before this batch: the totals after it are written in
+    ``meta`` in the same transaction, as on SQLite (``_batch.books_key``).
 
     Raises ``CommitUnknownError`` when the connection broke during COMMIT, and
     ``StorePostgresError`` when the transaction failed as a whole (connection lost, deadlock,
@@ -208,9 +215,9 @@ def store_batch(conn: Connection, batch: BatchRows, *,
     """
     try:
         try:
-            return _commit(conn, batch, ours, careful=False)
+            return _commit(conn, batch, ours, books, careful=False)
         except RowRefused:
-            return _commit(conn, batch, ours, careful=True)
+            return _commit(conn, batch, ours, books, careful=True)
     except psycopg.Error as exc:
         raise StorePostgresError(
             f"transaction of {len(_all_rows(batch))} events failed: {exc}"
@@ -232,13 +239,18 @@ def prepare_connection(conn: Connection) -> None:
         _PREPARED_CONNECTIONS.add(conn)
 
 
-def _commit(conn: Connection, batch: BatchRows, ours: Container[str], *,
-            careful: bool) -> Stored:
+def _commit(conn: Connection, batch: BatchRows, ours: Container[str],
+            books: tuple[str, int, int] | None, *, careful: bool) -> Stored:
     if batch.requests and not careful:
         prepare_connection(conn)
     conn.execute("BEGIN")
     try:
         written = _write(conn, batch, ours, careful=careful)
+        if books is not None:
+            token, committed, refused = books
+            stored = written.stored
+            conn.execute(_UPSERT_BOOKS, (books_key(token), books_value(
+                committed + stored.committed, refused + len(stored.rejections))))
         row = conn.execute(_XID).fetchone()
         xid = str(row[0]) if row else ""
     except BaseException:
@@ -494,7 +506,35 @@ class PostgresTarget:
             raise
         return cls(url, mcpr_version, conn, connect_timeout=connect_timeout)
 
-    def store_batch(self, batch: BatchRows) -> Stored:
+    @property
+    def name(self) -> str:
+        """The database, as logs may show it (password masked)."""
+        return self.masked_url
+
+    def store(self, batch: BatchRows, books: tuple[str, int, int]) -> Stored:
+        """The writer's call (``_batch.Target``): ``store_batch`` with the store's books."""
+        return self.store_batch(batch, books=books)
+
+    def read_books(self, store_token: str) -> tuple[int, int] | None:
+        """(committed, refused) the store wrote with its last transaction, if any."""
+        conn = self._connection()
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = %s",
+                               (books_key(store_token),)).fetchone()
+        except psycopg.Error as exc:
+            raise StorePostgresError(f"cannot read the store's books: {exc}") from None
+        return parse_books(row[0]) if row else None
+
+    def delete_books(self, store_token: str) -> None:
+        """At a clean exit: the store's row in ``meta`` is no longer needed."""
+        conn = self._connection()
+        try:
+            conn.execute("DELETE FROM meta WHERE key = %s", (books_key(store_token),))
+        except psycopg.Error as exc:
+            raise StorePostgresError(f"cannot delete the store's books: {exc}") from None
+
+    def store_batch(self, batch: BatchRows, *,
+                    books: tuple[str, int, int] | None = None) -> Stored:
         """Store ``batch`` in one transaction (see ``store_batch``).
 
         Raises ``StorePostgresError`` when it was not stored, or may not have been: keep the
@@ -504,7 +544,7 @@ class PostgresTarget:
         conn = self._connection()
         try:
             self._settle(conn)
-            stored = store_batch(conn, batch, ours=self._ours)
+            stored = store_batch(conn, batch, ours=self._ours, books=books)
         except CommitUnknownError as exc:
             self._in_doubt.append((exc.xid, exc.inserted))
             self._drop()

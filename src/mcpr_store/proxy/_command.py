@@ -8,10 +8,9 @@ CLI reports with exit code 2, never an ImportError traceback) and run.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import StoreConfig, __version__
-from .._config import FileConfig
+from .._config import Database, FileConfig
 
 __all__ = ["run_demo_command", "run_proxy_command"]
 
@@ -25,13 +24,14 @@ def _needs(extras: str, exc: ImportError) -> ValueError:
                       f"'mcpr-store[{extras}]' ({exc.name or exc} is missing)")
 
 
-def _config(file_config: FileConfig, db_path: Path, config_file: str | None) -> StoreConfig:
+def _config(file_config: FileConfig, db_path: Database, config_file: str | None) -> StoreConfig:
     if not file_config.enabled:
         raise ValueError(f"the store is disabled in {config_file} (store.enabled = false)")
     return StoreConfig(db_path=db_path, mcpr_version=__version__)
 
 
-def run_proxy_command(args: argparse.Namespace, file_config: FileConfig, db_path: Path) -> int:
+def run_proxy_command(args: argparse.Namespace, file_config: FileConfig,
+                      db_path: Database) -> int:
     """``mcpr-store proxy UPSTREAM_URL``: serve until SIGTERM or SIGINT; the exit code."""
     try:
         from ._serve import run_proxy
@@ -42,7 +42,8 @@ def run_proxy_command(args: argparse.Namespace, file_config: FileConfig, db_path
                      config=config, name=args.name or file_config.name or DEFAULT_NAME)
 
 
-def run_demo_command(args: argparse.Namespace, file_config: FileConfig, db_path: Path) -> int:
+def run_demo_command(args: argparse.Namespace, file_config: FileConfig,
+                     db_path: Database) -> int:
     """``mcpr-store demo --real``: real server, real proxy, real SDK clients; the exit code."""
     try:
         from ._demo import RealDemo, run_real_demo
