@@ -405,14 +405,31 @@ def open_target(database: str, mcpr_version: str) -> Target:
 
 
 def read_stored_books(database: str, store_token: str) -> tuple[int, int] | None:
-    """The owner's read of a store's books after it killed the writer (no writer runs)."""
+    """The owner's read of a store's books after it killed the writer (no writer runs):
+    read-only, and quick (another connection may hold a lock: then None, and the shared
+    counters stand)."""
+    from .pg._url import is_postgres_url
+
+    if is_postgres_url(database):
+        try:
+            from .pg._database import connect
+
+            conn = connect(database, connect_timeout=2.0)
+        except Exception:
+            return None
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = %s",
+                               (books_key(store_token),)).fetchone()
+            return parse_books(row[0]) if row else None
+        except Exception:
+            return None
+        finally:
+            conn.close()
     try:
-        target = open_target(database, "mcpr-store")
-    except Exception:
+        lite = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.5)
+    except sqlite3.Error:
         return None
     try:
-        return target.read_books(store_token)
-    except Exception:
-        return None
+        return read_books(lite, store_token)
     finally:
-        target.close()
+        lite.close()
