@@ -1,6 +1,6 @@
 """A stand-in proxy for the fault tests: opens a store, records a steady stream, reports.
 
-    python proxy.py DB STATUS_DIR [--rate R] [--sigterm-shutdown]
+    python proxy.py DB STATUS_DIR [--rate R] [--sigterm-shutdown] [--tag NAME]
 
 It writes ``STATUS_DIR/ready`` once recording, ``STATUS_DIR/<pid>.json`` per process with
 what it recorded (and, at the end, the store's accounting), and keeps going until a signal
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("status")
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--sigterm-shutdown", action="store_true")
+    parser.add_argument("--tag", default="o", help="proxy name and request id prefix")
     args = parser.parse_args()
     status = Path(args.status)
     store = Store.open(StoreConfig(db_path=args.db))
@@ -71,7 +72,7 @@ def main() -> None:
     ready = status / "ready.tmp"
     ready.write_text(str(store.stats().writer_pid))
     os.replace(ready, status / "ready")  # atomically: the test reads it as soon as it exists
-    stream(store, status, args.rate, "o")
+    stream(store, status, args.rate, args.tag)
 
 
 if __name__ == "__main__":
