@@ -18,7 +18,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,bench]")
     session.run("pytest", *session.posargs)
 
 

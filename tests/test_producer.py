@@ -222,3 +222,27 @@ def test_writer__holds_a_bounded_number_of_bytes_while_the_database_refuses_comm
     assert store.shutdown()
     stats = store.stats()
     assert stats.recorded == stats.committed + stats.dropped + stats.rejected + stats.lost
+
+
+def test_flush__never_overtakes_events_waiting_for_room_in_a_full_queue(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """With a small queue and a stalled writer, events wait in the sender; a flush asked
+    meanwhile must be answered only once they are committed."""
+    store = open_store(queue_bytes=64 * 1024)
+    writer = psutil.Process(store.stats().writer_pid or 0)
+    writer.suspend()
+    try:
+        for i in range(5_000):
+            store.record(request(f"r{i}", error_msg="x" * 100))
+        wait_for(lambda: store.stats().buffered > 0, what="the queue to fill")
+        answers: list[bool] = []
+        flusher = threading.Thread(target=lambda: answers.append(store.flush(timeout=30)))
+        flusher.start()
+        wait_for(lambda: answers or not store._producer.flush_requests,
+                 what="the sender to take the flush request")
+    finally:
+        writer.resume()
+    flusher.join(60)
+    assert answers == [True]
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 5_000

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from . import _db, _server_schema
+from ._events import SessionEvent
 
 __all__ = ["Batch", "SqliteTarget", "Stored", "Target", "books_key", "open_target",
            "read_books", "store_batch"]
@@ -97,18 +98,21 @@ INSERT_REQUEST: Final = (
 _INSERT_SESSION: Final = (
     "INSERT OR IGNORE INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
     "client_version, client_platform, total_calls, total_errors) "
-    "VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, 0, 0)"
+    "VALUES (:session_id, :proxy, :started_at, :started_at, :client_name, :client_version, "
+    ":client_platform, 0, 0)"
 )
 # A session can arrive after some of its requests (several worker processes share the queue).
 # Its counters then start from the rows already stored, so they always agree with them.
 _RECOUNT_SESSION: Final = (
     "UPDATE sessions SET "
-    "total_calls = (SELECT COUNT(*) FROM requests WHERE session_id = ?1), "
-    "total_errors = (SELECT COUNT(*) FROM requests WHERE session_id = ?1 AND status != 'ok'), "
+    "total_calls = (SELECT COUNT(*) FROM requests WHERE session_id = :sid), "
+    "total_errors = (SELECT COUNT(*) FROM requests WHERE session_id = :sid "
+    "  AND status != 'ok'), "
     "last_seen_at = MAX(last_seen_at, "
-    "  COALESCE((SELECT MAX(ts) FROM requests WHERE session_id = ?1), last_seen_at)) "
-    "WHERE session_id = ?1"
+    "  COALESCE((SELECT MAX(ts) FROM requests WHERE session_id = :sid), last_seen_at)) "
+    "WHERE session_id = :sid"
 )
+_SESSION_FIELDS: Final = SessionEvent._fields
 _COUNT_REQUESTS: Final = (
     "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?), total_calls = total_calls + ?, "
     "total_errors = total_errors + ? WHERE session_id = ?"
@@ -222,8 +226,8 @@ def _one(conn: sqlite3.Connection, stored: Stored, kind: str, row: Any, store: A
 
 
 def _store_session(conn: sqlite3.Connection, row: Any) -> None:
-    if conn.execute(_INSERT_SESSION, row).rowcount == 1:
-        conn.execute(_RECOUNT_SESSION, (row[0],))
+    if conn.execute(_INSERT_SESSION, dict(zip(_SESSION_FIELDS, row, strict=True))).rowcount == 1:
+        conn.execute(_RECOUNT_SESSION, {"sid": row[0]})
 
 
 def _close_session(conn: sqlite3.Connection, row: Any) -> None:

@@ -212,9 +212,11 @@ class Producer:
         seq = 0
         while self.flush_requests:
             seq = max(seq, self.flush_requests.popleft())
-        self._send_all()
+        self._send_all(everything=bool(seq))
         if seq:
-            self._put_control(self._encoder.flush(self._report(0), seq), float("inf"))
+            # Behind everything it answers for: through the outbox, never past it.
+            self._outbox.append((self._encoder.flush(self._report(0), seq), 0))
+            self._put_outbox()
 
     def _report(self, extra: int) -> tuple[int, int, int]:
         """(recorded, dropped, sent) for a message carrying ``extra`` events: ``sent``
@@ -222,9 +224,11 @@ class Producer:
         books = self.books
         return books.recorded, books.dropped(), books.sent + self._outbox_events + extra
 
-    def _send_all(self) -> None:
-        if self._outbox and not self._put_outbox():
-            return  # the queue is full: hold back, let the buffers absorb
+    def _send_all(self, everything: bool = False) -> None:
+        """Encode what is buffered and put it. While the queue is full, hold back (the
+        buffers absorb), unless ``everything``: a flush must come after all of it."""
+        if self._outbox and not self._put_outbox() and not everything:
+            return
         for kind, buffer in self._order:
             pop = buffer.popleft
             while buffer:

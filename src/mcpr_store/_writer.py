@@ -115,6 +115,8 @@ class Writer:
         self.batch_size = spec.batch_size
         self.decoder = WireDecoder()
         self.queue.loads = self._decode  # decode in place, before the buffer is reused
+        self.queue_bytes = int(self.queue.max_size_bytes)
+        self.events_per_message = 100.0  # a running average, to read about one batch
         self.pending = Batch()
         self.pending_bytes = 0
         self.oldest: float | None = None  # monotonic arrival of the oldest pending event
@@ -244,20 +246,31 @@ class Writer:
     # -- reading the queue ----------------------------------------------------------------
 
     def _take(self) -> int:
-        """Read messages until the queue is empty or we hold enough. Returns how many."""
+        """Read from the queue what the next batch needs; more only when the queue is filling
+        up or we are stopping. Returns how many messages.
+
+        The queue outlives a writer and the writer's memory does not: events left queued
+        survive a writer's death, events taken and not yet committed die with it. So the
+        writer holds about one batch, and reads ahead (up to ``_MAX_PENDING`` events or
+        ``_MAX_PENDING_BYTES``) only to keep producers from dropping when commits stall.
+        """
         taken = 0
         while len(self.pending) < _MAX_PENDING and self.pending_bytes < _MAX_PENDING_BYTES:
             if self.stopping and time.monotonic() >= self.stop_reading_at:
                 break
-            if not self.queue.qsize():
-                # A read of the message count, no lock: an idle writer's poll costs a
-                # microsecond, not a get_many's setup (tens of microseconds).
+            queued = self.queue.qsize()  # the message count, read without the lock
+            if not queued:
                 self.last_empty = time.monotonic()
                 break
+            ahead = self.stopping or self.queue.data_size() * 2 > self.queue_bytes
+            wanted = self.batch_size - len(self.pending)
+            if wanted <= 0 and not ahead:
+                break  # enough for the next batch: the rest waits where it is safe
+            limit = queued if ahead else max(1, round(wanted / self.events_per_message))
             self.in_queue_since = time.monotonic()
             self.state.release()
             try:
-                messages = self.queue.get_many_nowait()
+                messages = self.queue.get_many_nowait(max_messages_to_get=limit)
             except Empty:
                 messages = None
             finally:
@@ -266,8 +279,11 @@ class Writer:
             if messages is None:
                 self.last_empty = time.monotonic()
                 break
+            events = 0
             for size, message in messages:
-                self._handle(message, size)
+                events += self._handle(message, size)
+            self.events_per_message = 0.8 * self.events_per_message + 0.2 * max(
+                1.0, events / len(messages))
             taken += len(messages)
         return taken
 
@@ -279,16 +295,18 @@ class Writer:
         except Undecodable as exc:
             return len(buffer), _Undecodable(str(exc))
 
-    def _handle(self, message: Any, size: int) -> None:
+    def _handle(self, message: Any, size: int) -> int:
+        """Take one message in; returns how many events it carried."""
         if isinstance(message, _Undecodable):
             self.books.add(G.UNDECODABLE, 1)
             self.log.warn("undecodable", f"a message of {size} bytes could not be decoded "
                                          f"({message.reason}); its events are lost")
-            return
+            return 0
         row = self._row(message)
         if isinstance(message, Events):
             self._accept(message, row, size)
-        elif isinstance(message, Flush):
+            return message.count()
+        if isinstance(message, Flush):
             if row is not None:
                 self.flushes[row] = max(self.flushes.get(row, 0), message.seq)
         elif isinstance(message, Stop):
@@ -296,6 +314,7 @@ class Writer:
             self._stop()
         elif isinstance(message, Detach) and row is not None:
             self._retire(row, died=False)
+        return 0
 
     def _row(self, message: Events | Flush | Stop | Detach) -> int | None:
         """The producer's row in the books, claimed on its first message. Every message
