@@ -3,6 +3,7 @@ leaves no child process behind."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,11 @@ import pytest
 from pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures: tests/pgserver.py)
 
 from mcpr_store import Store, StoreConfig
+
+# Tests send SIGINT to the processes they start and expect KeyboardInterrupt there. A run
+# started in the background by a shell has SIGINT ignored, and an ignored signal stays
+# ignored across exec: a handler here (reset to the default at exec) keeps children normal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -248,6 +248,14 @@ def _exe() -> list[str]:
 # -- helpers for databases built row by row ------------------------------------------------------
 
 NOW = int(time.time() * 1000)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Windows here are minutes ("active" is the last 5): times are relative to each test's
+    own start, however long the suite has been running."""
+    global NOW
+    NOW = int(time.time() * 1000)
 UUID_A = "01a21b11-35e4-7a01-8000-000000000001"
 UUID_B = "01a21b11-35e4-7b02-8000-000000000002"  # the same millisecond as A
 UUID_C = "01a21b11-35f0-7c03-8000-000000000003"

@@ -17,6 +17,14 @@ from mcpr_store._db import open_database
 from mcpr_store.query import QueryEngine, QueryError
 
 NOW = int(time.time() * 1000)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Windows here are minutes ("active" is the last 5): times are relative to each test's
+    own start, however long the suite has been running."""
+    global NOW
+    NOW = int(time.time() * 1000)
 MIN = 60_000
 
 

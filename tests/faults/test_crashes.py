@@ -23,6 +23,10 @@ needs_lock_inspection = pytest.mark.skipif(
     is None, reason="the queue lock cannot be inspected on this platform")
 
 
+#: Busy forked workers SIGKILLed at random points (some inside a queue call).
+WORKER_KILLS = 12
+
+
 class Stream:
     """Records from a thread at a steady rate, timing every record() call."""
 
@@ -173,7 +177,7 @@ def test_worker_sigkill__twenty_workers_killed_mid_stream(
     stream = Stream(store, rate=2000, prefix="owner")
     rng = random.Random(7)
     try:
-        for trial in range(20):
+        for trial in range(WORKER_KILLS):
             pid = os.fork()
             if pid == 0:
                 i = 0
@@ -200,4 +204,4 @@ def test_worker_sigkill__twenty_workers_killed_mid_stream(
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
     fault_report.add("forked worker SIGKILLed mid-stream", offered=stats.recorded,
                      committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
-                     longest_record_s=stream.longest, trials=20)
+                     longest_record_s=stream.longest, trials=WORKER_KILLS)

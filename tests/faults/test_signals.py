@@ -16,7 +16,7 @@ import pytest
 from faultkit import FaultReport, descendants_alive, exited, read_json
 from helpers import scalar, wait_for
 
-TRIALS = 5
+TRIALS = 3
 
 
 def wait_ready(status: Path) -> int:
@@ -59,7 +59,7 @@ def test_signal_with_shutdown_handler__loses_nothing(
 def test_owner_sigkill__writer_commits_the_queue_and_exits(
     run_proxy: Callable[..., Any], tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    for trial in range(10):
+    for trial in range(6):
         db = tmp_path / f"kill{trial}.db"
         proc, status = run_proxy("--rate", "5000", db=db)
         writer = psutil.Process(wait_ready(status))
@@ -98,7 +98,7 @@ def test_readme_app__loses_nothing_on_a_stop_signal(
     app: str, sig: signal.Signals, tmp_path: Path, fault_report: FaultReport
 ) -> None:
     """The way the README shows to stop on SIGTERM/SIGINT: zero loss, exact books."""
-    for trial in range(3):
+    for trial in range(2):
         db, status = tmp_path / f"t{trial}.db", tmp_path / f"s{trial}"
         proc = _start_app(app, db, status)
         try:
