@@ -39,7 +39,7 @@ from backends import (
 from helpers import request, wait_for
 from pghelpers import fingerprint, pg_query
 from pgserver import PgServer
-from test_cli_query import Follower
+from test_cli_query import Follower, _exe
 
 from mcpr_store import Store, StoreConfig
 from mcpr_store.query import QueryEngine, QueryError
@@ -395,3 +395,31 @@ def test_postgres_writer__numbers_a_batch_in_arrival_order(pg_url: str) -> None:
         conn.close()
     assert [rid for (rid,) in pg_query(pg_url, "SELECT request_id FROM requests ORDER BY id")
             ] == arrived
+
+
+def test_without_psycopg__a_url_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    """A machine without the ``postgres`` extra: reading or exporting to a URL says what to
+    install (psycopg hidden from the child as if it were not installed)."""
+    probe = ("import sys\n"
+             "sys.modules['psycopg'] = None\n"
+             "from mcpr_store.cli.main import run\n"
+             "sys.exit(run(sys.argv[1:]))\n")
+    for args in (["--db", "postgresql://u:s3cret@127.0.0.1/db", "logs"],
+                 ["--db", str(tmp_path / "x.db"), "db", "export", "--to",
+                  "postgresql://u:s3cret@127.0.0.1/db"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "pip install 'mcpr-store[postgres]'" in done.stderr
+        assert done.stderr.count("\n") == 1 and "s3cret" not in done.stderr
+
+
+def test_demo__records_into_postgresql_and_counts_what_it_holds(pg_url: str) -> None:
+    done = subprocess.run([*_exe(), "demo", "--db", pg_url, "--duration", "0.5", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["tables"]["requests"] == summary["proxy_requests"] > 0
+    assert summary["tables"]["requests"] == pg_query(pg_url, "SELECT COUNT(*) FROM requests")[
+        0][0]
+    assert summary["db"].startswith("postgresql://postgres:***@")

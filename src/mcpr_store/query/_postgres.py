@@ -168,25 +168,32 @@ class PostgresBackend(Backend):
     def read(self, fn: Callable[[Conn], T]) -> T:
         if self._depth:
             return fn(_PgConn(self._connection()))
-        for attempt in (1, 2):
-            conn = self._connection()
-            self._depth += 1
-            try:
-                conn.execute(_BEGIN)
-                try:
-                    result = fn(_PgConn(conn))
-                except BaseException:
-                    _rollback(conn)
-                    raise
-                conn.execute(b"COMMIT")
-                return result
-            except psycopg.Error as exc:
-                if attempt == 1 and (conn.closed or conn.broken):
-                    continue  # the server restarted since the last read: read again anew
+        try:
+            return self._read_once(fn)
+        except psycopg.Error as exc:
+            if self._conn is not None and not (self._conn.closed or self._conn.broken):
                 raise self._failed("reading", exc) from None
-            finally:
-                self._depth -= 1
-        raise AssertionError("unreachable")  # the second attempt returns or raises
+        # The connection broke: the server restarted (or dropped us) since the last read.
+        # Read again on a new one; a second failure is the answer.
+        try:
+            return self._read_once(fn)
+        except psycopg.Error as exc:
+            raise self._failed("reading", exc) from None
+
+    def _read_once(self, fn: Callable[[Conn], T]) -> T:
+        conn = self._connection()
+        self._depth += 1
+        try:
+            conn.execute(_BEGIN)
+            try:
+                result = fn(_PgConn(conn))
+            except BaseException:
+                _rollback(conn)
+                raise
+            conn.execute(b"COMMIT")
+            return result
+        finally:
+            self._depth -= 1
 
     def sizes(self, conn: Conn) -> Sizes:
         database, tables = conn.execute(
