@@ -192,7 +192,8 @@ class SqliteBackend(Backend):
                 return result, None
             conn.execute("VACUUM")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return result, "VACUUM, then a TRUNCATE checkpoint: the file shrank to its rows"
+            return result, ("VACUUM, then a TRUNCATE checkpoint: the file no longer holds "
+                            "their space")
         finally:
             conn.close()
 
