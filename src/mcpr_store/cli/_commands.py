@@ -388,11 +388,19 @@ def cmd_db_stats(args: argparse.Namespace, ctx: Context) -> int:
     if out.json_lines:
         out.json(st.to_dict())
         return 0
-    for label, value in (("database", st.path), ("requests", f"{st.requests:,}"),
-                         ("sessions", f"{st.sessions:,}"), ("oldest", clock(st.oldest_ts)),
-                         ("newest", clock(st.newest_ts)),
-                         ("proxies", ", ".join(st.proxies) or "-"),
-                         ("file size", size(st.db_bytes)), ("wal size", size(st.wal_bytes))):
+    lines = [("database", st.path), ("requests", f"{st.requests:,}"),
+             ("sessions", f"{st.sessions:,}"), ("oldest", clock(st.oldest_ts)),
+             ("newest", clock(st.newest_ts)), ("proxies", ", ".join(st.proxies) or "-")]
+    if st.wal_bytes is not None:
+        lines += [("file size", size(st.db_bytes)), ("wal size", size(st.wal_bytes))]
+    else:
+        lines += [("size", f"{size(st.db_bytes)} (pg_database_size: the whole database)")]
+        if st.tables_bytes is not None:
+            lines += [("tables", f"{size(st.tables_bytes)} (the store's tables, indexes and "
+                                 "TOAST)")]
+        lines += [("wal size", "not reported: PostgreSQL's WAL is the server's, shared by "
+                               "all its databases")]
+    for label, value in lines:
         out.line(f"{label:<10} {value}")
     return 0
 
@@ -408,4 +416,6 @@ def cmd_db_vacuum(args: argparse.Namespace, ctx: Context) -> int:
     out.line(f"{verb} {result.requests_deleted:,} requests and {result.sessions_deleted:,} "
              f"sessions older than {clock(result.before_ts)}"
              f"{' for proxy ' + result.proxy if result.proxy else ''}")
+    if result.compaction:
+        out.line(f"then {result.compaction}")
     return 0

@@ -15,7 +15,6 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -29,7 +28,7 @@ from .. import (
     Store,
     StoreConfig,
 )
-from .._db import ReadOnlyConnection
+from ..query._backend import open_backend
 from ._format import Col, Output
 
 CLIENTS = [
@@ -178,7 +177,7 @@ def run_demo(config: StoreConfig, plan: DemoPlan, out: Output) -> int:
         worker.join()
     failed = [w.exitcode for w in workers if w.exitcode != 0]
     clean = store.shutdown()
-    _print_summary(out, store.db_path, store.stats(), plan, clean and not failed)
+    _print_summary(out, config, store.db_path, store.stats(), plan, clean and not failed)
     if failed or not clean:
         if not out.json_lines:
             out.line(f"demo did not finish cleanly (worker exit codes {failed}, clean "
@@ -187,9 +186,12 @@ def run_demo(config: StoreConfig, plan: DemoPlan, out: Output) -> int:
     return 0
 
 
-def _print_summary(out: Output, db_path: str, stats: Any, plan: DemoPlan, clean: bool) -> None:
+def _print_summary(out: Output, config: StoreConfig, db_path: str, stats: Any,
+                   plan: DemoPlan, clean: bool) -> None:
+    """``db_path`` is what the store shows (a URL's password masked); the counts are read
+    from ``config``'s database, read-only (on SQLite leaving no -wal or -shm behind)."""
     tables = ("requests", "sessions", "server_schema", "schema_changes")
-    reader = ReadOnlyConnection(Path(db_path))  # leaves no -wal or -shm behind
+    reader = open_backend(config.resolved_path())
     try:
         counts, proxy_rows = reader.read(lambda conn: (
             {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables},

@@ -35,6 +35,9 @@ from ._commands import (
     cmd_slow,
     cmd_status,
 )
+from ._export import EXAMPLE as EXPORT_EXAMPLE
+from ._export import NOTES as EXPORT_NOTES
+from ._export import cmd_db_export, export_arguments
 from ._format import Output, parse_duration, parse_threshold
 
 EPILOG = """\
@@ -54,9 +57,12 @@ examples:
   mcpr-store demo --real                   real server, proxy and SDK clients
   mcpr-store proxy http://127.0.0.1:8000/mcp --port 9000 --workers 4
   mcpr-store --db /var/lib/mcpr/store.db logs --json | jq .tool
+  mcpr-store --db postgresql://mcpr@db.internal/mcpr status --since 1d
+  mcpr-store db export --to postgresql://mcpr@db.internal/mcpr
 
-The database is --db PATH, else [store] path of --config FILE, else $MCPR_DB, else
-~/.mcpr/store.db; it is only read (no file is created beside it), except by db vacuum and
+The database is --db PATH (a file, or a postgresql:// URL), else [store] path of --config
+FILE, else $MCPR_DB, else ~/.mcpr/store.db; it is only read (no file is created beside it;
+on PostgreSQL in read-only transactions), except by db vacuum, db export (into --to) and
 demo. Durations are a whole number and one unit: s, m, h, d, w. Times are local, with the
 zone in the column header (TZ=UTC mcpr-store ... for UTC); --json gives unix ms.
 """
@@ -122,6 +128,7 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Handler
     aliases: tuple[str, ...] = ()
+    notes: str = ""  # more of its --help, after the example
 
 
 def _proxy(p: argparse.ArgumentParser) -> None:
@@ -252,6 +259,10 @@ def _proxy_server_arguments(p: argparse.ArgumentParser) -> None:
                    help="proxy name on the rows (default: [store] name, else default)")
 
 
+def _db_export(args: argparse.Namespace, ctx: Context) -> int:
+    return cmd_db_export(args, ctx.out, ctx.db_path())
+
+
 def _proxy_server(args: argparse.Namespace, ctx: Context) -> int:
     from ..proxy._command import run_proxy_command
 
@@ -274,11 +285,17 @@ COMMANDS: tuple[Command, ...] = (
             _clients_arguments, cmd_clients),
     Command("schema", "captured server schemas: status and snapshots, changes, unused tools",
             "mcpr-store schema --changes --limit 20", _schema_arguments, cmd_schema),
-    Command("db stats", "row counts, time span, proxies, database and WAL size",
+    Command("db stats", "row counts, time span, proxies, database and WAL size (on "
+            "PostgreSQL: database and tables, no WAL)",
             "mcpr-store db stats --json", _no_arguments, cmd_db_stats),
     Command("db vacuum", "delete requests older than --before (and sessions that ended "
-            "before it with no requests left), then compact the file",
-            "mcpr-store db vacuum --before 30d --dry-run", _vacuum_arguments, cmd_db_vacuum),
+            "before it with no requests left), then VACUUM",
+            "mcpr-store db vacuum --before 30d --dry-run", _vacuum_arguments, cmd_db_vacuum,
+            notes="On SQLite, VACUUM and a TRUNCATE checkpoint shrink the file. On PostgreSQL,\n"
+                  "a plain VACUUM makes the space reusable by new rows without locking the\n"
+                  "writers out; the files do not shrink (VACUUM FULL would, under a lock)."),
+    Command("db export", "copy this SQLite store (--db) into PostgreSQL; run again to "
+            "resume", EXPORT_EXAMPLE, export_arguments, _db_export, notes=EXPORT_NOTES),
     Command("demo", "simulate a multi-core proxy recording MCP traffic",
             "mcpr-store demo --workers 4 --rate 5000 --duration 3", _demo_arguments, _demo),
     Command("proxy", "a recording reverse proxy in front of a streamable-HTTP MCP server",
@@ -288,7 +305,8 @@ COMMANDS: tuple[Command, ...] = (
 
 #: Groups of commands: their help and example.
 GROUPS: dict[str, tuple[str, str]] = {
-    "db": ("the database itself: row counts and sizes, deleting old rows",
+    "db": ("the database itself: row counts and sizes, deleting old rows, export to "
+           "PostgreSQL",
            "mcpr-store db vacuum --before 30d --dry-run"),
 }
 
@@ -301,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``mcpr-store`` argument parser, built from ``COMMANDS``."""
     common = _Parser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
-                        help="database file (default: see mcpr-store --help)")
+                        help="database file or postgresql:// URL (default: see "
+                             "mcpr-store --help)")
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="TOML file with a [store] section (enabled, path, name)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -328,9 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
                     dest=f"{group[0]}_command", metavar="COMMAND", parser_class=_Parser,
                     required=True, help=f"what to do with {help.split(':')[0]}")
             where = groups[group[0]]
+        epilog = f"example:\n  {command.example}"
+        if command.notes:
+            epilog += f"\n\n{command.notes}"
         p = where.add_parser(word, aliases=list(command.aliases), parents=[common],
                              help=command.help, description=_sentence(command.help),
-                             epilog=f"example:\n  {command.example}", formatter_class=raw)
+                             epilog=epilog, formatter_class=raw)
         command.arguments(p)
         p.set_defaults(run=command.run)
     return parser

@@ -1,26 +1,29 @@
-"""``QueryEngine``: read-only access to a store, beside a running writer.
+"""``QueryEngine``: read-only access to a store, beside a running writer, on SQLite or
+PostgreSQL.
 
-A query never writes and never leaves a file behind: the database is identified first
-(``_db.identify``: only an mcpr store of the current version is read, anything else is
-refused untouched) and read through ``_db.ReadOnlyConnection``, which opens a file at rest
-``immutable`` and a file beside a live writer ``mode=ro`` (its WAL holds the latest commits).
-Every method is one read transaction, so the statements of one answer (the totals and the
-percentiles of ``stats``) see the same rows. Only ``vacuum`` writes, on its own connection.
+A query never writes and never leaves a file behind: the database is identified first (only
+an mcpr store of the current version is read, anything else is refused untouched) and read
+through a ``_backend.Backend``, which owns everything that differs between the two
+databases: on SQLite a file at rest is opened ``immutable`` and a file beside a live writer
+``mode=ro`` (its WAL holds the latest commits); on PostgreSQL every read is a ``REPEATABLE
+READ READ ONLY`` transaction. Every method is one read transaction, so the statements of one
+answer (the totals and the percentiles of ``stats``) see the same rows, on both. Only
+``vacuum`` writes, on its own connection.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from .. import _db
+from .._config import resolve_db_path
 from .._errors import StoreError
-from .._migrations import SCHEMA_VERSION
 from . import _logs, _maintenance, _server_schema, _sessions, _stats
+from ._backend import Backend, Conn, open_backend
 from ._types import (
     ClientRow,
     DbStats,
@@ -45,63 +48,47 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _refusal(path: Path, found: _db.DatabaseFile) -> str | None:
-    """Why the query side cannot read ``path``, and what to do; None when it can."""
-    kind = found.kind
-    if kind is _db.Kind.MISSING:
-        return f"no database at {path}; point at one with --db PATH or MCPR_DB"
-    if kind is _db.Kind.STORE and found.version == SCHEMA_VERSION:
-        return None
-    if kind is _db.Kind.STORE:
-        return (f"{path} is {found.describe()}; this mcpr-store reads version "
-                f"{SCHEMA_VERSION}: opening it with the store (Store.open, or the proxy that "
-                "records into it) upgrades it in place")
-    if kind is _db.Kind.EMPTY:
-        return f"{path} is an empty database; nothing has been recorded in it yet"
-    if kind is _db.Kind.NEWER_STORE:
-        return f"{path} is {found.describe()}; upgrade mcpr-store to read it"
-    if kind is _db.Kind.MCPR_NEXT:
-        return f"{path} is {found.describe()}; query it with the mcpr that wrote it"
-    return f"{path} is {found.describe()}; point --db or MCPR_DB at the proxy's database"
-
-
 class QueryEngine:
-    """Typed queries over one database. Open with ``QueryEngine.open(path)``, close it (or
-    use ``with``) when done. Between calls it holds no lock beside a writer, so the writer
-    removes its ``-wal`` and ``-shm`` when it stops, even while an engine is open.
+    """Typed queries over one database. Open with ``QueryEngine.open(path_or_url)``, close
+    it (or use ``with``) when done. Between calls it holds no lock beside a writer, so an
+    SQLite writer removes its ``-wal`` and ``-shm`` when it stops, even while an engine is
+    open; on PostgreSQL it keeps one idle connection.
 
     Every method returns dataclasses (``mcpr_store.query``), takes its filters as keyword
     arguments (each a bound parameter, matched literally) and raises ``QueryError`` for a
-    question that cannot be answered as asked.
+    question that cannot be answered as asked, or a database that cannot be read.
     """
 
-    def __init__(self, path: Path, reader: _db.ReadOnlyConnection) -> None:
-        self.path = path
-        self._reader = reader
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        #: The file's path, or the PostgreSQL URL with its password masked.
+        self.path: Path | str = backend.name
 
     @classmethod
-    def open(cls, path: str | Path) -> QueryEngine:
-        """Open ``path`` for reading. Creates and changes no file. Raises ``QueryError`` when
-        it is not an mcpr store of the current version, saying what it is and what to do."""
-        path = Path(path).expanduser()
+    def open(cls, path: str | os.PathLike[str]) -> QueryEngine:
+        """Open a file path or a ``postgresql://`` URL for reading. Creates and changes
+        nothing (on PostgreSQL: no table, no row). Raises ``QueryError`` when it is not an
+        mcpr store of the current version, saying what it is and what to do, or when the
+        server cannot be reached (the URL's password masked)."""
         try:
-            refusal = _refusal(path, _db.identify(path))
-        except StoreError as exc:
+            return cls(open_backend(resolve_db_path(path)))
+        except (StoreError, ValueError) as exc:
             raise QueryError(str(exc)) from exc
-        if refusal is not None:
-            raise QueryError(refusal)
-        try:
-            return cls(path, _db.ReadOnlyConnection(path))
-        except sqlite3.Error as exc:
-            raise QueryError(f"cannot read {path}: {exc}") from exc
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        """The current connection (replaced when a file read at rest has changed)."""
-        return self._reader.conn
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._backend.kind
+
+    @property
+    def conn(self) -> Any:
+        """The driver's current connection: an ``sqlite3.Connection`` (replaced when a file
+        read at rest has changed), or psycopg's. For inspection; queries go through
+        ``read``."""
+        return self._backend.raw
 
     def close(self) -> None:
-        self._reader.close()
+        self._backend.close()
 
     def __enter__(self) -> Self:
         return self
@@ -119,9 +106,9 @@ class QueryEngine:
         """
         return self._run(lambda _conn: fn(self))
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, fn: Callable[[Conn], T]) -> T:
         try:
-            return self._reader.read(fn)
+            return self._backend.read(fn)
         except StoreError as exc:
             raise QueryError(str(exc)) from exc
 
@@ -249,21 +236,23 @@ class QueryEngine:
     # -- the store itself ---------------------------------------------------------------------
 
     def db_stats(self) -> DbStats:
-        """Row counts, time span, proxies, and the sizes of the database and WAL files."""
-        return self._run(lambda c: _maintenance.db_stats(c, self.path))
+        """Row counts, time span, proxies, and sizes: of the database and WAL files on
+        SQLite; on PostgreSQL of the database and of the store's tables (no WAL size: the
+        server's WAL is shared by all its databases)."""
+        return self._run(lambda c: _maintenance.db_stats(c, self._backend))
 
     def vacuum(self, *, before_ms: int, proxy: str | None = None,
                dry_run: bool = False) -> VacuumResult:
-        """Delete what is older than ``before_ms`` ago (see ``_maintenance.vacuum``). Opens
-        its own read-write connection. ``QueryError`` for a cutoff in the future."""
+        """Delete what is older than ``before_ms`` ago (see ``_maintenance.vacuum``), then
+        VACUUM. Opens its own read-write connection. ``QueryError`` for a cutoff in the
+        future, or a database that cannot be written."""
         if before_ms < 0:
             raise QueryError("the vacuum cutoff is in the future")
-        conn = _db.connect(self.path)
         try:
-            return _maintenance.vacuum(conn, before_ts=_now_ms() - before_ms, proxy=proxy,
-                                       dry_run=dry_run)
-        finally:
-            conn.close()
+            return _maintenance.vacuum(self._backend, before_ts=_now_ms() - before_ms,
+                                       proxy=proxy, dry_run=dry_run)
+        except StoreError as exc:
+            raise QueryError(str(exc)) from exc
 
     def _since(self, since_ms: int | None) -> int | None:
         if since_ms is None:
@@ -271,7 +260,7 @@ class QueryEngine:
         return _now_ms() - _nonnegative(since_ms, "window")
 
 
-def _session(conn: sqlite3.Connection, session: str | None) -> str | None:
+def _session(conn: Conn, session: str | None) -> str | None:
     return None if session is None else _sessions.resolve(conn, session)
 
 

@@ -6,8 +6,7 @@ received a request, and a batch from one worker can commit after a newer one fro
 
 from __future__ import annotations
 
-import sqlite3
-
+from ._backend import Conn
 from ._filters import Where
 from ._types import LogRow
 
@@ -30,7 +29,7 @@ def _where(proxy: str | None, tool: str | None, method: str | None, status: str 
     return where.equals("session_id", session)
 
 
-def logs(conn: sqlite3.Connection, *, limit: int, since_ts: int | None = None,
+def logs(conn: Conn, *, limit: int, since_ts: int | None = None,
          proxy: str | None = None, tool: str | None = None, method: str | None = None,
          status: str | None = None, error_code: str | None = None,
          session: str | None = None, after_id: int | None = None) -> list[LogRow]:
@@ -43,19 +42,19 @@ def logs(conn: sqlite3.Connection, *, limit: int, since_ts: int | None = None,
     return [LogRow(*row) for row in rows]
 
 
-def slow(conn: sqlite3.Connection, *, threshold_us: int, limit: int,
+def slow(conn: Conn, *, threshold_us: int, limit: int,
          since_ts: int | None = None, proxy: str | None = None, tool: str | None = None,
          after_id: int | None = None) -> list[LogRow]:
     """Requests at or above ``threshold_us``: slowest first; with ``after_id``, the new
     ones oldest first."""
     where = _where(proxy, tool, None, None, None, None, since_ts, after_id)
     where.add("latency_us >= ?", threshold_us)
-    order = "id ASC" if after_id is not None else "latency_us DESC, ts DESC"
+    order = "id ASC" if after_id is not None else "latency_us DESC, ts DESC, id DESC"
     rows = conn.execute(f"SELECT {LOG_COLUMNS} FROM requests{where.sql()} "
                         f"ORDER BY {order} LIMIT ?", (*where.params, limit)).fetchall()
     return [LogRow(*row) for row in rows]
 
 
-def last_id(conn: sqlite3.Connection) -> int:
+def last_id(conn: Conn) -> int:
     """The newest request id (0 for an empty table): where following starts."""
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])

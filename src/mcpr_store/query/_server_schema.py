@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
+from ._backend import Conn
 from ._filters import Where
+from ._stats import ERRORS
 from ._types import SchemaChange, SchemaSnapshot, ToolUsage, UpstreamStatus
 
 __all__ = ["changes", "latest", "snapshots", "tool_usage", "upstream_status"]
@@ -14,7 +15,7 @@ __all__ = ["changes", "latest", "snapshots", "tool_usage", "upstream_status"]
 _LIST_METHODS = ("tools/list", "resources/list", "resources/templates/list", "prompts/list")
 
 
-def snapshots(conn: sqlite3.Connection, *, proxy: str | None = None,
+def snapshots(conn: Conn, *, proxy: str | None = None,
               method: str | None = None, upstream: str | None = None) -> list[SchemaSnapshot]:
     """The stored (latest) schema of each (proxy, upstream, method)."""
     where = Where().equals("proxy", proxy).equals("method", method)
@@ -25,14 +26,14 @@ def snapshots(conn: sqlite3.Connection, *, proxy: str | None = None,
     return [SchemaSnapshot(*row) for row in rows]
 
 
-def latest(conn: sqlite3.Connection, *, proxy: str, upstream: str,
+def latest(conn: Conn, *, proxy: str, upstream: str,
            method: str) -> SchemaSnapshot | None:
     """The stored schema of one (proxy, upstream, method), if any."""
     found = snapshots(conn, proxy=proxy, upstream=upstream, method=method)
     return found[0] if found else None
 
 
-def changes(conn: sqlite3.Connection, *, limit: int, proxy: str | None = None,
+def changes(conn: Conn, *, limit: int, proxy: str | None = None,
             since_ts: int | None = None) -> list[SchemaChange]:
     """The change log, newest first."""
     where = Where().equals("proxy", proxy)
@@ -54,7 +55,7 @@ def _loads(payload: str) -> Any:
         return None
 
 
-def upstream_status(conn: sqlite3.Connection, *,
+def upstream_status(conn: Conn, *,
                     proxy: str | None = None) -> list[UpstreamStatus]:
     """Per upstream: ``complete`` (initialize and at least one list method captured),
     ``partial`` (anything less), with what the ``initialize`` result says about the server;
@@ -84,15 +85,15 @@ def upstream_status(conn: sqlite3.Connection, *,
             last_captured_at=max(s.captured_at for s in snaps)))
     captured = {p for p, _ in by_upstream}
     where = Where().equals("proxy", proxy)
-    for (name,) in conn.execute(f"SELECT DISTINCT proxy FROM requests{where.sql()}",
-                                where.params):
+    for (name,) in conn.execute(
+            f"SELECT DISTINCT proxy FROM requests{where.sql()} ORDER BY proxy", where.params):
         if name not in captured:
             result.append(UpstreamStatus(proxy=name, upstream_url="", status="unknown",
                                          methods=[]))
     return result
 
 
-def tool_usage(conn: sqlite3.Connection, *, proxy: str | None = None,
+def tool_usage(conn: Conn, *, proxy: str | None = None,
                since_ts: int | None = None) -> list[ToolUsage]:
     """Each tool of the captured ``tools/list`` results, once per proxy, with the upstreams
     that list it and its calls, errors and last call on that proxy; unused tools first,
@@ -113,7 +114,7 @@ def tool_usage(conn: sqlite3.Connection, *, proxy: str | None = None,
         if since_ts is not None:
             where.add("ts >= ?", since_ts)
         calls, errors, last = conn.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(status != 'ok'), 0), MAX(ts) FROM requests"
+            f"SELECT COUNT(*), {ERRORS}, MAX(ts) FROM requests"
             f"{where.sql()}", where.params).fetchone()
         result.append(ToolUsage(proxy=proxy_name, tool=name, upstreams=sorted(upstreams),
                                 calls=calls, errors=errors, last_call=last))

@@ -10,9 +10,9 @@ start with a prefix are a range.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 
+from ._backend import Conn
 from ._filters import Where
 from ._logs import LOG_COLUMNS
 from ._types import ClientRow, LogRow, QueryError, SessionDetail, SessionRow
@@ -26,6 +26,11 @@ ACTIVE_WINDOW_MS = 5 * 60 * 1000
 _CANDIDATES = 10
 #: Printed ids are at least this long (git's habit), so a prefix stays unique a while.
 _SHORTEST = 8
+
+# Ties in calls and sessions go by name, version, platform; a missing one first, as SQLite
+# sorts NULL by default (PostgreSQL would put it last).
+_CLIENT_ORDER = ", ".join(f"{column} NULLS FIRST" for column in (
+    "client_name", "client_version", "client_platform"))
 
 _SESSION_COLUMNS = ("session_id, proxy, started_at, last_seen_at, ended_at, client_name, "
                     "client_version, client_platform, total_calls, total_errors")
@@ -41,7 +46,7 @@ def _is_active_sql(now_ms: int) -> tuple[str, int]:
     return "(ended_at IS NULL AND last_seen_at >= ?)", now_ms - ACTIVE_WINDOW_MS
 
 
-def sessions(conn: sqlite3.Connection, *, now_ms: int, limit: int,
+def sessions(conn: Conn, *, now_ms: int, limit: int,
              since_ts: int | None = None, proxy: str | None = None,
              client: str | None = None) -> list[SessionRow]:
     """Sessions started in the window, most recently seen first."""
@@ -57,7 +62,7 @@ def sessions(conn: sqlite3.Connection, *, now_ms: int, limit: int,
     return [_session_row(row) for row in rows]
 
 
-def active_sessions(conn: sqlite3.Connection, *, now_ms: int, limit: int,
+def active_sessions(conn: Conn, *, now_ms: int, limit: int,
                     proxy: str | None = None, client: str | None = None) -> list[SessionRow]:
     """Every session active now (not ended, seen in the last 5 minutes), whenever it
     started; most recently seen first. Reads the partial index of open sessions."""
@@ -70,14 +75,14 @@ def active_sessions(conn: sqlite3.Connection, *, now_ms: int, limit: int,
     return [_session_row(row) for row in rows]
 
 
-def _known(conn: sqlite3.Connection, session_id: str) -> bool:
+def _known(conn: Conn, session_id: str) -> bool:
     return conn.execute(
         "SELECT 1 FROM sessions WHERE session_id = ? "
         "UNION ALL SELECT 1 FROM requests WHERE session_id = ? LIMIT 1",
         (session_id, session_id)).fetchone() is not None
 
 
-def _starting_with(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
+def _starting_with(conn: Conn, prefix: str, limit: int) -> list[str]:
     """Up to ``limit`` distinct session ids starting with ``prefix``, in order."""
     where = Where().prefix("session_id", prefix)
     found = {sid for (sid,) in conn.execute(
@@ -97,7 +102,7 @@ def _starting_with(conn: sqlite3.Connection, prefix: str, limit: int) -> list[st
     return sorted(found)[:limit]
 
 
-def resolve(conn: sqlite3.Connection, text: str) -> str:
+def resolve(conn: Conn, text: str) -> str:
     """The one session id ``text`` names: ``text`` itself when a session or a request has
     exactly that id (so ``s1`` is not ambiguous beside ``s10``), else the only id that
     starts with it. Raises ``QueryError`` when none or several do (listing them)."""
@@ -115,7 +120,7 @@ def resolve(conn: sqlite3.Connection, text: str) -> str:
     return candidates[0]
 
 
-def short_ids(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
+def short_ids(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
     """For each id, its shortest prefix (at least 8 characters) that no other known session
     id starts with: what a table prints, and what ``resolve`` takes back. An id that is the
     start of another id prints whole (exact ids win in ``resolve``)."""
@@ -141,7 +146,7 @@ def _common_length(a: str, b: str) -> int:
     return n
 
 
-def session_detail(conn: sqlite3.Connection, text: str, *, now_ms: int) -> SessionDetail:
+def session_detail(conn: Conn, text: str, *, now_ms: int) -> SessionDetail:
     """The session ``text`` names (see ``resolve``), with its requests oldest first.
     Raises ``QueryError`` when it names none or several, or only requests carry the id."""
     session_id = resolve(conn, text)
@@ -158,7 +163,7 @@ def session_detail(conn: sqlite3.Connection, text: str, *, now_ms: int) -> Sessi
     return SessionDetail(session=_session_row(row), requests=requests)
 
 
-def clients(conn: sqlite3.Connection, *, since_ts: int | None = None,
+def clients(conn: Conn, *, since_ts: int | None = None,
             proxy: str | None = None, limit: int = 50) -> list[ClientRow]:
     """Sessions grouped by client name, version and platform; most calls first."""
     where = Where()
@@ -166,10 +171,12 @@ def clients(conn: sqlite3.Connection, *, since_ts: int | None = None,
         where.add("started_at >= ?", since_ts)
     where.equals("proxy", proxy)
     rows = conn.execute(
-        "SELECT client_name, client_version, client_platform, COUNT(*), SUM(total_calls), "
-        "SUM(total_errors), MIN(started_at), MAX(last_seen_at) "
+        "SELECT client_name, client_version, client_platform, COUNT(*), "
+        "CAST(SUM(total_calls) AS BIGINT), CAST(SUM(total_errors) AS BIGINT), "
+        "MIN(started_at), MAX(last_seen_at) "
         f"FROM sessions{where.sql()} GROUP BY client_name, client_version, client_platform "
-        "ORDER BY SUM(total_calls) DESC, COUNT(*) DESC LIMIT ?", (*where.params, limit)
+        f"ORDER BY SUM(total_calls) DESC, COUNT(*) DESC, {_CLIENT_ORDER} LIMIT ?",
+        (*where.params, limit)
     ).fetchall()
     return [ClientRow(client_name=name, client_version=version, client_platform=platform,
                       sessions=count, calls=calls, errors=errors,

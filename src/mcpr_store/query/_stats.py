@@ -1,36 +1,42 @@
-"""Per-tool statistics with nearest-rank percentiles, computed inside SQLite.
+"""Per-tool statistics with nearest-rank percentiles, computed inside the database.
 
 The original loads every latency into memory to sort it. Here a window function numbers
-each label's rows by latency inside SQLite and only the rows at the percentile ranks come
-out: three numbers per label, whatever the table size. Totals are a plain GROUP BY.
+each label's rows by latency inside the database and only the rows at the percentile ranks
+come out: three numbers per label, whatever the table size. Totals are a plain GROUP BY.
+The SQL means the same on SQLite and PostgreSQL: errors are counted with ``COUNT(CASE ...)``
+(PostgreSQL cannot add up booleans) and sums are cast back to integers (PostgreSQL's SUM of
+a BIGINT is a NUMERIC).
 """
 
 from __future__ import annotations
 
-import sqlite3
-
+from ._backend import Conn
 from ._filters import Where
 from ._types import StatsReport, ToolStats
 
-__all__ = ["stats"]
+__all__ = ["ERRORS", "stats"]
+
+#: The number of rows whose status is not ``ok``, as an aggregate of either database.
+ERRORS = "COUNT(CASE WHEN status <> 'ok' THEN 1 END)"
 
 _LABEL = "COALESCE(tool, '<' || method || '>')"
 
 _TOTALS = f"""
-SELECT {_LABEL} AS label, COUNT(*), SUM(status != 'ok'), SUM(latency_us), MIN(latency_us),
-       MAX(latency_us), COALESCE(SUM(bytes_in), 0), COALESCE(SUM(bytes_out), 0)
+SELECT {_LABEL} AS label, COUNT(*), {ERRORS}, CAST(SUM(latency_us) AS BIGINT),
+       MIN(latency_us), MAX(latency_us), CAST(COALESCE(SUM(bytes_in), 0) AS BIGINT),
+       CAST(COALESCE(SUM(bytes_out), 0) AS BIGINT)
 FROM requests{{where}} GROUP BY label
 """
 
 # Nearest rank: the value at position ceil(p * n) of the sorted latencies (1-based), in
-# integer arithmetic, (P * n + 99) / 100, so no SQLite math functions are needed. Only the
-# rows at those ranks leave SQLite.
+# integer arithmetic, (P * n + 99) / 100, so no math functions are needed (SQLite has them
+# only when compiled in). Only the rows at those ranks leave the database.
 _PERCENTILES = f"""
 SELECT label, rn, n, latency_us FROM (
     SELECT {_LABEL} AS label, latency_us,
            ROW_NUMBER() OVER (PARTITION BY {_LABEL} ORDER BY latency_us) AS rn,
            COUNT(*) OVER (PARTITION BY {_LABEL}) AS n
-    FROM requests{{where}})
+    FROM requests{{where}}) AS ranked
 WHERE rn IN ((50 * n + 99) / 100, (95 * n + 99) / 100, (99 * n + 99) / 100)
 """
 
@@ -44,7 +50,7 @@ def _mean(total: int, count: int) -> int:
     return (2 * total + count) // (2 * count)
 
 
-def stats(conn: sqlite3.Connection, *, since_ts: int | None = None, proxy: str | None = None,
+def stats(conn: Conn, *, since_ts: int | None = None, proxy: str | None = None,
           tool: str | None = None) -> StatsReport:
     """Calls, latency (avg, min, max, p50, p95, p99), error % and bytes per label, and the
     same totals over all labels (but no overall percentiles: they would cost another sort of

@@ -157,14 +157,18 @@ class ToolUsage(_Row):
 
 @dataclass(frozen=True)
 class DbStats(_Row):
-    path: str
+    path: str  # the file, or the URL with its password masked
     requests: int
     sessions: int
     oldest_ts: int | None
     newest_ts: int | None
     proxies: list[str]
-    db_bytes: int
-    wal_bytes: int
+    db_bytes: int  # the file; PostgreSQL: pg_database_size (the whole database)
+    # the -wal file (0 when none); PostgreSQL: None, its WAL is the server's, shared by all
+    # its databases
+    wal_bytes: int | None
+    backend: str = "sqlite"  # or "postgresql"
+    tables_bytes: int | None = None  # PostgreSQL: the store's tables, indexes and TOAST
 
 
 @dataclass(frozen=True)
@@ -174,3 +178,4 @@ class VacuumResult(_Row):
     requests_deleted: int
     sessions_deleted: int
     dry_run: bool
+    compaction: str | None = None  # what ran after the deletes (None for a dry run)
