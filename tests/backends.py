@@ -94,11 +94,11 @@ def _request(rid: str, ts: int, proxy: str, session: str | None, k: int) -> Requ
 
 
 def _requests(prefix: str, proxy: str, session: str | None, first: int, count: int,
-              step: int, ties: bool) -> list[RequestEvent]:
-    """``count`` requests from ``first`` on, ``step`` ms apart; with ``ties`` two per
-    timestamp (ties in ts are broken by row id, on both back ends). ``first`` is odd
-    milliseconds apart for each caller, so there are no ties across sessions."""
-    return [_request(f"{prefix}-{k:03d}", first + (k // 2 if ties else k) * step, proxy,
+              step: int) -> list[RequestEvent]:
+    """``count`` requests from ``first`` on, ``step`` ms apart, two per timestamp (ties in
+    ts are broken by row id, on both back ends). ``first`` is odd milliseconds apart for
+    each caller, so there are no ties across sessions."""
+    return [_request(f"{prefix}-{k:03d}", first + (k // 2) * step, proxy,
                      session, k) for k in range(count)]
 
 
@@ -113,10 +113,10 @@ def _initialize(version: str) -> dict[str, Any]:
             "serverInfo": {"name": "docs-server", "version": version}}
 
 
-def scenario(now: int, *, ties: bool = True) -> list[list[Any]]:
+def scenario(now: int) -> list[list[Any]]:
     """The events, in phases: each phase is committed before the next is recorded, so the
     order between phases (a close after its session, a schema after the previous one) does
-    not depend on how the writer batches. ``ties``: requests two by two at one time."""
+    not depend on how the writer batches. Requests come two by two at one time."""
     sessions = [
         SessionEvent(S_ACTIVE, "alpha", now - 40 * MIN, "claude-ai", "0.1.0"),
         SessionEvent(S_CLOSED, "alpha", now - 30 * MIN, "Cursor", "1.2.3"),
@@ -126,16 +126,16 @@ def scenario(now: int, *, ties: bool = True) -> list[list[Any]]:
         SessionEvent(S_OLD, "alpha", now - 40 * DAY, "クライアント", "2"),
     ]
     requests = [
-        *_requests("act", "alpha", S_ACTIVE, now - 38 * MIN + 1, 40, 30_000, ties),
+        *_requests("act", "alpha", S_ACTIVE, now - 38 * MIN + 1, 40, 30_000),
         _request("act-future", now + 30 * MIN, "alpha", S_ACTIVE, 1),  # keeps it active
-        *_requests("cls", "alpha", S_CLOSED, now - 29 * MIN + 3, 25, 20_000, ties),
-        *_requests("noc", "beta", S_NO_CLIENT, now - 24 * MIN + 5, 18, 10_000, ties),
-        *_requests("late", "beta", S_LATE, now - 20 * MIN + 7, 12, 15_000, ties),
-        *_requests("orph", "beta", S_ORPHAN, now - 18 * MIN + 9, 9, 5_000, ties),
-        *_requests("sl", "gamma", S_STATELESS, now - 2 * DAY + MIN, 30, 60_000, ties),
-        *_requests("oth", "beta", S_OTHER, now - 45 * MIN + 11, 6, 40_000, ties),
-        *_requests("nos", "gamma", None, now - 3 * HOUR + 13, 15, 90_000, ties),
-        *_requests("old", "alpha", S_OLD, now - 40 * DAY, 10, 1_000, ties),
+        *_requests("cls", "alpha", S_CLOSED, now - 29 * MIN + 3, 25, 20_000),
+        *_requests("noc", "beta", S_NO_CLIENT, now - 24 * MIN + 5, 18, 10_000),
+        *_requests("late", "beta", S_LATE, now - 20 * MIN + 7, 12, 15_000),
+        *_requests("orph", "beta", S_ORPHAN, now - 18 * MIN + 9, 9, 5_000),
+        *_requests("sl", "gamma", S_STATELESS, now - 2 * DAY + MIN, 30, 60_000),
+        *_requests("oth", "beta", S_OTHER, now - 45 * MIN + 11, 6, 40_000),
+        *_requests("nos", "gamma", None, now - 3 * HOUR + 13, 15, 90_000),
+        *_requests("old", "alpha", S_OLD, now - 40 * DAY, 10, 1_000),
         _request("act-000", now - 5 * MIN, "alpha", S_ACTIVE, 0),  # a duplicate: rejected
     ]
     first_schemas = [
@@ -162,21 +162,12 @@ def scenario(now: int, *, ties: bool = True) -> list[list[Any]]:
     return [[*sessions, *requests], [late_session, *closes, *first_schemas], second_schemas]
 
 
-#: Events per writer transaction for the scenario. The PostgreSQL writer numbers a batch's
-#: requests in the order its temporary table returns them, which is not always the order they
-#: came in (``test_query_backends.py::test_postgres_writer__numbers_a_batch_in_arrival_order``
-#: shows it, xfail until ``pg/_batch`` orders its INSERT ... SELECT): a batch of 20 fits one
-#: heap page of that table and keeps its order, so the comparison can hold ids to their rank.
-BATCH_SIZE = 20
-
-
-def record_scenario(db: Path | str, now: int, *, ties: bool = True,
-                    batch_size: int = BATCH_SIZE) -> None:
+def record_scenario(db: Path | str, now: int) -> None:
     """Record ``scenario(now)`` through a store on ``db`` (a path or a URL), phase by phase;
     every event is committed, the duplicate request rejected."""
-    store = Store.open(StoreConfig(db_path=db, mcpr_version="test", batch_size=batch_size))
+    store = Store.open(StoreConfig(db_path=db, mcpr_version="test"))
     try:
-        for phase in scenario(now, ties=ties):
+        for phase in scenario(now):
             for event in phase:
                 store.record(event)
             assert store.flush(timeout=60)

@@ -26,12 +26,10 @@ TABLES = ("sessions", "requests", "server_schema", "schema_changes")
 
 @pytest.fixture
 def filled(tmp_path: Path) -> Path:
-    """The comparison scenario, recorded by the writer into a SQLite store (no two requests
-    at one time: exported rows get PostgreSQL's ids, so ties in ts could not be ordered
-    alike, and not even in the source's order until the PostgreSQL writer orders a batch:
-    ``test_query_backends.py::test_postgres_writer__numbers_a_batch_in_arrival_order``)."""
+    """The comparison scenario, recorded by the writer into a SQLite store. Exported rows get
+    PostgreSQL's ids, in the source's order, so requests at one time order alike."""
     path = tmp_path / "store.db"
-    record_scenario(path, now_ms(), ties=False, batch_size=500)
+    record_scenario(path, now_ms())
     return path
 
 

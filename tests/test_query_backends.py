@@ -368,17 +368,12 @@ def test_sqlite_reading__never_loads_psycopg(pair: tuple[Path, str]) -> None:
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
 
 
-# -- a difference that is a bug of the PostgreSQL writer ---------------------------------------
+# -- ids in arrival order on both ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pg/_batch.insert_requests copies a batch into a temporary table and inserts it with "
-    "INSERT ... SELECT without ORDER BY: PostgreSQL returns the table's rows in heap order, "
-    "and COPY may put a short row into space left on an earlier page, so a batch's ids are "
-    "not always in arrival order (SQLite's are). Reads then order requests of the same ts, "
-    "and follow a batch, differently from SQLite. The fix is in the writer (an ordinal "
-    "column in the temporary table, ORDER BY it); export_sqlite goes through it too."))
 def test_postgres_writer__numbers_a_batch_in_arrival_order(pg_url: str) -> None:
+    """As on SQLite: a heap does not keep insertion order (COPY may fill space an earlier,
+    shorter row left), so the writer orders its INSERT ... SELECT by arrival."""
     from mcpr_store._batch import Batch
     from mcpr_store.pg import connect, migrate, store_batch
 

@@ -136,15 +136,17 @@ _RECOUNT_SESSIONS: Final = (
 # plain COPY with no duplicate handling at all (bench/bench_pg.py, 500-row transactions).
 # Its rows leave the temporary table at every commit or rollback.
 _INCOMING: Final = "mcpr_incoming_requests"
+# ``arrival`` numbers the rows as COPY writes them: requests get their ids in arrival order,
+# as on SQLite (a heap does not keep insertion order: COPY may fill space an earlier row left).
 _CREATE_INCOMING: Final = (
-    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ("
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} (arrival BIGSERIAL, "
     + ", ".join(f"{c} {t}" for c, t in zip(REQUEST_COLUMNS, _REQUEST_TYPES, strict=True))
     + ") ON COMMIT DELETE ROWS"
 ).encode()
 _COPY_INCOMING: Final = f"COPY {_INCOMING} ({_REQUEST_LIST}) FROM STDIN".encode()
 _INSERT_INCOMING: Final = (
     f"INSERT INTO requests ({_REQUEST_LIST}) SELECT {_REQUEST_LIST} FROM {_INCOMING} "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+    "ORDER BY arrival ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 ).encode()
 _INSERT_REQUEST: Final = (
     f"INSERT INTO requests ({_REQUEST_LIST}) VALUES ({', '.join(['%s'] * 14)}) "
