@@ -421,3 +421,16 @@ def test_schema_tool_usage__one_row_per_proxy_and_tool(db: Path, q: QueryEngine)
     usage = q.schema_tool_usage()
     assert [(u.proxy, u.tool, u.upstreams, u.calls) for u in usage] == [
         ("p", "search", ["u1", "u2"], 3)]
+
+
+def test_vacuum__forgets_the_books_rows_of_stores_gone_before_the_cutoff(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO meta VALUES ('mcpr-store.books.old', '5 0 1000')")
+        conn.execute("INSERT INTO meta VALUES ('mcpr-store.books.live', ?)",
+                     (f"7 0 {NOW}",))
+    conn.close()
+    with QueryEngine.open(db) as q:
+        q.vacuum(before_ms=60_000, dry_run=False)  # older than a minute
+    assert [k for (k,) in sqlite3.connect(db).execute(
+        "SELECT key FROM meta WHERE key LIKE 'mcpr-store.books.%'")] == ["mcpr-store.books.live"]

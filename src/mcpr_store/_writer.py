@@ -125,6 +125,7 @@ class Writer:
         self.committed = 0  # this store's totals, as written in the database
         self.refused = 0
         self.stopping = False
+        self.owner_token: int | None = None  # learnt from the owner's stop message
         self.stop_reading_at = float("inf")
         self.orphaned_at: float | None = None  # when we found the owner gone
         self.retry_at = 0.0
@@ -220,7 +221,7 @@ class Writer:
     def _finish(self) -> None:
         """Everything is committed: retire whoever is gone, drop our row in the database."""
         self._retire_dead(final=True)
-        token = self._owner_token()
+        token = self.owner_token
         owner = self.rows.get(token) if token is not None else None
         if owner is not None:  # the owner's row stays (its numbers are its own to add)
             lost = self.books.settle_owner(token or 0, self.books.get(owner, P.SENT))
@@ -231,9 +232,6 @@ class Writer:
                 self.target.delete_books(self.spec.store_token)
             except (sqlite3.Error, StoreError, OSError) as exc:
                 log.warning("could not delete this store's books row: %s", exc)
-
-    def _owner_token(self) -> int | None:
-        return getattr(self, "owner_token", None)
 
     def _give_up(self) -> bool:
         """Orphaned and the database still refuses the batch: the bound on being orphaned."""
@@ -394,7 +392,7 @@ class Writer:
         read (the queue was found empty after we noticed), or at the end."""
         now = time.monotonic()
         for token, row in list(self.rows.items()):
-            if token == self._owner_token():
+            if token == self.owner_token:
                 continue
             if row not in self.dying:
                 if process_alive(self.books.get(row, P.PID), self.books.get(row, P.START)):

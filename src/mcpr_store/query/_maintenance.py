@@ -45,8 +45,22 @@ def vacuum(backend: Backend, *, before_ts: int, proxy: str | None,
 
     def delete(conn: Conn) -> tuple[int, int]:
         requests = conn.execute(f"DELETE FROM requests{where.sql()}", where.params).rowcount
+        if proxy is None:
+            _forget_stale_books(conn, before_ts)
         return requests, conn.execute(stale, stale_params).rowcount
 
     (requests, sessions), compaction = backend.vacuum(delete, dry_run=dry_run)
     return VacuumResult(before_ts=before_ts, proxy=proxy, requests_deleted=requests,
                         sessions_deleted=sessions, dry_run=dry_run, compaction=compaction)
+
+
+def _forget_stale_books(conn: Conn, before_ts: int) -> None:
+    """A running store keeps its committed count in ``meta`` (``mcpr-store.books.<token>``,
+    rewritten by every transaction, deleted at a clean exit). One whose owner was killed
+    leaves its row behind: rows last written before the cutoff are no one's any more."""
+    rows = conn.execute("SELECT key, value FROM meta WHERE key LIKE ?",
+                        ("mcpr-store.books.%",)).fetchall()
+    for key, value in rows:
+        fields = str(value).split()
+        if len(fields) == 3 and fields[2].isdigit() and int(fields[2]) < before_ts:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
