@@ -241,11 +241,11 @@ def check_cli_args(args: list[str], where: object) -> None:
 def check_synopsis(text: str, where: object) -> None:
     """Usage lines: each ``mcpr-store`` command and every option they show must exist, and
     each command with its optional parts (``[...]``) left out must parse. A line may end in
-    a description after three spaces; a following line that does not start with ``[`` or
+    a description after two spaces or more; a following line that does not start with ``[`` or
     ``--`` continues the description."""
     groups: list[str] = []
     for line in text.splitlines():
-        usage = re.split(r"\s{3,}", line.strip())[0]
+        usage = re.split(r"\s{2,}", line.strip())[0]
         if line.startswith("mcpr-store "):
             groups.append(usage)
         elif usage.startswith(("[", "--")):
