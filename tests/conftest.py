@@ -3,6 +3,8 @@ leaves no child process behind."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,34 @@ from mcpr_store import Store, StoreConfig
 # started in the background by a shell has SIGINT ignored, and an ignored signal stays
 # ignored across exec: a handler here (reset to the default at exec) keeps children normal.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+#: Set by ``.ci/run``, which runs the suite on three Pythons at once: a directory for the
+#: locks that give a ``timing`` test (one that asserts a wall-clock bound, such as a writer
+#: replaced within a second) the machine to itself.
+_SHARED = os.environ.get("MCPR_TEST_LOCK")
+
+
+@pytest.fixture(autouse=True)
+def _machine(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test shares the machine with the other suites, except a ``timing`` test, which
+    waits until no other test runs and keeps new ones out (a turnstile: a waiting timing
+    test is let in before tests that come after it)."""
+    if not _SHARED:
+        yield
+        return
+    alone = request.node.get_closest_marker("timing") is not None
+    with open(os.path.join(_SHARED, "turnstile"), "a") as turnstile, \
+            open(os.path.join(_SHARED, "machine"), "a") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_UN)
 
 
 @pytest.fixture

@@ -162,6 +162,7 @@ def test_exit__a_store_never_shut_down_stops_its_writer_at_interpreter_exit(
     assert "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.timing
 def test_open__a_fork_during_the_writer_start_does_not_delay_it(tmp_path: Path) -> None:
     """A thread forks while the writer starts: the child holds the writer's stdin open."""
     script = textwrap.dedent(f"""

@@ -237,6 +237,7 @@ def test_shutdown__sends_the_sentinel_through_a_full_queue(
     assert (stats.committed, stats.dropped) == (5_000, 0)
 
 
+@pytest.mark.timing
 def test_shutdown__timeout_says_so_and_ends_the_writer(
     open_store: Callable[..., Store], caplog: pytest.LogCaptureFixture
 ) -> None:

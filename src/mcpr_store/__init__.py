@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._config import resolve_db_path as resolve_db_path
     from ._errors import StoreError as StoreError
     from ._errors import StoreIOError as StoreIOError
+    from ._errors import StorePostgresError as StorePostgresError
     from ._errors import StoreSQLiteError as StoreSQLiteError
     from ._errors import WriterStartError as WriterStartError
     from ._events import RequestEvent as RequestEvent
@@ -42,6 +43,7 @@ _WHERE = {
     "resolve_db_path": "_config",
     "StoreError": "_errors",
     "StoreIOError": "_errors",
+    "StorePostgresError": "_errors",
     "StoreSQLiteError": "_errors",
     "WriterStartError": "_errors",
     "RequestEvent": "_events",

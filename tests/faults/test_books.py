@@ -175,6 +175,7 @@ def test_owner_killed_with_20000_events_queued__the_writer_commits_them_all(
                      offered=20_000, committed=committed)
 
 
+@pytest.mark.timing
 def test_shutdown__keeps_its_deadline_while_a_replacement_writer_cannot_start(
     open_store: Callable[..., Store], db_path: Path
 ) -> None:

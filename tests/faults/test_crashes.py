@@ -54,6 +54,7 @@ class Stream:
         self.thread.join()
 
 
+@pytest.mark.timing
 def test_writer_sigkill__twenty_times_during_a_stream(
     open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
 ) -> None:
@@ -105,6 +106,7 @@ def _hold_queue_lock_then_die(store: Store) -> int:
     return pid
 
 
+@pytest.mark.timing
 @needs_lock_inspection
 def test_process_killed_holding_the_queue_lock__is_repaired(
     open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
@@ -166,6 +168,7 @@ def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -
     assert scalar(tmp_path / "o.db", "SELECT COUNT(*) FROM requests") == 100
 
 
+@pytest.mark.timing
 def test_worker_sigkill__twenty_workers_killed_mid_stream(
     open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
 ) -> None:

@@ -56,6 +56,7 @@ def test_signal_with_shutdown_handler__loses_nothing(
                          longest_record_s=recorded_by(status)["longest_record_s"])
 
 
+@pytest.mark.timing
 def test_owner_sigkill__writer_commits_the_queue_and_exits(
     run_proxy: Callable[..., Any], tmp_path: Path, fault_report: FaultReport
 ) -> None:
@@ -119,6 +120,7 @@ def test_readme_app__loses_nothing_on_a_stop_signal(
                          dropped=final["dropped"])
 
 
+@pytest.mark.timing
 def test_handler_calling_shutdown__does_not_stall_while_record_is_busy(
     tmp_path: Path, fault_report: FaultReport
 ) -> None:

@@ -524,7 +524,9 @@ class PostgresTarget:
             row = conn.execute("SELECT value FROM meta WHERE key = %s",
                                (books_key(store_token),)).fetchone()
         except psycopg.Error as exc:
-            raise StorePostgresError(f"cannot read the store's books: {exc}") from None
+            raise StorePostgresError(
+                f"cannot read the store's books at {self.masked_url}: "
+                f"{describe_error(exc, self.url)}") from None
         return parse_books(row[0]) if row else None
 
     def delete_books(self, store_token: str) -> None:
@@ -533,7 +535,9 @@ class PostgresTarget:
         try:
             conn.execute("DELETE FROM meta WHERE key = %s", (books_key(store_token),))
         except psycopg.Error as exc:
-            raise StorePostgresError(f"cannot delete the store's books: {exc}") from None
+            raise StorePostgresError(
+                f"cannot delete the store's books at {self.masked_url}: "
+                f"{describe_error(exc, self.url)}") from None
 
     def store_batch(self, batch: BatchRows, *,
                     books: tuple[str, int, int] | None = None) -> Stored:
