@@ -283,21 +283,11 @@ def _count_requests(conn: sqlite3.Connection, rows: list[Any]) -> None:
 
 
 def _store_schema(conn: sqlite3.Connection, row: Any) -> None:
-    ts, proxy, upstream_url, method, payload, new_hash = row
-    found = conn.execute(_STORED_SCHEMA, (proxy, upstream_url, method)).fetchone()
-    if found is None:
-        changes: list[tuple[str, str | None]] = [("initial", None)]
-        old_hash = None
-    else:
-        old_hash, old_payload = found
-        changes = [] if old_hash == new_hash else _server_schema.diff(method, old_payload,
-                                                                        payload)
-    conn.executemany(
-        _INSERT_CHANGE,
-        [(upstream_url, method, change, item, old_hash, new_hash, ts, proxy)
-         for change, item in changes],
-    )
-    conn.execute(_UPSERT_SCHEMA, (proxy, upstream_url, method, payload, ts, new_hash))
+    _, proxy, upstream_url, method, _, _ = row
+    stored = conn.execute(_STORED_SCHEMA, (proxy, upstream_url, method)).fetchone()
+    changes, snapshot = _server_schema.capture(row, stored)
+    conn.executemany(_INSERT_CHANGE, changes)
+    conn.execute(_UPSERT_SCHEMA, snapshot)
 
 
 class Target(Protocol):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-__all__ = ["LIST_METHODS", "diff"]
+__all__ = ["LIST_METHODS", "capture", "diff"]
 
 #: List methods whose items are compared one by one: method -> (array key, change kind).
 LIST_METHODS: Final = {
@@ -65,3 +65,25 @@ def _items(payload: str, key: str) -> dict[str, Any] | None:
     # Items compare as parsed JSON values: key order and spacing are not differences.
     return {item["name"]: item for item in items
             if isinstance(item, dict) and isinstance(item.get("name"), str)}
+
+
+def capture(row: tuple[Any, ...], stored: tuple[str, str] | None
+            ) -> tuple[list[tuple[Any, ...]], tuple[Any, ...]]:
+    """What one captured schema event writes, on either back end.
+
+    ``row`` is the event (ts, proxy, upstream_url, method, payload, content_hash); ``stored``
+    the (schema_hash, payload) already kept for its (proxy, upstream_url, method), if any.
+    Returns the ``schema_changes`` rows (upstream_url, method, change_type, item_name,
+    old_hash, new_hash, detected_at, proxy) and the ``server_schema`` row to upsert (proxy,
+    upstream_url, method, payload, captured_at, schema_hash). An unchanged hash is no change.
+    """
+    ts, proxy, upstream_url, method, payload, new_hash = row
+    if stored is None:
+        old_hash: str | None = None
+        changes: list[tuple[str, str | None]] = [("initial", None)]
+    else:
+        old_hash, old_payload = stored
+        changes = [] if old_hash == new_hash else diff(method, old_payload, payload)
+    return ([(upstream_url, method, change, item, old_hash, new_hash, ts, proxy)
+             for change, item in changes],
+            (proxy, upstream_url, method, payload, ts, new_hash))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -120,16 +121,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_gunicorn_preload__every_request_lands(
-    db_path: Path, fault_report: FaultReport
-) -> None:
+@contextlib.contextmanager
+def _gunicorn(db_path: Path, *options: str, env: dict[str, str] | None = None
+              ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """gunicorn --preload serving ``apps/wsgi_store.py`` (3 workers) on a free port, ready;
+    the caller stops it with SIGTERM and checks how it exited; killed if it is still up."""
     port = _free_port()
-    env = {**os.environ, "MCPR_TEST_DB": str(db_path),
-           "PYTHONPATH": str(Path(__file__).parent / "apps")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--preload", "--workers", "3", "--bind",
-         f"127.0.0.1:{port}", "--graceful-timeout", "20", "wsgi_store:app"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        [sys.executable, "-m", "gunicorn", "--preload", "--workers", "3", *options,
+         "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "20", "wsgi_store:app"],
+        env={**os.environ, "MCPR_TEST_DB": str(db_path), **(env or {}),
+             "PYTHONPATH": str(Path(__file__).parent / "apps")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         def up() -> bool:
             try:
@@ -139,16 +142,27 @@ def test_gunicorn_preload__every_request_lands(
                 return False
 
         wait_for(up, timeout=30, what="gunicorn to serve")
-        pids = set()
-        for i in range(600):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/req-{i}", timeout=10) as r:
-                pids.add(r.read())
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0, server.stderr.read() if server.stderr else ""
+        yield server, port
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0, server.stderr.read() if server.stderr else ""
+
+
+def test_gunicorn_preload__every_request_lands(
+    db_path: Path, fault_report: FaultReport
+) -> None:
+    pids = set()
+    with _gunicorn(db_path) as (server, port):
+        for i in range(600):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/req-{i}", timeout=10) as r:
+                pids.add(r.read())
+        _stop(server)
     rows = scalar(db_path, "SELECT COUNT(*) FROM requests WHERE request_id LIKE 'req-%'")
     assert rows == 600
     assert scalar(db_path, "SELECT COUNT(DISTINCT proxy) FROM requests") >= 2
@@ -163,25 +177,10 @@ def test_gunicorn_recycling_workers__books_exact_through_a_writer_kill(
     """``max_requests`` recycles workers all the time (pids come and go, and may be reused),
     and the writer is SIGKILLed in the middle: every worker's numbers must survive the
     replacement, and the books must balance exactly at the end."""
-    port = _free_port()
     books = tmp_path / "books.json"
-    env = {**os.environ, "MCPR_TEST_DB": str(db_path), "MCPR_TEST_BOOKS": str(books),
-           "PYTHONPATH": str(Path(__file__).parent / "apps")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--preload", "--workers", "3", "--max-requests",
-         "25", "--max-requests-jitter", "10", "--bind", f"127.0.0.1:{port}",
-         "--graceful-timeout", "20", "wsgi_store:app"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     pids: set[bytes] = set()
-    try:
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/probe", timeout=1).read()
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, timeout=30, what="gunicorn to serve")
+    with _gunicorn(db_path, "--max-requests", "25", "--max-requests-jitter", "10",
+                   env={"MCPR_TEST_BOOKS": str(books)}) as (server, port):
         master = psutil.Process(server.pid)
         for i in range(600):
             if i == 300:
@@ -196,12 +195,7 @@ def test_gunicorn_recycling_workers__books_exact_through_a_writer_kill(
                     break
                 except OSError:
                     time.sleep(0.01)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0, server.stderr.read() if server.stderr else ""
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        _stop(server)
     final = read_json(books)
     rows = scalar(db_path, "SELECT COUNT(*) FROM requests")
     assert len(pids) > 10  # workers were recycled many times

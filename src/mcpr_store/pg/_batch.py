@@ -4,7 +4,8 @@ Owns what ``_batch.store_batch`` does on SQLite, with the same meaning: sessions
 inserted or ignored (a session arriving after its requests starts from a recount of them),
 requests go in with a ``request_id`` that is already stored rejected and counted (never an
 error for the batch), session counters change in the same transaction as the rows they
-count, closes set ``ended_at`` once, and server schemas are diffed with ``_server_schema.diff``.
+count, closes set ``ended_at`` once, and server schemas are captured with
+``_server_schema.capture``.
 A row the database refuses costs nobody else: the batch is redone with a savepoint per row.
 
 What SQLite gets for free from its single writer, PostgreSQL must be told: several writers
@@ -40,7 +41,7 @@ import psycopg
 from .._batch import Stored, books_key, books_value, parse_books
 from .._errors import StorePostgresError
 from .._events import RequestEvent, SessionClosed, SessionEvent
-from .._server_schema import diff as schema_diff
+from .._server_schema import capture
 from ._database import CONNECT_TIMEOUT, Connection, connect, describe_error, migrate
 from ._url import mask_url
 
@@ -454,20 +455,12 @@ def _close_sessions(conn: Connection, rows: list[tuple[Any, ...]], written: _Wri
 
 
 def _store_schema(conn: Connection, row: tuple[Any, ...]) -> None:
-    ts, proxy, upstream_url, method, payload, new_hash = row
-    found = conn.execute(_STORED_SCHEMA, (proxy, upstream_url, method)).fetchone()
-    if found is None:
-        changes: list[tuple[str, str | None]] = [("initial", None)]
-        old_hash = None
-    else:
-        old_hash, old_payload = found
-        changes = [] if old_hash == new_hash else schema_diff(method, old_payload, payload)
+    _, proxy, upstream_url, method, _, _ = row
+    stored = conn.execute(_STORED_SCHEMA, (proxy, upstream_url, method)).fetchone()
+    changes, snapshot = capture(row, stored)
     if changes:
-        conn.cursor().executemany(
-            _INSERT_CHANGE,
-            [(upstream_url, method, change, item, old_hash, new_hash, ts, proxy)
-             for change, item in changes])
-    conn.execute(_UPSERT_SCHEMA, (proxy, upstream_url, method, payload, ts, new_hash))
+        conn.cursor().executemany(_INSERT_CHANGE, changes)
+    conn.execute(_UPSERT_SCHEMA, snapshot)
 
 
 # --- the writer's handle --------------------------------------------------------------------
