@@ -45,8 +45,8 @@ _WORKER_TIMEOUT: Final = 900.0  # seconds; a full worker takes about 20
 
 QUICK: Final = Params(producer_events=2_000, producer_burst=1_000, latency_seconds=0.15,
                       latency_warmup=0.05, latency_tail=0.25, idle_samples=1, idle_gap=0.1,
-                      idle_wait=0.3, sustained_seconds=0.4, overload_seconds=0.15,
-                      pending_events=2_000, gil_seconds=0.15)
+                      idle_wait=0.3, sustained_seconds=0.2, overload_seconds=0.1,
+                      pending_events=1_000, gil_seconds=0.1)
 
 
 def calibrate(work_us: float) -> tuple[int, float]:

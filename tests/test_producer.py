@@ -67,7 +67,7 @@ def test_sender__runs_whenever_a_buffer_is_not_empty_even_after_a_fork(
     """Two threads' first records in a fresh forked child: the sender alone (no flush, no
     shutdown) must hand them over, every time."""
     store = open_store()
-    trials = 150
+    trials = 60
     for trial in range(trials):
         pid = os.fork()
         if pid == 0:
@@ -208,8 +208,8 @@ def test_writer__holds_a_bounded_number_of_bytes_while_the_database_refuses_comm
     blocker = sqlite3.connect(db_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        payload = '{"tools":[{"name":"x","description":"' + "d" * 1_500_000 + '"}]}'
-        for i in range(300):
+        payload = '{"tools":[{"name":"x","description":"' + "d" * 1_000_000 + '"}]}'
+        for i in range(100):  # 100 MB: beyond the writer's 32 MiB and the 8 MiB queue
             store.record(SchemaVersionEvent(ts=i, proxy="p", upstream_url=f"u{i}",
                                             method="tools/list", payload=payload))
         # The writer stops taking at its bound, the queue fills, and the sender holds back.

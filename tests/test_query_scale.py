@@ -6,6 +6,8 @@ CI runs it. Timings are measured by ``python -m bench.queries``, not asserted he
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -54,8 +56,21 @@ def build(path: Path, n: int = N) -> None:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
-    path = tmp_path_factory.mktemp("scale") / "big.db"
-    build(path)
+    """The million-row store. Under ``.ci/run`` (three Pythons' suites at once, sharing
+    ``MCPR_TEST_LOCK``) it is built once and read by all three: every test here only reads
+    it, and all three Pythons use the same SQLite library."""
+    shared = os.environ.get("MCPR_TEST_LOCK")
+    if not shared:
+        path = tmp_path_factory.mktemp("scale") / "big.db"
+        build(path)
+    else:
+        path = Path(shared) / "scale-1m.db"
+        with open(Path(shared) / "scale.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = Path(shared) / "scale-1m.done"
+            if not done.exists():
+                build(path)
+                done.touch()
     with QueryEngine.open(path) as engine:
         yield engine
 

@@ -23,7 +23,9 @@ needs_lock_inspection = pytest.mark.skipif(
     is None, reason="the queue lock cannot be inspected on this platform")
 
 
-#: Busy forked workers SIGKILLed at random points (some inside a queue call).
+#: Writers SIGKILLed during a stream, and busy forked workers SIGKILLed at random points
+#: (some inside a queue call).
+WRITER_KILLS = 12
 WORKER_KILLS = 12
 
 
@@ -61,7 +63,7 @@ def test_writer_sigkill__twenty_times_during_a_stream(
     store = open_store()
     stream = Stream(store)
     try:
-        for kill in range(20):
+        for kill in range(WRITER_KILLS):
             wait_for(lambda: store.stats().writer_alive, what="a live writer")
             old = store.stats().writer_pid
             assert old is not None
@@ -75,18 +77,18 @@ def test_writer_sigkill__twenty_times_during_a_stream(
         stream.finish()
     clean = store.shutdown()
     stats = store.stats()
-    assert stats.writer_restarts == 20
+    assert stats.writer_restarts == WRITER_KILLS
     assert stats.recorded == stream.sent
     assert_accounted(stats)
     assert clean == (stats.lost == stats.dropped == 0)
     assert stats.dropped == stats.rejected == 0
-    # At most the dead writers' uncommitted batches: 20 times (500 events or 200 ms of them).
-    assert stats.lost <= 20 * 1000
+    # At most the dead writers' uncommitted batches (500 events or 200 ms of them each).
+    assert stats.lost <= WRITER_KILLS * 1000
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
     assert stream.longest < 0.05
     fault_report.add("writer SIGKILL during a 5,000/s stream", offered=stream.sent,
                      committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
-                     longest_record_s=stream.longest, trials=20)
+                     longest_record_s=stream.longest, trials=WRITER_KILLS)
 
 
 def _hold_queue_lock_then_die(store: Store) -> int:
@@ -184,10 +186,10 @@ def test_worker_sigkill__twenty_workers_killed_mid_stream(
             pid = os.fork()
             if pid == 0:
                 i = 0
-                while True:
+                while True:  # busy (about 100,000 events/s), so some kills land in a put
                     store.record(request(f"w{trial}-{i}"))
                     i += 1
-                    if i % 1000 == 0:
+                    if i % 100 == 0:
                         time.sleep(0.001)
             time.sleep(rng.uniform(0.05, 0.3))
             os.kill(pid, signal.SIGKILL)

@@ -124,7 +124,7 @@ def test_readme_app__loses_nothing_on_a_stop_signal(
 def test_handler_calling_shutdown__does_not_stall_while_record_is_busy(
     tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    for trial in range(3):
+    for trial in range(2):
         db, status = tmp_path / f"t{trial}.db", tmp_path / f"s{trial}"
         proc = _start_app("handler_app.py", db, status, "tight")
         try:
@@ -138,7 +138,7 @@ def test_handler_calling_shutdown__does_not_stall_while_record_is_busy(
                 proc.wait()
         final = read_json(status / "final.json")
         # Stalling meant sitting until the 30 s deadline, then dropping what was left; now it
-        # takes what committing the buffered events takes (up to 100,000 of them).
+        # takes what committing the buffered events takes (up to 20,000 of them).
         assert final["took"] < 20, f"shutdown() in the handler took {final['took']:.2f} s"
         assert "shutdown_timeout" not in final["dropped_by_reason"], final
         rows = scalar(db, "SELECT COUNT(*) FROM requests")

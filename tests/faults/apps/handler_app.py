@@ -23,7 +23,8 @@ from pathlib import Path
 from mcpr_store import RequestEvent, Store, StoreConfig
 
 db, status, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-store = Store.open(StoreConfig(db_path=db))
+# tight: a buffer of 20,000 (not 100,000) fills as surely, with less to commit at the end.
+store = Store.open(StoreConfig(db_path=db, buffer_events=20_000 if mode == "tight" else 100_000))
 
 
 def write(name: str, **extra: object) -> None:
