@@ -127,12 +127,13 @@ def test_books__a_message_whose_events_vanished_breaks_the_identity(
 
 
 _BACKLOG_OWNER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from mcpr_store import RequestEvent, Store, StoreConfig
 status = Path(sys.argv[2])
 store = Store.open(StoreConfig(db_path=sys.argv[1]))
-(status / "writer").write_text(str(store.stats().writer_pid))
+(status / "writer.tmp").write_text(str(store.stats().writer_pid))
+os.replace(status / "writer.tmp", status / "writer")  # whole, or not there yet
 while not (status / "go").exists():
     time.sleep(0.005)
 for i in range(20_000):
@@ -140,7 +141,7 @@ for i in range(20_000):
                               method="tools/call", tool="t", latency_us=5))
 while store.stats().buffered:
     time.sleep(0.005)
-(status / "queued").write_text("1")
+(status / "queued").touch()
 time.sleep(60)
 """
 

@@ -108,7 +108,6 @@ def _hold_queue_lock_then_die(store: Store) -> int:
     return pid
 
 
-@pytest.mark.timing
 @needs_lock_inspection
 def test_process_killed_holding_the_queue_lock__is_repaired(
     open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
@@ -170,7 +169,6 @@ def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -
     assert scalar(tmp_path / "o.db", "SELECT COUNT(*) FROM requests") == 100
 
 
-@pytest.mark.timing
 def test_worker_sigkill__twenty_workers_killed_mid_stream(
     open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
 ) -> None:

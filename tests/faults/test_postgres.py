@@ -23,7 +23,6 @@ def _open(url: str) -> Store:
     return Store.open(StoreConfig(db_path=url, mcpr_version="test"))
 
 
-@pytest.mark.timing
 @pytest.mark.parametrize("fault", ["restart", "stopped-10s"])
 def test_postgresql_down_mid_stream__nothing_lost_and_record_never_blocks(
     fault: str, pg_server: PgServer, pg_url: str, fault_report: FaultReport

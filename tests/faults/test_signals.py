@@ -120,7 +120,6 @@ def test_readme_app__loses_nothing_on_a_stop_signal(
                          dropped=final["dropped"])
 
 
-@pytest.mark.timing
 def test_handler_calling_shutdown__does_not_stall_while_record_is_busy(
     tmp_path: Path, fault_report: FaultReport
 ) -> None:

@@ -20,7 +20,6 @@ from test_crashes import Stream
 from mcpr_store import Store
 
 
-@pytest.mark.timing
 def test_write_lock_held_10s__writer_waits_and_loses_nothing(
     open_store: Callable[..., Store], db_path: Path, fault_report: FaultReport
 ) -> None:

@@ -16,21 +16,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-
-from .. import __version__
 from .._config import is_url
 from ..pg._url import is_postgres_url, mask_url, url_scheme
 from ._format import Output
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from ..pg import ExportProgress, ExportResult
 
 __all__ = ["EXAMPLE", "NOTES", "cmd_db_export", "export_arguments"]
@@ -74,6 +66,14 @@ class _Reporter:
         self.tasks: dict[str, TaskID] = {}
         self.printed: dict[str, float] = {}
         if not out.json_lines and out.width is not None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self.bar = Progress(TextColumn("{task.description:<15}"), BarColumn(),
                                 MofNCompleteColumn(), TimeRemainingColumn(),
                                 console=out.console)
@@ -143,6 +143,8 @@ def cmd_db_export(args: argparse.Namespace, out: Output, source_db: Path | str) 
     where = mask_url(url)
     try:
         with _Reporter(out) as report:
+            from .. import __version__
+
             result = export_sqlite(source, url, mcpr_version=__version__, progress=report)
     except KeyboardInterrupt:
         print(f"mcpr-store: export to {where} interrupted; what was copied stays, run it "

@@ -23,13 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TextIO
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.cells import cell_len
-from rich.console import Console
-from rich.segment import Segment, Segments
-from rich.table import Column, Table
-from rich.text import Text
+if TYPE_CHECKING:  # rich costs ~0.1 s to import: JSON output and errors never load it
+    from rich.console import Console
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _DURATION_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -180,6 +178,9 @@ class Layout:
     def print(self, rows: Sequence[Sequence[str]], styles: Sequence[str | None] = (),
               header: bool = True) -> None:
         """Print ``rows`` (and the header), ``styles`` giving each row's colour."""
+        from rich.segment import Segment, Segments
+        from rich.table import Column, Table
+
         table = Table(*(Column(c.header, width=w, justify="right" if c.right else "left",
                                no_wrap=c.cut, overflow="ellipsis" if c.cut else "fold")
                         for c, w in zip(self.columns, self.widths, strict=True)),
@@ -212,10 +213,16 @@ class Output:
         self.colour = not json_lines and terminal and not os.environ.get("NO_COLOR")
         #: The terminal's width; None for a pipe or a file, which get every cell whole.
         self.width = _terminal_width(self.stream) if terminal else None
-        self.console = Console(file=self.stream, width=self.width or _UNLIMITED,
-                               force_terminal=self.colour, no_color=not self.colour,
-                               color_system="standard" if self.colour else None,
-                               highlight=False, markup=False, emoji=False)
+
+    @cached_property
+    def console(self) -> Console:
+        """rich's console for tables and lines, made on first use."""
+        from rich.console import Console
+
+        return Console(file=self.stream, width=self.width or _UNLIMITED,
+                       force_terminal=self.colour, no_color=not self.colour,
+                       color_system="standard" if self.colour else None,
+                       highlight=False, markup=False, emoji=False)
 
     def json(self, obj: dict[str, Any]) -> None:
         self.stream.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
@@ -223,6 +230,8 @@ class Output:
 
     def line(self, text: str = "", style: str | None = None) -> None:
         """One line of text (wrapped by the terminal, never by us)."""
+        from rich.text import Text
+
         self.console.print(Text(text, style=style or ""), soft_wrap=True)
 
     def empty(self, message: str) -> None:
@@ -232,6 +241,8 @@ class Output:
 
     def layout(self, columns: Sequence[Col], rows: Sequence[Sequence[str]]) -> Layout:
         """Widths for ``columns`` that hold ``rows`` and fit the terminal."""
+        from rich.cells import cell_len
+
         natural = [max([cell_len(c.header), c.reserve, *(cell_len(r[i]) for r in rows)])
                    for i, c in enumerate(columns)]
         return Layout(self, columns, *fit(columns, natural, self.width))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import StoreConfig, StoreError, __version__
+from .. import StoreConfig, StoreError
 from .._config import FileConfig, load_config_file
 from ..query import QueryError
 from ._commands import (
@@ -243,6 +243,8 @@ def _demo(args: argparse.Namespace, ctx: Context) -> int:
         return run_demo_command(args, ctx.file_config, ctx.db_path())
     if not ctx.file_config.enabled:
         raise ValueError(f"the store is disabled in {args.config} (store.enabled = false)")
+    from .. import __version__
+
     config = StoreConfig(db_path=ctx.db_path(), mcpr_version=__version__)
     plan = DemoPlan(workers=args.workers, rate=args.rate, duration=args.duration,
                     proxy=args.proxy or ctx.file_config.name or "demo")
@@ -315,6 +317,17 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked (importlib.metadata costs
+    about 50 ms, which every other command would pay)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .. import __version__
+
+        parser.exit(message=f"mcpr-store {__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mcpr-store`` argument parser, built from ``COMMANDS``."""
     common = _Parser(add_help=False)
@@ -328,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="mcpr-store", parents=[common], epilog=EPILOG, formatter_class=raw,
                      description="Storage engine for MCP proxies: record, then query.")
-    parser.add_argument("--version", action="version", version=f"mcpr-store {__version__}",
+    parser.add_argument("--version", action=_Version, nargs=0,
                         help="print the version and exit")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
                                 help="what to do; each command's --help has an example")
