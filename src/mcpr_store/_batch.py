@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from . import _db, _server_schema
-from ._events import SessionEvent
 
 __all__ = ["Batch", "SqliteTarget", "Stored", "Target", "books_key", "open_target",
            "read_books", "store_batch"]
@@ -98,11 +97,12 @@ INSERT_REQUEST: Final = (
 _INSERT_SESSION: Final = (
     "INSERT OR IGNORE INTO sessions (session_id, proxy, started_at, last_seen_at, client_name, "
     "client_version, client_platform, total_calls, total_errors) "
-    "VALUES (:session_id, :proxy, :started_at, :started_at, :client_name, :client_version, "
-    ":client_platform, 0, 0)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)"
 )
 # A session can arrive after some of its requests (several worker processes share the queue).
-# Its counters then start from the rows already stored, so they always agree with them.
+# Its counters then start from the rows already stored, so they always agree with them. Only a
+# new row (counters at zero) with requests already stored has anything to count: for every
+# other session this is one index probe.
 _RECOUNT_SESSION: Final = (
     "UPDATE sessions SET "
     "total_calls = (SELECT COUNT(*) FROM requests WHERE session_id = :sid), "
@@ -110,9 +110,9 @@ _RECOUNT_SESSION: Final = (
     "  AND status != 'ok'), "
     "last_seen_at = MAX(last_seen_at, "
     "  COALESCE((SELECT MAX(ts) FROM requests WHERE session_id = :sid), last_seen_at)) "
-    "WHERE session_id = :sid"
+    "WHERE session_id = :sid AND total_calls = 0 "
+    "  AND EXISTS (SELECT 1 FROM requests WHERE session_id = :sid)"
 )
-_SESSION_FIELDS: Final = SessionEvent._fields
 _COUNT_REQUESTS: Final = (
     "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?), total_calls = total_calls + ?, "
     "total_errors = total_errors + ? WHERE session_id = ?"
@@ -160,13 +160,11 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, i
     stored = Stored()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for row in batch.sessions:
-            _one(conn, stored, "session", row, _store_session)
+        _together_or_each(conn, stored, "session", batch.sessions, _store_sessions)
         inserted = _insert_requests(conn, batch.requests, stored)
         _count_requests(conn, inserted)
         stored.committed += len(inserted)
-        for row in batch.closes:
-            _one(conn, stored, "close", row, _close_session)
+        _together_or_each(conn, stored, "close", batch.closes, _close_sessions)
         for row in batch.schemas:
             _one(conn, stored, "schema", row, _store_schema)
         token, committed, refused = books
@@ -209,6 +207,27 @@ def delete_books(conn: sqlite3.Connection, store_token: str) -> None:
     conn.execute("DELETE FROM meta WHERE key = ?", (books_key(store_token),))
 
 
+def _together_or_each(conn: sqlite3.Connection, stored: Stored, kind: str, rows: list[Any],
+                      store: Any) -> None:
+    """Store ``rows`` with ``store`` in one go (a savepoint, a few statements for all); only
+    if that fails, one at a time, so that a refusal costs that event alone."""
+    if not rows:
+        return
+    conn.execute("SAVEPOINT events")
+    try:
+        store(conn, rows)
+    except TRANSACTION_ERRORS:
+        raise
+    except Exception:
+        conn.execute("ROLLBACK TO events")
+        conn.execute("RELEASE events")
+        for row in rows:
+            _one(conn, stored, kind, [row], store)
+        return
+    conn.execute("RELEASE events")
+    stored.committed += len(rows)
+
+
 def _one(conn: sqlite3.Connection, stored: Stored, kind: str, row: Any, store: Any) -> None:
     """Store one event with ``store``; a failure of this event alone rejects it."""
     conn.execute("SAVEPOINT event")
@@ -225,14 +244,14 @@ def _one(conn: sqlite3.Connection, stored: Stored, kind: str, row: Any, store: A
     stored.committed += 1
 
 
-def _store_session(conn: sqlite3.Connection, row: Any) -> None:
-    if conn.execute(_INSERT_SESSION, dict(zip(_SESSION_FIELDS, row, strict=True))).rowcount == 1:
-        conn.execute(_RECOUNT_SESSION, {"sid": row[0]})
+def _store_sessions(conn: sqlite3.Connection, rows: list[Any]) -> None:
+    conn.executemany(_INSERT_SESSION, [(sid, proxy, started, started, name, version, platform)
+                                       for sid, proxy, started, name, version, platform in rows])
+    conn.executemany(_RECOUNT_SESSION, [{"sid": row[0]} for row in rows])
 
 
-def _close_session(conn: sqlite3.Connection, row: Any) -> None:
-    session_id, ended_at = row
-    conn.execute(_CLOSE_SESSION, (ended_at, session_id))
+def _close_sessions(conn: sqlite3.Connection, rows: list[Any]) -> None:
+    conn.executemany(_CLOSE_SESSION, [(ended_at, session_id) for session_id, ended_at in rows])
 
 
 def _insert_requests(conn: sqlite3.Connection, rows: list[Any], stored: Stored) -> list[Any]:
