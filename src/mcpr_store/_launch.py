@@ -19,6 +19,7 @@ stdout with one line, ``ready`` or ``error: <why>``.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import struct
@@ -93,11 +94,16 @@ def _pickle_for_child(obj: object) -> tuple[bytes, list[int]]:
 
 
 class WriterProcess:
-    """The writer process as its owner sees it: a pid to poll, kill and reap."""
+    """The writer process as its owner sees it: a pid to poll, kill and reap, and (on Linux)
+    a pidfd that becomes readable the moment it exits, so a watcher can sleep until then."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: watchers poll instead
+            self.pidfd = None
 
     def poll(self) -> int | None:
         """The exit code once it has exited (reaping it), else None. Never blocks."""
@@ -105,11 +111,20 @@ class WriterProcess:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:  # reaped by someone else (SIGCHLD set to SIG_IGN)
-                self.returncode = -1
-                return self.returncode
+                pid, status = self.pid, -1
             if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+                self.returncode = os.waitstatus_to_exitcode(status) if status >= 0 else -1
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+                    self.pidfd = None
         return self.returncode
+
+    def wait_exit(self, timeout: float) -> None:
+        """Block until it has exited or ``timeout`` seconds passed (without reaping it)."""
+        if self.pidfd is not None:
+            select.select([self.pidfd], [], [], max(0.0, timeout))
+        else:
+            time.sleep(min(timeout, 0.1))
 
     def kill(self) -> None:
         if self.poll() is None:

@@ -55,6 +55,12 @@ MESSAGE_EVENTS: Final = 4096
 #: 200 ms batch interval and its 10 ms idle poll, an idle proxy's event is committed in
 #: about 215 ms.
 _LINGER: Final = 0.005
+#: Woken from idle, a batch this big has formed already: no linger.
+_FORMED: Final = 256
+#: Still busy (the buffers never emptied): let a bigger batch form. Every sleep and every put
+#: hands the GIL back and forth with the proxy's busy threads, which costs ~30 µs of CPU each
+#: here and stalls them: the fewer cycles per event under load, the cheaper the store.
+_BUSY_LINGER: Final = 0.02
 #: The sender's safety net while idle: a wake-up lost to a race (a ``record()`` that saw a
 #: non-empty buffer the sender emptied a moment later) costs at most this.
 _IDLE_WAKE: Final = 0.1
@@ -179,21 +185,27 @@ class Producer:
 
     # -- the sender thread --------------------------------------------------------------
 
-    def _sleep_until_woken(self) -> None:
-        """Block until ``wake()`` (or the idle safety net), unless there is work already."""
+    def _sleep_until_woken(self) -> bool:
+        """Block until ``wake()`` (or the idle safety net), unless there is work already.
+        Returns whether it slept (the sender was idle)."""
         if self.flush_requests or self._outbox or any(self._deques):
-            return
+            return False
         select.select([self._wake_r], [], [], _IDLE_WAKE)
-        with contextlib.suppress(OSError):  # BlockingIOError: drained
-            while os.read(self._wake_r, 4096):
-                pass
+        with contextlib.suppress(OSError):  # one read drains it: a byte per wake-up at most
+            os.read(self._wake_r, 65536)
+        return True
 
     def _run(self) -> None:
         while not self.retired:
             try:
                 if self.close_deadline is None:
-                    self._sleep_until_woken()
-                    time.sleep(_LINGER)  # let a batch form
+                    idle = self._sleep_until_woken()
+                    if not self.flush_requests:  # a flush is answered at once
+                        waiting = self.buffered()
+                        if idle and waiting < _FORMED:
+                            time.sleep(_LINGER)  # the first events of a burst: a batch forms
+                        elif not idle and waiting < MESSAGE_EVENTS:
+                            time.sleep(_BUSY_LINGER)
                     if self.flush_requests or self._outbox or any(self._deques):
                         self._cycle()
                 elif not self.done_closing:

@@ -71,7 +71,7 @@ class Store:
         self._spec = spec
         self._owner_pid = spec.owner_pid
         self._supervisor = supervisor
-        self._producer = self._new_producer(owner=supervisor is not None)
+        self._bind(self._new_producer(owner=supervisor is not None))
         if supervisor is not None:
             supervisor.stop_sent = lambda: self._producer.final_sent
             supervisor.on_replaced = self._resend_final
@@ -124,25 +124,37 @@ class Store:
         and counted (``StoreStats.dropped_by_reason``). Events are immutable, so recording
         one twice records it twice (the writer then rejects the duplicate ``request_id``).
         """
-        producer = self._producer
-        buffer = producer.buffers.get(type(event))
+        buffer = self._buffers.get(type(event))
         if buffer is None:
-            buffer = producer.buffer_for(event)
-        books = producer.books
-        # Each branch counts then appends with nothing callable in between: no thread switch
-        # or signal handler can split the two (see ``_books.ProducerBooks``).
-        if producer.accepting:
-            if len(buffer) < producer.capacity:
-                if not buffer:
-                    producer.wake()  # the first event of a batch: the sender may be asleep
-                books.recorded += 1
-                buffer.append(event)
-            else:
-                books.recorded += 1
-                books.buffer_full += 1
+            buffer = self._producer.buffer_for(event)
+        if len(buffer) < self._room:
+            if not buffer:
+                self._wake()  # the first event of a batch: the sender may be asleep
+            # The count and the append with nothing callable in between: no thread switch or
+            # signal handler can split the two (see ``_books.ProducerBooks``).
+            self._books.recorded += 1
+            buffer.append(event)
+        else:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Count a dropped event: full buffer, or closed store (each in one step)."""
+        books = self._books
+        if self._producer.accepting:
+            books.recorded += 1
+            books.buffer_full += 1
         else:
             books.recorded += 1
             books.closed += 1
+
+    def _bind(self, producer: Producer) -> None:
+        """What ``record()`` reads on every call, looked up once per producer."""
+        self._producer = producer
+        self._buffers = producer.buffers
+        self._books = producer.books
+        self._wake = producer.wake
+        #: Room in a buffer: its capacity while accepting, none once closed.
+        self._room = producer.capacity if producer.accepting else 0
 
     # -- control ----------------------------------------------------------------------------
 
@@ -203,6 +215,7 @@ class Store:
             self._deadline = time.monotonic() + timeout
             atexit.unregister(self._at_exit)
             self._producer.close(self._deadline)
+            self._room = 0  # record() drops (closed) from here on
             if self._supervisor is not None and self.is_owner:
                 self._supervisor.request_stop(self._deadline)
         until = self._deadline + _MARGIN
@@ -338,11 +351,12 @@ class Store:
         # (what the parent had buffered is the parent's to send), and no supervisor.
         self._supervisor = None
         self._producer.forget_after_fork()
-        self._producer = self._new_producer(owner=False)
+        producer = self._new_producer(owner=False)
         if self._deadline is not None:  # shut down in the parent before the fork
-            self._producer.accepting = False
-            self._producer.retired = True
+            producer.accepting = False
+            producer.retired = True
             self._result = True
+        self._bind(producer)
 
 
 def _attach(config: StoreConfig, spec: WriterSpec) -> Store:

@@ -1,11 +1,11 @@
 """The owner's watch over the writer process: start it, replace it when it dies, stop it.
 
-Only the process that opened the store has a supervisor. Its thread checks every
-``_WATCH_EVERY`` seconds that the writer is alive and that no dead process holds the queue's
-lock (``_queue.repair_if_wedged``; it is the only repairer while the owner lives), so a dead
-writer is replaced, and a dead holder's lock released, within that plus a writer start
-(about 0.1-0.3 s). A writer that cannot start is retried with backoff, not in a tight loop
-of new interpreters.
+Only the process that opened the store has a supervisor. Its thread sleeps on the writer's
+pidfd, woken the moment the writer exits, and every ``_LOCK_CHECK_EVERY`` seconds checks that
+no dead process holds the queue's lock (``_queue.repair_if_wedged``; it is the only repairer
+while the owner lives): a dead writer is replaced within a writer start (about 0.3 s), a
+dead holder's lock released within half a second. A writer that cannot start is retried
+with backoff, not in a tight loop of new interpreters.
 
 Stopping: once ``request_stop(deadline)`` is called, the supervisor waits for the writer's
 clean exit after the owner's sentinel; a writer that dies meanwhile is replaced (with a start
@@ -32,6 +32,11 @@ __all__ = ["Supervisor"]
 log = logging.getLogger("mcpr_store")
 
 _WATCH_EVERY: Final = 0.1
+#: How often the queue's lock is checked for a dead holder while the writer runs. The watch
+#: sleeps on the writer's pidfd meanwhile (woken the moment it exits), because every wake-up
+#: takes the GIL from the proxy's threads; a dead holder is rare and ``record()`` never waits
+#: for the repair (it buffers), so half a second is soon enough.
+_LOCK_CHECK_EVERY: Final = 0.5
 _RESTART_MAX: Final = 5.0
 
 
@@ -77,11 +82,23 @@ class Supervisor:
 
     def _watch(self) -> None:
         while not self.finished:
-            time.sleep(_WATCH_EVERY)
+            self._wait()
             try:
                 self._tick()
             except Exception as exc:  # the watch never dies
                 log.error("mcpr-store: the writer's supervisor survived an error: %r", exc)
+
+    def _wait(self) -> None:
+        """Until the writer exits, the next lock check, or the deadline, whichever is first;
+        without a running writer (or a pidfd), the short watch interval."""
+        writer = self.writer
+        if writer is None or writer.pidfd is None or writer.returncode is not None:
+            time.sleep(_WATCH_EVERY)
+            return
+        timeout = _LOCK_CHECK_EVERY
+        if self.deadline is not None:
+            timeout = min(timeout, max(0.0, self.deadline - time.monotonic()) + 0.01)
+        writer.wait_exit(timeout)
 
     def _tick(self) -> None:
         self._repair_lock()
