@@ -31,6 +31,7 @@ The sender never dies: anything it cannot turn into a message is counted as drop
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -69,6 +70,26 @@ _IN_FLIGHT_GRACE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
 _PUT_RETRY_MAX: Final = 0.02
 _LOG_EVERY: Final = 10.0
+
+
+def _gil_holding_write() -> Any:
+    """libc's ``write`` called with the GIL held (``ctypes.PyDLL``), else ``os.write``
+    (releases the GIL, but works anywhere)."""
+    try:
+        write = ctypes.PyDLL(None).write
+    except (OSError, AttributeError):
+        return lambda fd, data, size: _write_or_not(fd, data)
+    write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    write.restype = ctypes.c_ssize_t  # -1 (EAGAIN: full; EBADF: closed): nothing to do
+    return write
+
+
+def _write_or_not(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, data)
+
+
+_write: Final = _gil_holding_write()
 
 
 def _process_start() -> int:
@@ -126,10 +147,14 @@ class Producer:
     # -- any thread ---------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Wake the sender. Never blocks, never raises; safe in a signal handler."""
-        # A full pipe means the sender is awake anyway; a closed one, that it is gone.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
+        """Wake the sender. Never blocks, never raises; safe in a signal handler.
+
+        One ``write(2)`` of a byte, called through ``ctypes.PyDLL`` so that the GIL is kept:
+        ``os.write`` releases it, and taking it back from the proxy's busy threads cost the
+        caller of ``record()`` 4 ms on average and 60 ms at worst (measured here). A full
+        pipe means the sender is awake anyway; a closed one, that it is gone.
+        """
+        _write(self._wake_w, b"\0", 1)
 
     def forget_after_fork(self) -> None:
         """In a forked child: this producer (the parent's) has no thread here; close its
