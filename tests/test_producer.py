@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -247,3 +250,67 @@ def test_flush__never_overtakes_events_waiting_for_room_in_a_full_queue(
     flusher.join(60)
     assert answers == [True]
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 5_000
+
+
+def _thread_cpu(native_id: int) -> float:
+    for thread in psutil.Process().threads():
+        if thread.id == native_id:
+            return float(thread.user_time + thread.system_time)
+    raise AssertionError(f"thread {native_id} is gone")
+
+
+def test_sender__holds_back_without_spinning_while_the_queue_stays_full(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """More than a message's worth buffered behind a full queue: the sender waits for room
+    between tries instead of trying again at once (which took a whole core)."""
+    store = open_store(queue_bytes=64 * 1024)
+    writer = psutil.Process(store.stats().writer_pid or 0)
+    writer.suspend()
+    try:
+        for i in range(10_000):
+            store.record(request(f"r{i}", error_msg="x" * 100))
+        wait_for(lambda: store.stats().buffered > 5_000, what="the queue to fill")
+        sender = store._producer.thread.native_id or 0
+        cpu = _thread_cpu(sender)
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started >= 1.0, what="a second to pass")
+        spent = _thread_cpu(sender) - cpu
+    finally:
+        writer.resume()
+    assert spent < 0.3, f"the sender spent {spent:.2f} s of CPU in 1 s holding back"
+    assert store.shutdown(timeout=60)
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 10_000
+
+
+def test_descriptors_above_1024__writer_replaced_and_sender_woken(
+    open_store: Callable[..., Store], db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy with more than 1,024 open files when the store opens: its pipe and the
+    writer's pidfd get numbers select() refuses; the sender and the supervisor still work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1_200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1_200) if soft != resource.RLIM_INFINITY
+                                                else soft, hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1_050:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        store = open_store()
+        assert store._producer._wake_r > 1_024
+        store.record(request("before"))
+        assert store.flush(timeout=10)
+        first = store.stats().writer_pid or 0
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: store.stats().writer_restarts == 1 and store.stats().writer_alive,
+                 timeout=20, what="the killed writer to be replaced")
+        store.record(request("after"))
+        assert store.flush(timeout=10)
+        assert store.shutdown(timeout=20)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 2
+    assert "survived an error" not in caplog.text

@@ -106,7 +106,11 @@ class WriterProcess:
             self.pidfd = None
 
     def poll(self) -> int | None:
-        """The exit code once it has exited (reaping it), else None. Never blocks."""
+        """The exit code once it has exited (reaping it), else None. Never blocks.
+
+        Only the thread that watches the writer calls this (and ``kill``/``wait``): reaping
+        closes the pidfd, which that thread may be waiting on. Others ask ``running()``.
+        """
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -114,17 +118,29 @@ class WriterProcess:
                 pid, status = self.pid, -1
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status) if status >= 0 else -1
-                if self.pidfd is not None:
-                    os.close(self.pidfd)
-                    self.pidfd = None
+                pidfd, self.pidfd = self.pidfd, None
+                if pidfd is not None:
+                    os.close(pidfd)
         return self.returncode
+
+    def running(self) -> bool:
+        """Whether it has not exited yet, for any thread: looks without reaping."""
+        if self.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # reaped already
+            return False
 
     def wait_exit(self, timeout: float) -> None:
         """Block until it has exited or ``timeout`` seconds passed (without reaping it)."""
-        if self.pidfd is not None:
-            select.select([self.pidfd], [], [], max(0.0, timeout))
-        else:
+        pidfd = self.pidfd
+        if pidfd is None:
             time.sleep(min(timeout, 0.1))
+            return
+        poller = select.poll()  # not select(): a pidfd may be numbered 1024 or more
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(max(0, round(timeout * 1000)))
 
     def kill(self) -> None:
         if self.poll() is None:

@@ -22,7 +22,7 @@ Why it looks like this:
   the sender (flush, close) are plain attributes; to wake it, a byte is written to a
   non-blocking pipe (one syscall, async-signal-safe), by ``record()`` when it finds its buffer
   empty and by ``flush()``/``close()``. So an idle process's sender sleeps (with a
-  ``_IDLE_WAKE`` safety net), and a busy one is woken about once per batch.
+  ``_IDLE_WAKE_MS`` safety net), and a busy one is woken about once per batch.
 
 The sender never dies: anything it cannot turn into a message is counted as dropped
 (``unreadable``, ``too_large``) and logged, and every other error is logged and survived.
@@ -54,7 +54,7 @@ log = logging.getLogger("mcpr_store")
 MESSAGE_EVENTS: Final = 4096
 #: The sender's cycle: how long a batch may form before it is sent. With the writer's
 #: 200 ms batch interval and its 10 ms idle poll, an idle proxy's event is committed in
-#: about 215 ms.
+#: about 220 ms.
 _LINGER: Final = 0.005
 #: Woken from idle, a batch this big has formed already: no linger.
 _FORMED: Final = 256
@@ -64,7 +64,7 @@ _FORMED: Final = 256
 _BUSY_LINGER: Final = 0.02
 #: The sender's safety net while idle: a wake-up lost to a race (a ``record()`` that saw a
 #: non-empty buffer the sender emptied a moment later) costs at most this.
-_IDLE_WAKE: Final = 0.1
+_IDLE_WAKE_MS: Final = 100
 #: While closing: how long to wait for ``record()`` calls in progress on other threads.
 _IN_FLIGHT_GRACE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
@@ -141,6 +141,8 @@ class Producer:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._poller = select.poll()  # not select(): a proxy's fds may number 1024 and more
+        self._poller.register(self._wake_r, select.POLLIN)
         self.thread = threading.Thread(target=self._run, name="mcpr-store-sender", daemon=True)
         self.thread.start()
 
@@ -160,7 +162,11 @@ class Producer:
         """In a forked child: this producer (the parent's) has no thread here; close its
         descriptors so they do not pile up over generations of forks."""
         self.retired = True
-        for fd in (self._wake_r, self._wake_w):
+        fds = (self._wake_r, self._wake_w)
+        # A stale wake() (a handler bound to this producer) must not write into whatever
+        # file reuses the number: -1 makes it a harmless EBADF.
+        self._wake_r = self._wake_w = -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -215,7 +221,7 @@ class Producer:
         Returns whether it slept (the sender was idle)."""
         if self.flush_requests or self._outbox or any(self._deques):
             return False
-        select.select([self._wake_r], [], [], _IDLE_WAKE)
+        self._poller.poll(_IDLE_WAKE_MS)
         with contextlib.suppress(OSError):  # one read drains it: a byte per wake-up at most
             os.read(self._wake_r, 65536)
         return True
@@ -229,7 +235,8 @@ class Producer:
                         waiting = self.buffered()
                         if idle and waiting < _FORMED:
                             time.sleep(_LINGER)  # the first events of a burst: a batch forms
-                        elif not idle and waiting < MESSAGE_EVENTS:
+                        elif not idle and (waiting < MESSAGE_EVENTS or self._outbox):
+                            # (a waiting outbox: the queue was full; don't spin on it)
                             time.sleep(_BUSY_LINGER)
                     if self.flush_requests or self._outbox or any(self._deques):
                         self._cycle()

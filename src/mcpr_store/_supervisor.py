@@ -76,17 +76,18 @@ class Supervisor:
 
     def writer_alive(self) -> bool:
         writer = self.writer
-        return writer is not None and writer.poll() is None
+        return writer is not None and writer.running()
 
     # -- the watch thread ---------------------------------------------------------------
 
     def _watch(self) -> None:
         while not self.finished:
-            self._wait()
             try:
+                self._wait()
                 self._tick()
             except Exception as exc:  # the watch never dies
                 log.error("mcpr-store: the writer's supervisor survived an error: %r", exc)
+                time.sleep(_WATCH_EVERY)
 
     def _wait(self) -> None:
         """Until the writer exits, the next lock check, or the deadline, whichever is first;
