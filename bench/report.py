@@ -104,6 +104,20 @@ def _gil(summary: Summary, keys: list[str]) -> list[str]:
                    "÷ (1) with a busy core", "events in the database"], rows)
 
 
+def _gil_cpu(summary: Summary, keys: list[str]) -> list[str]:
+    rows = []
+    for k in keys:
+        handlers = summary.get(k, "gil_handlers_cores" if k != "none"
+                               else "base_gil_handlers_cores")
+        rows.append([_name(k) + _failed(summary, k), _spread(handlers, _ratio),
+                     _spread(summary.get(k, "gil_others_cores"), _ratio),
+                     _spread(summary.get(k, "gil_others_us")),
+                     _spread(summary.get(k, "gil_writer_cores"), _ratio)])
+    return _table(["design", "request threads, cores", "the proxy's other threads, cores",
+                   "the proxy's other threads, µs per request", "writer process, cores"],
+                  rows)
+
+
 def _sustained(summary: Summary, keys: list[str]) -> list[str]:
     rows = [[_name(k) + _failed(summary, k), _spread(summary.get(k, "sustained_per_s")),
              _spread(summary.get(k, "base_ceiling_per_s")),
@@ -182,6 +196,8 @@ def tables(summary: Summary, keys: list[str], p: Params) -> str:
         ("Producer cost: `record()` in a tight loop", _producer(summary, keys)),
         (f"GIL-heavy proxy: {p.gil_threads} threads, {p.work_us:.0f} µs of Python per request",
          _gil(summary, keys)),
+        ("GIL-heavy proxy: where the CPU goes (CPU seconds per second of the run)",
+         _gil_cpu(summary, keys)),
         ("Sustained committed events/s", _sustained(summary, keys)),
         (f"Overload: {p.overload_factor:g} times each design's sustained rate for "
          f"{p.overload_seconds:g} s", _overload(summary, keys)),
@@ -193,7 +209,7 @@ def tables(summary: Summary, keys: list[str], p: Params) -> str:
     out: list[str] = []
     for title, lines in sections:
         out += [f"### {title}", ""]
-        if title.startswith("GIL-heavy"):
+        if title.startswith("GIL-heavy proxy: ") and "where the CPU goes" not in title:
             out += _noise(summary)
         out += [*lines, ""]
     return "\n".join(out)
@@ -320,7 +336,12 @@ def _method(p: Params, loop: str) -> list[str]:
             f"{p.gil_seconds:g} s. Right before, the same worker runs design 1 (no store), "
             "and right after, design 1 while another process spins on the other core, as a "
             "writer process would keep it busy (the control); the ratios are to those. "
-            "*Events in the database* counts rows in the file after shutdown.",
+            "*Events in the database* counts rows in the file after shutdown. *Where the "
+            "CPU goes*: CPU time over the measured seconds (psutil, per thread) of the "
+            "request threads, of every other thread of the proxy process (a sender, a "
+            "feeder, an in-process writer; for design 1, nothing but the idle main thread) "
+            "and of a writer process; with the GIL, the request threads together can use "
+            "little more than one core.",
             f"- **Sustained**: events offered as fast as possible while fewer than 5,000 are "
             f"in flight (so no design drops), for {p.sustained_seconds:g} s; committed "
             "events/s over the last four fifths. The ceiling is a plain loop of "

@@ -413,7 +413,9 @@ def gil_proxy(cls: type[Design], p: Params, tmp: Path, busy_core: bool = False) 
             thread.start()
         barrier.wait()
         t0 = time.perf_counter()
+        cpu0 = _cpu_profile(design, threads)
         time.sleep(p.gil_seconds)
+        cpu1 = _cpu_profile(design, threads)
         stop.set()
         elapsed = time.perf_counter() - t0
         for thread in threads:
@@ -425,6 +427,9 @@ def gil_proxy(cls: type[Design], p: Params, tmp: Path, busy_core: bool = False) 
     offered = sum(served)
     design.shutdown(_SHUTDOWN_TIMEOUT)
     result: Result = {"gil_rps": offered / elapsed}
+    result.update({f"gil_{part}_cores": (cpu1[part] - cpu0[part]) / elapsed
+                   for part in cpu0 if part in cpu1})
+    result["gil_others_us"] = (cpu1["others"] - cpu0["others"]) / max(1, offered) * 1e6
     if cls.stores:
         books = _books(design, opened.path, offered)
         result.update({"gil_committed_share": books["committed"] / offered,
@@ -432,13 +437,35 @@ def gil_proxy(cls: type[Design], p: Params, tmp: Path, busy_core: bool = False) 
     return result
 
 
+def _cpu_profile(design: Design, handlers: list[threading.Thread]) -> dict[str, float]:
+    """CPU seconds so far of the request threads, of the proxy's other threads (a sender,
+    a feeder, an in-process writer) and of a writer process: where the proxy's time goes."""
+    ids = {thread.native_id for thread in handlers}
+    handler = other = 0.0
+    for thread in psutil.Process().threads():
+        if thread.id in ids:
+            handler += thread.user_time + thread.system_time
+        else:
+            other += thread.user_time + thread.system_time
+    profile = {"handlers": handler, "others": other}
+    pid = design.writer_pid()
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            profile["writer"] = times.user + times.system
+    return profile
+
+
 # --- baselines, measured in every worker beside the design they judge -----------------------
 
 
 def gil_baseline(p: Params, tmp: Path, *, busy_core: bool) -> Result:
     """The GIL-heavy proxy with no store: alone, or with the other core kept busy."""
-    rps = gil_proxy(NoStore, p, tmp, busy_core=busy_core)["gil_rps"]
-    return {"base_gil_busy_rps" if busy_core else "base_gil_rps": rps}
+    result = gil_proxy(NoStore, p, tmp, busy_core=busy_core)
+    if busy_core:
+        return {"base_gil_busy_rps": result["gil_rps"]}
+    return {"base_gil_rps": result["gil_rps"],
+            "base_gil_handlers_cores": result["gil_handlers_cores"]}
 
 
 def put_baseline(p: Params) -> Result:

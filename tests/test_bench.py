@@ -44,8 +44,10 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
     for design in DESIGNS[1:]:
         result = run[design]
         for metric in ("producer_total_us", "latency_p99_ms", "sustained_per_s",
-                       "overload_max_record_us", "shutdown_s", "gil_rps", *baselines):
+                       "overload_max_record_us", "shutdown_s", "gil_rps",
+                       "gil_handlers_cores", "gil_others_us", *baselines):
             assert metric in result, (design, metric)
+        assert 0 < result["gil_handlers_cores"] <= 2.5, design  # CPU of two cores at most
         for books in ("sustained_unaccounted", "overload_unaccounted", "shutdown_unaccounted",
                       "gil_unaccounted"):
             assert result[books] == 0, (design, books, result[books])
