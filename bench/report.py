@@ -215,6 +215,31 @@ def tables(summary: Summary, keys: list[str], p: Params) -> str:
     return "\n".join(out)
 
 
+def _profile(summary: Summary, p: Params) -> list[str]:
+    """What the GIL-heavy and sustained figures are made of, for reading the verdicts."""
+    def get(metric: str, key: str = _STORE) -> Spread | None:
+        return summary.get(key, metric)
+
+    others, call = get("gil_others_us"), get("producer_call_us")
+    writer, control = get("gil_writer_cores"), get("control_ratio", "none")
+    if None in (others, call, writer, control):
+        return []
+    assert others and call and writer and control
+    return [
+        "What the GIL-heavy figures are made of, in this run: per request, `record()` costs "
+        f"the request thread {_spread(call)} µs (in the tight loop) and the proxy's other "
+        f"threads (the sender: encoding, puts, taking the GIL back) {_spread(others)} µs of "
+        f"CPU, {(call.median + others.median) / p.work_us:.0%} of the about "
+        f"{p.work_us:.0f} µs of handler work, all of it on the one core the GIL lets the "
+        "proxy use; the "
+        f"writer process takes {_spread(writer, _ratio)} of a core. The control (design 1 "
+        f"with the other core kept busy) served {_spread(control, _ratio)} of design 1 "
+        "alone: on this virtual machine a busy second core does not reliably cost the proxy "
+        "anything, and each ratio to it carries the spread of both measurements. The "
+        "sustained ratio compares the writer beside a busy proxy process with a plain loop "
+        "that has the machine to itself; see the spreads.", ""]
+
+
 def _targets(summary: Summary) -> list[str]:
     """mcpr-store against issue 10's targets (each relative to a baseline measured beside it)."""
     def get(metric: str) -> Spread | None:
@@ -306,6 +331,7 @@ def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
     lines += [tables(summary, keys, p)]
     if _STORE in keys:
         lines += ["## mcpr-store against the targets of issue 10", "", *_targets(summary), ""]
+        lines += _profile(summary, p)
     if summary.failures:
         lines += ["## Failures", ""]
         lines += [f"- {_name(k)}: {'; '.join(v)}" for k, v in summary.failures.items()]
