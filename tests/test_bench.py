@@ -47,7 +47,8 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
                        "overload_max_record_us", "shutdown_s", "gil_rps",
                        "gil_handlers_cores", "gil_others_us", *baselines):
             assert metric in result, (design, metric)
-        assert 0 < result["gil_handlers_cores"] <= 2.5, design  # CPU of two cores at most
+        # CPU of two cores at most; /proc counts in 10 ms ticks, so a short run can read 0
+        assert 0 <= result["gil_handlers_cores"] <= 2.5, design
         for books in ("sustained_unaccounted", "overload_unaccounted", "shutdown_unaccounted",
                       "gil_unaccounted"):
             assert result[books] == 0, (design, books, result[books])
