@@ -91,9 +91,10 @@ class Supervisor:
 
     def _wait(self) -> None:
         """Until the writer exits, the next lock check, or the deadline, whichever is first;
-        without a running writer (or a pidfd), the short watch interval."""
+        without a running writer, the short watch interval (``wait_exit`` polls as often
+        where there is no pidfd)."""
         writer = self.writer
-        if writer is None or writer.pidfd is None or writer.returncode is not None:
+        if writer is None or writer.returncode is not None:
             time.sleep(_WATCH_EVERY)
             return
         timeout = _LOCK_CHECK_EVERY

@@ -433,17 +433,14 @@ class Writer:
         books = self.books
         total = len(self.pending)
         chunk = self.pending.take(self.batch_size)
+        assert self.target is not None  # main() opens it before run()
         try:
-            if self.target is None:
-                self.open()
-            assert self.target is not None
             stored = self.target.store(chunk, (self.spec.store_token, self.committed,
                                                self.refused))
         except (sqlite3.Error, StoreError, OSError) as exc:
             self.pending.put_back(chunk)
             books.add(G.COMMIT_FAILURES, 1)
-            where = self.target.name if self.target is not None else "the database"
-            self.log.warn("commit", f"commit of {len(chunk)} events to {where} failed, "
+            self.log.warn("commit", f"commit of {len(chunk)} events to {self.target.name} failed, "
                                     f"will retry in {self.retry_delay:.2f} s: {exc}")
             self.retry_at = time.monotonic() + self.retry_delay
             self.retry_delay = min(self.retry_delay * 2, _RETRY_MAX)
