@@ -40,9 +40,16 @@ import psycopg
 
 from .._batch import Stored, books_key, books_value, parse_books
 from .._errors import StorePostgresError
-from .._events import RequestEvent, SessionClosed, SessionEvent
+from .._events import RequestEvent
 from .._server_schema import capture
-from ._database import CONNECT_TIMEOUT, Connection, connect, describe_error, migrate
+from ._database import (
+    CONNECT_TIMEOUT,
+    Connection,
+    connect,
+    describe_error,
+    migrate,
+    rollback,
+)
 from ._url import mask_url
 
 __all__ = [
@@ -55,8 +62,6 @@ __all__ = [
 
 #: A batch's rows are the events' fields in declaration order (``tuple(event)``).
 REQUEST_COLUMNS: Final = RequestEvent._fields
-SESSION_COLUMNS: Final = SessionEvent._fields
-CLOSE_COLUMNS: Final = SessionClosed._fields
 
 
 class BatchRows(Protocol):
@@ -257,7 +262,7 @@ def _commit(conn: Connection, batch: BatchRows, ours: Container[str],
         row = conn.execute(_XID).fetchone()
         xid = str(row[0]) if row else ""
     except BaseException:
-        _rollback(conn)
+        rollback(conn)
         raise
     try:
         conn.execute("COMMIT")
@@ -268,13 +273,6 @@ def _commit(conn: Connection, batch: BatchRows, ours: Container[str],
             f"connection lost while committing {len(_all_rows(batch))} events: {exc}",
             xid, written.inserted) from exc
     return written.stored
-
-
-def _rollback(conn: Connection) -> None:
-    if conn.closed or conn.broken:
-        return  # the server rolls back a transaction whose connection is gone
-    with contextlib.suppress(psycopg.Error):  # the error that brought us here is the one
-        conn.execute("ROLLBACK")
 
 
 def _write(conn: Connection, batch: BatchRows, ours: Container[str], *,

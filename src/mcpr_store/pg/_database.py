@@ -14,6 +14,7 @@ no trace.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Final
@@ -25,7 +26,7 @@ from .._errors import StorePostgresError
 from ._tables import MIGRATIONS, SCHEMA_VERSION
 from ._url import mask_url, scrub
 
-__all__ = ["Connection", "connect", "describe_error", "migrate", "open_database"]
+__all__ = ["Connection", "connect", "describe_error", "migrate", "open_database", "rollback"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -46,6 +47,15 @@ def describe_error(exc: BaseException, url: str) -> str:
     """The first line of a driver error, with any password of ``url`` masked."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return scrub(text, url)
+
+
+def rollback(conn: Connection) -> None:
+    """End the failed transaction on ``conn``, quietly: the error that brought the caller
+    here is the one to report."""
+    if conn.closed or conn.broken:
+        return  # the server rolls back a transaction whose connection is gone
+    with contextlib.suppress(psycopg.Error):
+        conn.execute(b"ROLLBACK")
 
 
 def connect(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> Connection:

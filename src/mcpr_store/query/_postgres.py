@@ -29,7 +29,7 @@ import psycopg
 from .. import _db
 from .._errors import StorePostgresError
 from .._migrations import SCHEMA_VERSION, TABLES_SINCE
-from ..pg._database import Connection, connect, describe_error
+from ..pg._database import Connection, connect, describe_error, rollback
 from ..pg._url import mask_url
 from ._backend import Backend, Conn, Rows, Sizes, refusal
 from ._types import QueryError
@@ -188,7 +188,7 @@ class PostgresBackend(Backend):
             try:
                 result = fn(_PgConn(conn))
             except BaseException:
-                _rollback(conn)
+                rollback(conn)
                 raise
             conn.execute(b"COMMIT")
             return result
@@ -215,7 +215,7 @@ class PostgresBackend(Backend):
                         raise QueryError(refused)
                     result = delete(_PgConn(conn))
                 except BaseException:
-                    _rollback(conn)
+                    rollback(conn)
                     raise
                 conn.execute(b"ROLLBACK" if dry_run else b"COMMIT")
                 if dry_run:
@@ -238,9 +238,3 @@ class PostgresBackend(Backend):
                 self._conn.close()
             self._conn = None
 
-
-def _rollback(conn: Connection) -> None:
-    if conn.closed or conn.broken:
-        return  # the server rolls back a transaction whose connection is gone
-    with contextlib.suppress(psycopg.Error):  # the error that brought us here is the one
-        conn.execute(b"ROLLBACK")
