@@ -110,14 +110,14 @@ def _never_raises(method: _F) -> _F:
     return guarded  # type: ignore[return-value]
 
 
-def new_request_id(now_ms: int) -> str:
+def new_request_id(now_ms: int, rng: random.Random | None = None) -> str:
     """A UUIDv7: 48 bits of unix ms, version 7, variant 10, 74 random bits.
 
-    The bits come from the ``random`` module's shared generator, which CPython reseeds from
-    the OS in every forked child, so workers forked from one proxy never share a sequence;
-    ``os.urandom`` would cost a system call per request.
+    The bits come from ``rng``, by default the ``random`` module's shared generator, which
+    CPython reseeds from the OS in every forked child, so workers forked from one proxy
+    never share a sequence; ``os.urandom`` would cost a system call per request.
     """
-    rand = random.getrandbits(74)
+    rand = (random if rng is None else rng).getrandbits(74)
     value = ((now_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64
              | 0x2 << 62 | (rand & 0x3FFF_FFFF_FFFF_FFFF))
     h = f"{value:032x}"

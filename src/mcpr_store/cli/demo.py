@@ -28,6 +28,7 @@ from .. import (
     Store,
     StoreConfig,
 )
+from .._traffic import new_request_id
 from ..query._backend import open_backend
 from ._format import Col, Output
 
@@ -54,14 +55,6 @@ class DemoPlan:
     rate: float
     duration: float
     proxy: str
-
-
-def uuid7(now_ms: int, rng: random.Random) -> str:
-    """A UUIDv7 string (48-bit unix ms, version 7, variant 10, random rest), like the proxy's."""
-    value = (now_ms & (2**48 - 1)) << 80 | 0x7 << 76 | rng.getrandbits(12) << 64
-    value |= 0b10 << 62 | rng.getrandbits(62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def tools_payload(version: int) -> dict[str, Any]:
@@ -104,7 +97,7 @@ def _next_event(store: Store, plan: DemoPlan, rng: random.Random, sessions: list
                 ts: int) -> SessionEvent | RequestEvent | SessionClosed:
     if not sessions or rng.random() < 0.01:
         name, version = rng.choice(CLIENTS)
-        session_id = uuid7(ts, rng)
+        session_id = new_request_id(ts, rng)
         sessions.append(session_id)
         return SessionEvent(session_id=session_id, proxy=plan.proxy, started_at=ts,
                             client_name=name, client_version=version)
@@ -129,7 +122,8 @@ def _next_event(store: Store, plan: DemoPlan, rng: random.Random, sessions: list
         error_code, error_msg = rng.choice(ERRORS)
     latency = int(rng.lognormvariate(10.5, 1.0)) if status != RequestStatus.TIMEOUT else 30_000_000
     return RequestEvent(
-        request_id=uuid7(ts, rng), ts=ts, proxy=plan.proxy, session_id=rng.choice(sessions),
+        request_id=new_request_id(ts, rng), ts=ts, proxy=plan.proxy,
+        session_id=rng.choice(sessions),
         method=method, tool=tool, resource_uri=resource_uri, prompt_name=prompt_name,
         latency_us=latency, status=status, error_code=error_code, error_msg=error_msg,
         bytes_in=rng.randint(80, 4000), bytes_out=rng.randint(100, 64_000),
