@@ -195,7 +195,8 @@ class Traffic:
         self._parked: dict[tuple[str, Any], Call] = {}
         self._next_key = 0
         self._schemas: dict[str, Any] = {}
-        self._identities: set[str] = set()
+        #: Stateless clients seen, (name, version) -> their session id (announced once).
+        self._identities: dict[tuple[str, str | None], str] = {}
 
     # --- arrival ----------------------------------------------------------------------
 
@@ -359,13 +360,13 @@ class Traffic:
         if session_id is None:
             if call.client is None:
                 return None
-            name, version = call.client
-            session_id = self.stateless_session_id(name, version)
-            if session_id in self._identities:
-                return session_id
+            known = self._identities.get(call.client)
+            if known is not None:
+                return known
+            session_id = self.stateless_session_id(*call.client)
             if len(self._identities) >= _IDENTITIES_MAX:
                 self._identities.clear()
-            self._identities.add(session_id)
+            self._identities[call.client] = session_id
         elif call.method != "initialize" or status != "ok":
             return session_id
         client_name, client_version = call.client or (None, None)
