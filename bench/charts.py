@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .designs import DESIGNS
+from .designs import DESIGNS, STORE, label
 from .summary import Spread, Summary
 
 if TYPE_CHECKING:
@@ -20,17 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = ["draw"]
 
-_STORE: Final = "mcpr-store"
 _HIGHLIGHT: Final = "#c0392b"
 _OTHER: Final = "#7f8c9a"
 _LIGHT: Final = "#c9d1d9"
 _LIGHT_HIGHLIGHT: Final = "#f1b7ae"
 _DPI: Final = 150
 
-
-def _label(key: str) -> str:
-    cls = DESIGNS[key]
-    return f"({cls.number}) {cls.label}"
 
 
 def _us(x: float) -> str:
@@ -95,9 +90,9 @@ def _throughput(plt: Any, summary: Summary, keys: list[str]) -> Any:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.55 * len(stores) + 2.4),
                                       sharey=True, gridspec_kw={"wspace": 0.08})
-    colors = [_HIGHLIGHT if k == _STORE else _OTHER for k in stores]
+    colors = [_HIGHLIGHT if k == STORE else _OTHER for k in stores]
     ys = list(range(len(stores)))
-    left.set_yticks(ys, [_label(k) for k in stores])
+    left.set_yticks(ys, [label(k) for k in stores])
     left.invert_yaxis()
 
     notes = []
@@ -145,7 +140,7 @@ def _producer(plt: Any, summary: Summary, keys: list[str]) -> Any:
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.8))
     ys = list(range(len(rows)))
     for y, (k, call, total) in zip(ys, rows, strict=True):
-        strong = k == _STORE
+        strong = k == STORE
         ax.barh(y, total.median, height=0.62, zorder=2,
                 color=_LIGHT_HIGHLIGHT if strong else _LIGHT)
         ax.barh(y, call.median, height=0.62, zorder=3, color=_HIGHLIGHT if strong else _OTHER)
@@ -157,7 +152,7 @@ def _producer(plt: Any, summary: Summary, keys: list[str]) -> Any:
         ax.annotate(text, (max(total.median, call.median), y), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=9)
     ax.set_xscale("log")
-    ax.set_yticks(ys, [_label(k) for k, _, _ in rows])
+    ax.set_yticks(ys, [label(k) for k, _, _ in rows])
     ax.invert_yaxis()
     ax.grid(axis="x", which="both", color="#eeeeee", zorder=0)
     lo = min(c.median for _, c, _ in rows)
@@ -180,13 +175,13 @@ def _latency(plt: Any, summary: Summary, keys: list[str]) -> Any:
     for k, values in series:
         n = len(values)
         ys = [(i + 1) / n for i in range(n)]
-        if k == _STORE:
-            ax.step(values, ys, where="post", color=_HIGHLIGHT, lw=2.6, label=_label(k),
+        if k == STORE:
+            ax.step(values, ys, where="post", color=_HIGHLIGHT, lw=2.6, label=label(k),
                     zorder=5)
         else:
             color = cmap(others if others < 3 else others + 1)  # tab10's red is ours
             others += 1
-            ax.step(values, ys, where="post", color=color, lw=1.4, label=_label(k), alpha=0.9)
+            ax.step(values, ys, where="post", color=color, lw=1.4, label=label(k), alpha=0.9)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
     ax.axhline(0.5, color="#bbbbbb", lw=0.8, ls=":")

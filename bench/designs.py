@@ -40,7 +40,7 @@ from mcpr_store import Store, StoreConfig
 
 from . import sink
 
-__all__ = ["DESIGNS", "Counts", "Design"]
+__all__ = ["DESIGNS", "STORE", "Counts", "Design", "label"]
 
 #: The batch rule of mcpr-store's writer and the original's: at most this many events...
 BATCH_SIZE: Final = 500
@@ -499,3 +499,12 @@ DESIGNS: Final[dict[str, type[Design]]] = {
     cls.key: cls for cls in (NoStore, SyncPerRequest, SyncPer500, ThreadQueue, MpQueue,
                              FifoPerEvent, LoggingQueue, McprStore)
 }
+
+#: mcpr-store's key: the design the report and the charts single out.
+STORE: Final = McprStore.key
+
+
+def label(key: str) -> str:
+    """A design's number and name, as every table and chart shows it."""
+    cls = DESIGNS[key]
+    return f"({cls.number}) {cls.label}"

@@ -8,15 +8,13 @@ states the machine, and that it was shared. It never runs anything.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
-from .designs import DESIGNS
+from .designs import DESIGNS, STORE, label
 from .scenarios import Params
 from .summary import Spread, Summary
 
 __all__ = ["render", "tables"]
 
-_STORE: Final = "mcpr-store"
 
 Format = Callable[[float], str]
 
@@ -57,10 +55,6 @@ def _worst(s: Spread | None) -> str:
     return f"{worst:,.0f}"
 
 
-def _name(key: str) -> str:
-    cls = DESIGNS[key]
-    return f"({cls.number}) {cls.label}"
-
 
 def _table(header: list[str], rows: list[list[str]], *, numbers: bool = True) -> list[str]:
     """A markdown table; columns after the first are right-aligned when ``numbers``."""
@@ -76,7 +70,7 @@ def _failed(summary: Summary, key: str) -> str:
 
 
 def _producer(summary: Summary, keys: list[str]) -> list[str]:
-    rows = [[_name(k) + _failed(summary, k),
+    rows = [[label(k) + _failed(summary, k),
              _spread(summary.get(k, "producer_call_us")),
              _spread(summary.get(k, "producer_total_us")),
              _spread(summary.get(k, "producer_vs_put"), _ratio),
@@ -89,7 +83,7 @@ def _producer(summary: Summary, keys: list[str]) -> list[str]:
 def _gil(summary: Summary, keys: list[str]) -> list[str]:
     rows = []
     for k in keys:
-        rows.append([_name(k) + _failed(summary, k), _spread(summary.get(k, "gil_rps")),
+        rows.append([label(k) + _failed(summary, k), _spread(summary.get(k, "gil_rps")),
                      _spread(summary.get(k, "base_gil_rps")),
                      _spread(summary.get(k, "gil_ratio"), _ratio),
                      _spread(summary.get(k, "gil_ratio_busy"), _ratio),
@@ -109,7 +103,7 @@ def _gil_cpu(summary: Summary, keys: list[str]) -> list[str]:
     for k in keys:
         handlers = summary.get(k, "gil_handlers_cores" if k != "none"
                                else "base_gil_handlers_cores")
-        rows.append([_name(k) + _failed(summary, k), _spread(handlers, _ratio),
+        rows.append([label(k) + _failed(summary, k), _spread(handlers, _ratio),
                      _spread(summary.get(k, "gil_others_cores"), _ratio),
                      _spread(summary.get(k, "gil_others_us")),
                      _spread(summary.get(k, "gil_writer_cores"), _ratio)])
@@ -119,7 +113,7 @@ def _gil_cpu(summary: Summary, keys: list[str]) -> list[str]:
 
 
 def _sustained(summary: Summary, keys: list[str]) -> list[str]:
-    rows = [[_name(k) + _failed(summary, k), _spread(summary.get(k, "sustained_per_s")),
+    rows = [[label(k) + _failed(summary, k), _spread(summary.get(k, "sustained_per_s")),
              _spread(summary.get(k, "base_ceiling_per_s")),
              _spread(summary.get(k, "sustained_ratio"), _ratio)]
             for k in keys if DESIGNS[k].stores]
@@ -128,7 +122,7 @@ def _sustained(summary: Summary, keys: list[str]) -> list[str]:
 
 
 def _overload(summary: Summary, keys: list[str]) -> list[str]:
-    rows = [[_name(k) + _failed(summary, k),
+    rows = [[label(k) + _failed(summary, k),
              _spread(summary.get(k, "overload_offered_per_s"), _count),
              _spread(summary.get(k, "overload_max_record_us")),
              _spread(summary.get(k, "overload_p999_record_us")),
@@ -147,10 +141,10 @@ def _shutdown_memory(summary: Summary, keys: list[str]) -> list[str]:
     rows = []
     for k in keys:
         if not DESIGNS[k].stores:
-            rows.append([_name(k) + " (the harness alone)", "—", "—",
+            rows.append([label(k) + " (the harness alone)", "—", "—",
                          _spread(summary.get(k, "proxy_rss_mib")), "—", "—", "—"])
             continue
-        rows.append([_name(k) + _failed(summary, k),
+        rows.append([label(k) + _failed(summary, k),
                      _spread(summary.get(k, "shutdown_s"), lambda x: f"{x:.3f}"),
                      _spread(summary.get(k, "shutdown_committed_share"), _share),
                      _spread(summary.get(k, "proxy_rss_mib"), lambda x: f"{x:.0f}"),
@@ -172,7 +166,7 @@ def _latency(summary: Summary, keys: list[str]) -> list[str]:
         missed = summary.get(k, "idle_missed")
         idle = (_spread(summary.get(k, "idle_latency_ms")) if not missed or not missed.high
                 else "not committed while idle: waits for the next event")
-        rows.append([_name(k) + _failed(summary, k),
+        rows.append([label(k) + _failed(summary, k),
                      _spread(summary.get(k, "latency_p50_ms")),
                      _spread(summary.get(k, "latency_p99_ms")),
                      _spread(summary.get(k, "latency_max_ms")), idle])
@@ -217,7 +211,7 @@ def tables(summary: Summary, keys: list[str], p: Params) -> str:
 
 def _profile(summary: Summary, p: Params) -> list[str]:
     """What the GIL-heavy and sustained figures are made of, for reading the verdicts."""
-    def get(metric: str, key: str = _STORE) -> Spread | None:
+    def get(metric: str, key: str = STORE) -> Spread | None:
         return summary.get(key, metric)
 
     others, call = get("gil_others_us"), get("producer_call_us")
@@ -243,7 +237,7 @@ def _profile(summary: Summary, p: Params) -> list[str]:
 def _targets(summary: Summary) -> list[str]:
     """mcpr-store against issue 10's targets (each relative to a baseline measured beside it)."""
     def get(metric: str) -> Spread | None:
-        return summary.get(_STORE, metric)
+        return summary.get(STORE, metric)
 
     def verdict(ok: bool | None) -> str:
         return "—" if ok is None else ("met" if ok else "**not met**")
@@ -276,10 +270,10 @@ def _targets(summary: Summary) -> list[str]:
 
 
 def _headline(summary: Summary) -> str:
-    gil, busy = summary.get(_STORE, "gil_ratio"), summary.get(_STORE, "gil_ratio_busy")
-    share = summary.get(_STORE, "gil_committed_share")
-    cost = summary.get(_STORE, "producer_total_us")
-    rate = summary.get(_STORE, "sustained_ratio")
+    gil, busy = summary.get(STORE, "gil_ratio"), summary.get(STORE, "gil_ratio_busy")
+    share = summary.get(STORE, "gil_committed_share")
+    cost = summary.get(STORE, "producer_total_us")
+    rate = summary.get(STORE, "sustained_ratio")
     if None in (gil, busy, share, cost, rate):
         return ""
     return (f"**In one line:** with mcpr-store recording every request, a GIL-heavy proxy "
@@ -321,7 +315,7 @@ def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
     ) if name in images]
     lines += ["", "## The designs", ""]
     lines += _table(["design", "how it is built"],
-                    [[_name(k), DESIGNS[k].setup] for k in keys], numbers=False)
+                    [[label(k), DESIGNS[k].setup] for k in keys], numbers=False)
     lines += ["", "Designs 2 to 6 share one piece of SQL (`bench/sink.py`: insert-or-ignore "
               "the sessions, `executemany` the requests, move each session's counters, one "
               "transaction), so they differ only in how events travel; mcpr-store runs its "
@@ -329,12 +323,12 @@ def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
               "repeated: mostly `tools/call`, some list calls, resource reads and prompts, "
               "5 % errors and timeouts (`bench/traffic.py`).", "", "## Results", ""]
     lines += [tables(summary, keys, p)]
-    if _STORE in keys:
+    if STORE in keys:
         lines += ["## mcpr-store against the targets of issue 10", "", *_targets(summary), ""]
         lines += _profile(summary, p)
     if summary.failures:
         lines += ["## Failures", ""]
-        lines += [f"- {_name(k)}: {'; '.join(v)}" for k, v in summary.failures.items()]
+        lines += [f"- {label(k)}: {'; '.join(v)}" for k, v in summary.failures.items()]
         lines += [""]
     loop = summary.get("none", "producer_call_us")
     lines += _method(p, f"{loop.median:.2f} µs" if loop else "unmeasured here")
