@@ -51,6 +51,7 @@ from .mcp import (
     session_id_of,
     settle_exception,
     start_session,
+    wire_form,
 )
 
 __all__ = ["StoreMiddleware"]
@@ -148,9 +149,7 @@ def _wire(method: str, result: Any) -> Any:
         if not isinstance(result, Sequence):
             return None
         return {member: [_component(method, item) for item in result]}
-    if isinstance(result, BaseModel):
-        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
-    return result
+    return wire_form(result)
 
 
 def _component(method: str, item: Any) -> Any:

@@ -88,7 +88,7 @@ class StoreMiddleware:
             raise
         if ctx.method == "initialize":
             start_session(self.traffic, call, connection)
-        self.traffic.result(call, _wire(result))
+        self.traffic.result(call, wire_form(result))
         return result
 
 
@@ -143,9 +143,9 @@ def settle_exception(traffic: Traffic, call: Call, exc: BaseException,
         traffic.error(call, 0, str(exc))
 
 
-def _wire(result: HandlerResult) -> Any:
+def wire_form(result: Any) -> Any:
     """The wire form of what ``call_next`` returned (already a dict unless a middleware
-    answered with a model)."""
+    answered with a model); FastMCP's hooks return models too."""
     if isinstance(result, BaseModel):
         return result.model_dump(by_alias=True, mode="json", exclude_none=True)
     return result
