@@ -425,19 +425,10 @@ def read_stored_books(database: str, store_token: str) -> tuple[int, int] | None
 
     if is_postgres_url(database):
         try:
-            from .pg._database import connect
-
-            conn = connect(database, connect_timeout=2.0)
-        except Exception:
+            from .pg._batch import read_stored_books as read_on_postgres
+        except ImportError:  # no psycopg: nothing can be read
             return None
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = %s",
-                               (books_key(store_token),)).fetchone()
-            return parse_books(row[0]) if row else None
-        except Exception:
-            return None
-        finally:
-            conn.close()
+        return read_on_postgres(database, store_token)
     try:
         lite = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.5)
     except sqlite3.Error:

@@ -464,6 +464,28 @@ def _store_schema(conn: Connection, row: tuple[Any, ...]) -> None:
 # --- the writer's handle --------------------------------------------------------------------
 
 
+def read_books(conn: Connection, store_token: str) -> tuple[int, int] | None:
+    """(committed, refused) the store ``store_token`` wrote with its last transaction, if
+    any. Raises ``psycopg.Error``."""
+    row = conn.execute("SELECT value FROM meta WHERE key = %s",
+                       (books_key(store_token),)).fetchone()
+    return parse_books(row[0]) if row else None
+
+
+def read_stored_books(url: str, store_token: str) -> tuple[int, int] | None:
+    """``_batch.read_stored_books`` on PostgreSQL: quick, and None on any failure."""
+    try:
+        conn = connect(url, connect_timeout=2.0)
+    except Exception:
+        return None
+    try:
+        return read_books(conn, store_token)
+    except Exception:
+        return None
+    finally:
+        conn.close()
+
+
 class PostgresTarget:
     """One writer's connection to one PostgreSQL database. Open with ``PostgresTarget.open``.
 
@@ -510,15 +532,12 @@ class PostgresTarget:
 
     def read_books(self, store_token: str) -> tuple[int, int] | None:
         """(committed, refused) the store wrote with its last transaction, if any."""
-        conn = self._connection()
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = %s",
-                               (books_key(store_token),)).fetchone()
+            return read_books(self._connection(), store_token)
         except psycopg.Error as exc:
             raise StorePostgresError(
                 f"cannot read the store's books at {self.masked_url}: "
                 f"{describe_error(exc, self.url)}") from None
-        return parse_books(row[0]) if row else None
 
     def delete_books(self, store_token: str) -> None:
         """At a clean exit: the store's row in ``meta`` is no longer needed."""
