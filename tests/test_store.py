@@ -254,6 +254,7 @@ def test_shutdown__timeout_says_so_and_ends_the_writer(
     stats = store.stats()
     assert not stats.writer_alive
     assert stats.dropped_by_reason.get("shutdown_timeout", 0) > 0
+    assert stats.recorded == stats.committed + stats.rejected + stats.dropped + stats.lost
 
 
 def test_open__writer_not_ready_in_time_is_a_clear_error(db_path: Path) -> None:

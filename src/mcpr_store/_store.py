@@ -226,9 +226,12 @@ class Store:
         return self._result
 
     def _finished(self) -> bool:
+        # The owner waits for both: a writer killed at the deadline can finish a moment
+        # before the sender has counted what it could not hand over (``shutdown_timeout``).
+        done = self._producer.done_closing
         if self._supervisor is not None and self.is_owner:
-            return self._supervisor.finished
-        return self._producer.done_closing
+            return done and self._supervisor.finished
+        return done
 
     def _settle(self) -> bool:
         producer = self._producer
