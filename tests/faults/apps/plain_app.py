@@ -22,6 +22,9 @@ db, status = sys.argv[1], Path(sys.argv[2])
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 sent = 0
+# Only so that this app's own count is exact: a stop signal can otherwise land between
+# record() and ``sent += 1``. The signal waits for the pair and is handled right after.
+stop_signals = {signal.SIGTERM, signal.SIGINT}
 try:
     with Store.open(StoreConfig(db_path=db)) as store:
         (status / "ready").write_text("1")
@@ -29,10 +32,12 @@ try:
         while True:
             due = int((time.monotonic() - start) * 5000) - sent
             for _ in range(due):
+                signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
                 store.record(RequestEvent(
                     request_id=f"r{sent}", ts=int(time.time() * 1000), proxy="plain",
                     method="tools/call", tool="t", latency_us=5))
                 sent += 1
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             time.sleep(0.001)
 finally:
     stats = store.stats()
