@@ -103,6 +103,14 @@ class P(enum.IntEnum):
     SENT = 5
     RECEIVED = 6  # counted by the writer
     FLUSHED = 7  # highest flush sequence answered
+    #: Of RECEIVED, how many are known settled (committed or rejected, or booked lost): set
+    #: to RECEIVED by a writer that holds nothing uncommitted (after the commit that answers
+    #: a flush, and at its start once its predecessor's loss is booked).
+    SETTLED = 8
+    #: Writer deaths that lost events while this producer had some not known settled (so
+    #: its events may be among them): counted by the writer that books the loss, when it
+    #: books it. ``flush()`` says False once this is non-zero.
+    EXPOSED = 9
 
 
 _GLOBALS: Final = 16
@@ -188,7 +196,7 @@ class SharedBooks:
         except ValueError:
             return None
         at = self.row(index)
-        self.array[at + 1:at + _ROW] = [pid, start, 0, 0, 0, 0, 0]
+        self.array[at + 1:at + _ROW] = [pid, start] + [0] * (_ROW - 3)
         self.array[at + P.TOKEN] = token  # last: the row exists once it has its token
         return index
 
@@ -221,7 +229,10 @@ class SharedBooks:
         """
         a = self.array
         at = self.row(index)
-        token, _, _, recorded, dropped, sent, received, _ = a[at:at + _ROW]
+        fields = a[at:at + _ROW]
+        token, recorded, dropped, sent, received = (fields[P.TOKEN], fields[P.RECORDED],
+                                                    fields[P.DROPPED], fields[P.SENT],
+                                                    fields[P.RECEIVED])
         lost_queue = max(0, sent - received)
         lost_worker = max(0, recorded - dropped - sent) if died else 0
         active = self[G.ACTIVE_BANK]
@@ -242,6 +253,42 @@ class SharedBooks:
         index = self.find(folded) if folded else None
         if index is not None:
             self.array[self.row(index) + P.TOKEN] = 0
+
+    # -- what a flush answer rests on ------------------------------------------------------
+
+    def settle(self, indices: Any) -> None:
+        """Writer only, holding nothing uncommitted: every event received from the producers
+        at ``indices`` is settled."""
+        a = self.array
+        for index in indices:
+            at = self.row(index)
+            a[at + P.SETTLED] = a[at + P.RECEIVED]
+
+    def book_dead_writer(self) -> int:
+        """A writer died, and nobody else will commit what it held: book what it received and
+        never settled as lost (``writer_died``), mark each producer that had events not known
+        settled as exposed to that loss, then settle every row. Returns the events lost.
+
+        Only by the next writer at its start, or by the owner once no writer will run; both
+        before anything else reads the queue."""
+        held = self.held_by_writer()
+        rows = self.rows()
+        if held > 0:
+            self.add(G.LOST_WRITER, held)
+            a = self.array
+            for index, f in rows:
+                if f[P.RECEIVED] > f[P.SETTLED]:
+                    a[self.row(index) + P.EXPOSED] += 1
+        self.settle(index for index, _ in rows)
+        return max(0, held)
+
+    def flush_clean(self, index: int) -> bool:
+        """Whether nothing producer ``index`` handed over was lost: none of its events
+        vanished from the queue (what it reported sent, all received: the queue is FIFO per
+        producer, so once its flush is answered everything before it was read), and no
+        writer died holding events of it that were not known settled."""
+        sent = self.get(index, P.SENT)  # before RECEIVED: the writer counts that one first
+        return self.get(index, P.RECEIVED) >= sent and self.get(index, P.EXPOSED) == 0
 
     # -- totals ---------------------------------------------------------------------------
 

@@ -166,10 +166,14 @@ class Store:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded in this process before the call is committed.
 
-        Blocks at most ``timeout`` seconds; returns False on timeout (the events are still
-        on their way, or were lost with a writer that died: ``stats()`` says which). Any
-        number of threads may flush at once; each gets its own answer. After ``shutdown()``
-        returns what it returned.
+        Blocks at most ``timeout`` seconds. Returns True when the writer confirmed that
+        everything this process recorded before the call is committed (or rejected as
+        invalid), and False when it did not confirm in time (the events are still on their
+        way) or when any event this process recorded was dropped (``dropped_by_reason``) or
+        may have been lost (a writer that died holding some of them, a queue repair that
+        discarded some: ``lost_by_reason``). A loss is not forgotten: every later flush says
+        False too, as ``shutdown()`` will. Any number of threads may flush at once; each
+        gets its own answer. After ``shutdown()`` returns what it returned.
         """
         deadline = time.monotonic() + timeout
         if self._deadline is not None:
@@ -186,7 +190,9 @@ class Store:
             if row is None or self.books.get(row, P.TOKEN) != producer.token:
                 row = self.books.find(producer.token)
             if row is not None and self.books.get(row, P.FLUSHED) >= seq:
-                return True
+                # A replacement writer answers a re-asked flush from its own, empty batch:
+                # what its predecessor lost is in the books, booked before the epoch moved.
+                return producer.books.dropped() == 0 and self.books.flush_clean(row)
             if self.books[G.WRITER_EPOCH] != epoch:  # a new writer: ask it again
                 epoch = self.books[G.WRITER_EPOCH]
                 producer.flush_requests.append(seq)

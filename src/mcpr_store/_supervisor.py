@@ -169,9 +169,8 @@ class Supervisor:
         if stored is not None:
             books[G.COMMITTED] = max(books[G.COMMITTED], stored[0])
             books[G.REJECTED_DB] = max(books[G.REJECTED_DB], stored[1])
-        held = books.held_by_writer()
-        if held > 0:
-            books.add(G.LOST_WRITER, held)
+        held = books.book_dead_writer()
+        if held:
             log.warning("mcpr-store: the writer died holding %d events it had not committed; "
                         "they are lost", held)
         for index, fields in books.rows():  # nobody will read the queue again

@@ -158,9 +158,8 @@ class Writer:
             books[G.REJECTED_DB] = max(books[G.REJECTED_DB], refused)
         self.committed, self.refused = books[G.COMMITTED], books[G.REJECTED_DB]
         books.finish_interrupted_retire()
-        held = books.held_by_writer()
-        if held > 0:
-            books.add(G.LOST_WRITER, held)
+        held = books.book_dead_writer()  # before the epoch: a flush re-asked sees the loss
+        if held:
             log.warning("the previous writer died holding %d events it had not committed; "
                         "they are lost", held)
         self.rows = {fields[P.TOKEN]: index for index, fields in books.rows()}
@@ -422,6 +421,7 @@ class Writer:
             if not self._commit_one():
                 return
         books = self.books
+        books.settle(self.rows.values())  # nothing pending: all received is settled
         for row, seq in self.flushes.items():
             if books.get(row, P.FLUSHED) < seq:
                 books.set(row, P.FLUSHED, seq)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +70,104 @@ def test_writer_killed_between_commit_and_count__committed_is_the_rows(
     fault_report.add("writer SIGKILLed between COMMIT and its count", offered=600,
                      committed=stats.committed, lost=stats.lost, dropped=stats.dropped,
                      rejected=stats.rejected)
+
+
+class _InThread:
+    """Runs ``call`` on a thread; ``result()`` waits for it (bounded) and returns its value
+    and how long it took."""
+
+    def __init__(self, call: Callable[[], bool]) -> None:
+        self._call = call
+        self._value: list[bool] = []
+        self._took = 0.0
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        self._value.append(self._call())
+        self._took = time.monotonic() - started
+
+    def result(self, timeout: float) -> tuple[bool, float]:
+        self._thread.join(timeout)
+        assert self._value, f"no answer within {timeout} s"
+        return self._value[0], self._took
+
+
+def test_flush__says_false_when_the_writer_died_holding_what_it_waits_for(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """The issue's case: the database is locked, flush() waits, the writer is SIGKILLed
+    holding the 10 events, the lock goes: the replacement writer answers the flush asked
+    again from its own empty batch, and the answer must not be taken for a commit."""
+    store = open_store(batch_interval=30)  # only the flush can commit
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(10):
+            store.record(request(f"r{i}"))
+        flush = _InThread(lambda: store.flush(timeout=8))
+        wait_for(lambda: store.stats().writer_pending == 10 and store.stats().commit_failures,
+                 what="the writer to hold the 10 events and fail to commit them")
+        old = store.stats().writer_pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    answer, _ = flush.result(timeout=15)
+    stats = store.stats()
+    assert (stats.lost_by_reason, stats.committed) == ({"writer_died": 10}, 0)
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 0
+    assert answer is False
+    store.record(request("after"))
+    assert store.flush(timeout=8) is False  # the loss is not forgotten
+
+
+def test_flush__is_asked_again_of_the_writer_that_replaces_one_killed_before_answering(
+    open_store: Callable[..., Store], db_path: Path, pause_after_commit: Path
+) -> None:
+    """The writer took the flush, committed everything and was killed before it answered:
+    nothing was lost, so the replacement must be asked, and its answer is True."""
+    store = open_store(batch_interval=30)  # only the flush can commit
+    for i in range(100):
+        store.record(request(f"r{i}"))
+    pause_after_commit.touch()
+    flush = _InThread(lambda: store.flush(timeout=10))
+    wait_for(Path(f"{pause_after_commit}.paused").exists, what="the flush's commit to pause")
+    old = store.stats().writer_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    pause_after_commit.unlink()
+    answer, _ = flush.result(timeout=15)
+    assert answer is True
+    stats = store.stats()
+    assert (stats.committed, stats.lost, stats.writer_restarts) == (100, 0, 1)
+
+
+def test_shutdown__sends_the_stop_again_to_the_writer_that_replaces_one_killed_stopping(
+    open_store: Callable[..., Store], db_path: Path, pause_after_commit: Path,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer took the stop and was killed in its final commit: the replacement must get
+    the stop too, and finish at once instead of being killed at the deadline."""
+    store = open_store(batch_interval=30)  # only the stop can commit
+    for i in range(100):
+        store.record(request(f"r{i}"))
+    pause_after_commit.touch()
+    shutdown = _InThread(lambda: store.shutdown(timeout=20))
+    wait_for(Path(f"{pause_after_commit}.paused").exists, what="the final commit to pause")
+    old = store.stats().writer_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    pause_after_commit.unlink()
+    clean, took = shutdown.result(timeout=30)
+    assert "killing it" not in caplog.text
+    assert took < 10, f"shutdown took {took:.1f} s: the replacement writer never got the stop"
+    assert clean
+    stats = store.stats()
+    assert (stats.committed, stats.lost, stats.writer_restarts) == (100, 0, 1)
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 100
 
 
 def _worker(store: Store, prefix: str, n: int) -> int:
