@@ -252,3 +252,22 @@ def test_times_in_other_units__are_stored_with_one_warning_naming_the_value(
     assert "ts=1764000000000000000" in err
     assert query(db_path, "SELECT ts FROM requests WHERE request_id = 's0'") == [
         (1_764_000_000,)]
+
+
+def test_stored_books__read_from_a_path_with_question_mark_and_hash(
+    open_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The owner's read after a kill (``read_stored_books``) opens the file it names, and
+    creates nothing: unquoted, ``?`` and ``#`` cut the URI and SQLite created ``a``."""
+    from mcpr_store._batch import read_stored_books
+
+    folder = tmp_path / "dir"
+    db = folder / "a?b#c.db"
+    store = open_store(db_path=db)
+    for i in range(3):
+        store.record(request(f"r{i}"))
+    assert store.flush()
+    before = sorted(p.name for p in folder.iterdir())
+    assert read_stored_books(str(db), store._spec.store_token) == (3, 0)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert not (folder / "a").exists()

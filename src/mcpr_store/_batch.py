@@ -430,7 +430,7 @@ def read_stored_books(database: str, store_token: str) -> tuple[int, int] | None
             return None
         return read_on_postgres(database, store_token)
     try:
-        lite = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.5)
+        lite = sqlite3.connect(_db.read_only_uri(database), uri=True, timeout=0.5)
     except sqlite3.Error:
         return None
     try:

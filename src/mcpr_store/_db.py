@@ -38,7 +38,7 @@ from ._migrations import MIGRATIONS, SCHEMA_VERSION, TABLES_SINCE
 
 __all__ = [
     "DatabaseFile", "Kind", "ReadOnlyConnection", "classify", "connect", "identify",
-    "migrate", "open_database", "prepare_file", "schema_version",
+    "migrate", "open_database", "prepare_file", "read_only_uri", "schema_version",
 ]
 
 T = TypeVar("T")
@@ -243,6 +243,13 @@ def _at_rest(path: Path) -> _FileState | None:
     return _FileState(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def read_only_uri(path: Path | str) -> str:
+    """The ``file:`` URI that opens ``path`` read-only. The path is percent-quoted: a ``?``
+    or ``#`` in it would otherwise start SQLite's query string or fragment, and SQLite would
+    open (and create) the file named by the part before it."""
+    return f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+
+
 class ReadOnlyConnection:
     """A connection that can only read ``path`` and creates no file beside it, reading in
     transactions that each see one state of the database.
@@ -267,7 +274,7 @@ class ReadOnlyConnection:
         """The open connection, opened anew (``immutable`` or ``mode=ro``) when needed."""
         if self._conn is None:
             self._state = _at_rest(self.path)
-            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            uri = read_only_uri(self.path)
             self._conn = sqlite3.connect(uri + ("&immutable=1" if self._state else ""),
                                          uri=True, isolation_level=None,
                                          timeout=BUSY_TIMEOUT_MS / 1000,
