@@ -3,6 +3,8 @@ recording into a real store."""
 
 from __future__ import annotations
 
+import os
+import random
 import re
 import time
 
@@ -102,3 +104,37 @@ def test_traffic__request_ids_are_unique_uuid7s():
     assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
                             i) for i in ids)
     assert int(next(iter(ids)).replace("-", "")[:12], 16) == now
+
+
+def test_request_ids__do_not_repeat_when_the_application_seeds_random():
+    now = int(time.time() * 1000)
+    saved = random.getstate()
+    try:
+        random.seed(7)
+        first = [new_request_id(now) for _ in range(100)]
+        random.seed(7)
+        second = [new_request_id(now) for _ in range(100)]
+    finally:
+        random.setstate(saved)
+    assert not set(first) & set(second)
+
+
+def test_request_ids__forked_children_do_not_repeat_each_other():
+    now = int(time.time() * 1000)
+    new_request_id(now)  # the parent's generator is in use before the forks
+    children = []
+    for _ in range(3):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.write(write, "\n".join(new_request_id(now) for _ in range(100)).encode())
+            os._exit(0)
+        os.close(write)
+        children.append((pid, read))
+    ids = [new_request_id(now) for _ in range(100)]
+    for pid, read in children:
+        with os.fdopen(read) as f:
+            ids += f.read().split()
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert len(ids) == len(set(ids)) == 400

@@ -58,6 +58,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import random
 import time
 from collections import OrderedDict
@@ -110,14 +111,21 @@ def _never_raises(method: _F) -> _F:
     return guarded  # type: ignore[return-value]
 
 
+#: Our own generator for ids: the ``random`` module's shared one is the application's, and an
+#: application that calls ``random.seed(n)`` would make ids repeat. Seeded from the OS, and
+#: again in every forked child, so workers forked from one proxy never share a sequence
+#: (``os.urandom`` per id would cost a system call per request).
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_request_id(now_ms: int, rng: random.Random | None = None) -> str:
     """A UUIDv7: 48 bits of unix ms, version 7, variant 10, 74 random bits.
 
-    The bits come from ``rng``, by default the ``random`` module's shared generator, which
-    CPython reseeds from the OS in every forked child, so workers forked from one proxy
-    never share a sequence; ``os.urandom`` would cost a system call per request.
+    The bits come from ``rng`` (the demo passes a seeded one for a repeatable data set), by
+    default from this module's own generator, seeded from the OS in each process.
     """
-    rand = (random if rng is None else rng).getrandbits(74)
+    rand = (_ids if rng is None else rng).getrandbits(74)
     value = ((now_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64
              | 0x2 << 62 | (rand & 0x3FFF_FFFF_FFFF_FFFF))
     h = f"{value:032x}"
