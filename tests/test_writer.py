@@ -178,6 +178,24 @@ def test_values_the_original_stores__are_stored(
         ("code", 6, None, "-32601", "text")]
 
 
+def test_lone_surrogates__are_stored_as_u_fffd(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """The README's promise: a lone surrogate (which an untrusted client can send in JSON) is
+    stored as U+FFFD, in any text field, and the event is committed, not rejected."""
+    store = open_store()
+    store.record(session("s\udfff", client_name="c\ud800", client_version="\udc80"))
+    store.record(request("r\ud800", session_id="s\udfff", tool="a\ud800b", status="error",
+                         error_msg="bad \udcff"))
+    assert store.shutdown()
+    assert query(db_path, "SELECT request_id, session_id, tool, error_msg FROM requests") == [
+        ("r\ufffd", "s\ufffd", "a\ufffdb", "bad \ufffd")]
+    assert query(db_path, "SELECT session_id, client_name, client_version, total_calls "
+                          "FROM sessions") == [("s\ufffd", "c\ufffd", "\ufffd", 1)]
+    stats = store.stats()
+    assert (stats.committed, stats.rejected, stats.dropped) == (2, 0, 0)
+
+
 def test_error_msg__stored_at_most_512_characters(
     open_store: Callable[..., Store], db_path: Path
 ) -> None:
