@@ -179,8 +179,8 @@ def _worker(store: Store, prefix: str, n: int) -> int:
     return pid
 
 
-def _reap(pid: int) -> None:
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+def _reap(pid: int, code: int = 0) -> None:
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == code
 
 
 def test_writer_restart__keeps_the_numbers_of_workers_that_detached_before(
@@ -224,6 +224,78 @@ def test_books__a_message_whose_events_vanished_breaks_the_identity(
     assert stats.committed == 1
     assert stats.lost == stats.dropped == stats.rejected == 0
     assert stats.recorded != stats.committed + stats.rejected + stats.dropped + stats.lost
+
+
+def test_worker_killed_with_events_unsent__booked_as_worker_died_while_still_a_zombie(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """A worker SIGKILLed with events it recorded (and reported in the messages the writer
+    got) but could not send, its queue full behind a stalled writer: the writer books them
+    as ``worker_died`` as soon as it finds the process dead, which a zombie is."""
+    store = open_store(queue_bytes=64 * 1024)
+    writer = psutil.Process(store.stats().writer_pid)
+    events = [request(f"w{i}", error_msg="x" * 200) for i in range(3_000)]
+    ready = Path(f"{db_path}.stuck")
+    writer.suspend()
+    try:
+        worker = os.fork()
+        if worker == 0:
+            for event in events:
+                store.record(event)
+            wait_for(lambda: store._producer.books.sent > 0, what="a full queue")
+            ready.touch()
+            time.sleep(60)
+            os._exit(1)
+        wait_for(ready.exists, what="the worker's sender to fill the queue")
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
+                 what="the worker to be a zombie")
+    finally:
+        writer.resume()
+    try:
+        wait_for(lambda: store.stats().lost_by_reason.get("worker_died", 0) > 0
+                 and store.stats().producers == 0, timeout=10,
+                 what="the writer to retire the dead worker and book its unsent events")
+    finally:
+        _reap(worker, code=-signal.SIGKILL)
+    assert store.shutdown() is False
+    stats = store.stats()
+    assert_accounted(stats)
+    assert stats.committed == scalar(db_path, "SELECT COUNT(*) FROM requests") > 0
+    assert stats.lost_by_reason == {"worker_died": stats.recorded - stats.committed}
+    assert stats.recorded <= 3_000
+
+
+def test_worker_dead_with_messages_queued_behind_a_stalled_writer__all_committed(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """A worker put all its events and died while the writer, unable to commit, left most
+    of them in the queue: the writer notices the death long before it reads them, and must
+    not retire the worker (booking them lost) until the queue has been read."""
+    store = open_store(batch_size=50)  # the writer holds one batch and leaves the rest
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        worker = os.fork()
+        if worker == 0:
+            for burst in range(40):  # 40 messages
+                for i in range(50):
+                    store.record(request(f"w{burst}-{i}"))
+                wait_for(lambda: store.stats().buffered == 0, what="the burst put")
+            os._exit(0)  # dies without a word to the writer
+        _reap(worker)
+        # The writer retries with backoff (0.05 s doubling): six failures take 1.5 s, past
+        # its check of producers' processes (every second).
+        wait_for(lambda: store.stats().commit_failures >= 6, what="1.5 s of failed commits")
+        assert store.queue.qsize() >= 30  # messages the writer has not read
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.shutdown()
+    stats = store.stats()
+    assert_accounted(stats)
+    assert (stats.recorded, stats.committed, stats.lost) == (2_000, 2_000, 0)
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 2_000
 
 
 _BACKLOG_OWNER = """
