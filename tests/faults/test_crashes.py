@@ -138,6 +138,52 @@ def test_process_killed_holding_the_queue_lock__is_repaired(
                      longest_record_s=stream.longest, trials=10)
 
 
+def _suspend_outside_the_queue(writer: psutil.Process, store: Store) -> None:
+    """Suspend the writer while it does not hold the queue's lock (it takes it briefly in
+    every poll): suspended holding it, it would wedge the queue for everyone."""
+    def suspended_outside() -> bool:
+        writer.suspend()
+        if lock_holder(store.queue) == 0:
+            return True
+        writer.resume()
+        return False
+
+    wait_for(suspended_outside, what="the writer suspended outside the queue")
+
+
+@needs_lock_inspection
+def test_lock_repair__of_a_queue_holding_messages_empties_it_whole(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """The repair discards what is queued (a dead holder may have been half-way through a
+    copy): the queue must then be empty in every respect, its message count too, so the
+    writer reads only what is put after it and the discarded events are booked in_queue."""
+    store = open_store(batch_interval=30)
+    writer = psutil.Process(store.stats().writer_pid)
+    _suspend_outside_the_queue(writer, store)
+    try:
+        for burst in range(5):
+            for i in range(20):
+                store.record(request(f"old{burst}-{i}"))
+            wait_for(lambda: store.stats().buffered == 0, what="the burst put")
+        assert store.queue.qsize() == 5
+        _hold_queue_lock_then_die(store)
+        wait_for(lambda: store.stats().queue_repairs == 1, timeout=5,
+                 what="the owner to repair the lock")
+        assert (store.queue.qsize(), store.queue.data_size()) == (0, 0)
+    finally:
+        writer.resume()
+    for i in range(50):
+        store.record(request(f"new{i}"))
+    assert store.flush(timeout=10) is False  # 100 events recorded before it were discarded
+    assert store.shutdown() is False
+    stats = store.stats()
+    assert_accounted(stats)
+    assert stats.lost_by_reason == {"in_queue": 100}
+    assert stats.committed == scalar(db_path, "SELECT COUNT(*) FROM requests") == 50
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests WHERE request_id LIKE 'new%'") == 50
+
+
 @needs_lock_inspection
 def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -> None:
     """The owner dies holding the queue lock: its writer must still drain and exit."""
