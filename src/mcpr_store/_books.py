@@ -53,6 +53,7 @@ import ctypes
 import enum
 import multiprocessing
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -256,7 +257,7 @@ class SharedBooks:
 
     # -- what a flush answer rests on ------------------------------------------------------
 
-    def settle(self, indices: Any) -> None:
+    def settle(self, indices: Iterable[int]) -> None:
         """Writer only, holding nothing uncommitted: every event received from the producers
         at ``indices`` is settled."""
         a = self.array
