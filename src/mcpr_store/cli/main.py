@@ -38,7 +38,7 @@ from ._commands import (
 from ._export import EXAMPLE as EXPORT_EXAMPLE
 from ._export import NOTES as EXPORT_NOTES
 from ._export import cmd_db_export, export_arguments
-from ._format import Output, parse_duration, parse_threshold
+from ._format import Output, parse_duration, parse_threshold, printable
 
 EPILOG = """\
 examples:
@@ -384,10 +384,10 @@ def run(argv: list[str]) -> int:
         handler: Handler = args.run
         return handler(args, ctx)
     except (QueryError, StoreError, ValueError) as exc:
-        print(f"mcpr-store: {exc}", file=sys.stderr)
+        print(f"mcpr-store: {printable(str(exc))}", file=sys.stderr)
         return 2
     except sqlite3.Error as exc:
-        print(f"mcpr-store: database error: {exc}", file=sys.stderr)
+        print(f"mcpr-store: database error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
