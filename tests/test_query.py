@@ -253,6 +253,30 @@ def test_db_stats_and_vacuum(db: Path) -> None:
             q.vacuum(before_ms=-1)
 
 
+def test_vacuum__proxy_selects_requests_and_the_session_sweep_is_the_originals(
+        db: Path) -> None:
+    """``--proxy P`` deletes P's old requests; then, as the original does (facts: "then
+    sessions that are ended before the cutoff and have no requests left"), every ended old
+    session left without requests goes, whichever proxy it belongs to."""
+    day = 86_400_000
+    old = NOW - 40 * day
+    insert_requests(db, [{"ts": old, "session_id": "p-with-old-requests"},
+                         {"ts": old, "proxy": "q", "session_id": "q-with-requests"}])
+    insert_sessions(db, [
+        {"session_id": "p-with-old-requests", "ended_at": old},
+        {"session_id": "p-without-requests", "ended_at": old},
+        {"session_id": "q-without-requests", "proxy": "q", "ended_at": old},
+        {"session_id": "q-with-requests", "proxy": "q", "ended_at": old},
+        {"session_id": "p-open", "started_at": old, "last_seen_at": old},
+        {"session_id": "p-ended-lately", "ended_at": NOW},
+    ])
+    with QueryEngine.open(db) as q:
+        done = q.vacuum(before_ms=30 * day, proxy="p")
+        assert (done.requests_deleted, done.sessions_deleted) == (1, 3)
+        assert sorted(s.session_id for s in q.sessions(since_ms=None)) == [
+            "p-ended-lately", "p-open", "q-with-requests"]
+
+
 def test_bad_arguments__are_query_errors(q: QueryEngine) -> None:
     with pytest.raises(QueryError, match="limit"):
         q.logs(limit=0)
