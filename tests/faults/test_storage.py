@@ -126,6 +126,7 @@ def test_database_replaced__writer_follows_the_path(
     assert store.flush()
     other = tmp_path / "other.db"
     sqlite3.connect(other).close()
+    other.chmod(0o600)  # sqlite3 made it 0644: the writer makes a store only of a private file
     os.replace(other, db_path)
     store.record(request("new-file"))
     assert store.flush()
