@@ -636,9 +636,9 @@ def test_tables__client_text_is_escaped_one_row_per_line_and_json_stays_exact(
     assert "\\x1b]0;owned\\x07" in mcpr_store(*db, "logs").stdout
     detail = mcpr_store(*db, "session", "s1").stdout
     assert not TERMINAL_ACTS_ON.search(detail.replace("\n", "")) and "\\u202eevil" in detail
-    # One object per "\n" (str.splitlines would also split at the raw U+2028 and U+0085).
-    logs = [json.loads(line) for line in mcpr_store(*db, "logs", "--json").stdout.split("\n")
-            if line]
+    printed = mcpr_store(*db, "logs", "--json").stdout
+    assert not TERMINAL_ACTS_ON.search(printed.replace("\n", ""))  # all as JSON escapes
+    logs = json_lines(printed)
     assert [(r["tool"], r["error_msg"]) for r in logs] == [
         (HOSTILE, HOSTILE), (None, "pydantic: 2 errors\n  x\n  y")]
     assert logs[1]["resource_uri"] == HOSTILE

@@ -38,12 +38,17 @@ _DURATION_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 6
 _THRESHOLD = re.compile(r"(\d+)(us|µs|ms|s)")
 _THRESHOLD_US = {"us": 1, "µs": 1, "ms": 1_000, "s": 1_000_000}
 
-#: Characters a terminal acts on instead of showing: C0 and C1 controls and DEL (escape
-#: sequences, bell, carriage return, line feed, tab), the line and paragraph separators, and
-#: the bidirectional marks, embeddings, overrides and isolates, which reorder the text after
-#: them (a tool name ending in U+202E would print the rest of its row backwards).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e"
-                          "\u2066-\u2069]")
+#: Characters a terminal acts on instead of showing, beyond C0 (U+0000-U+001F: escape
+#: sequences, bell, carriage return, line feed, tab): DEL and C1 controls, the line and
+#: paragraph separators, and the bidirectional marks, embeddings, overrides and isolates,
+#: which reorder the text after them (a tool name ending in U+202E would print the rest of
+#: its row backwards).
+_ACTED_ON = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile(f"[\x00-\x1f{_ACTED_ON}]")
+#: What ``json.dumps`` leaves raw of those (it escapes C0 itself). In a JSON text they occur
+#: only inside strings, where ``\\uXXXX`` is the same value: the output stays exact, and
+#: one object per line.
+_JSON_UNSAFE = re.compile(f"[{_ACTED_ON}]")
 
 #: Windows an empty answer suggests trying next.
 _WIDER_MS = (3_600_000, 86_400_000, 7 * 86_400_000, 30 * 86_400_000, 365 * 86_400_000)
@@ -243,7 +248,10 @@ class Output:
                        highlight=False, markup=False, emoji=False)
 
     def json(self, obj: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
+        """``obj`` as one line of JSON: exact values, nothing a terminal would act on."""
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        text = _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        self.stream.write(text + "\n")
         self.stream.flush()
 
     def line(self, text: str = "", style: str | None = None) -> None:
