@@ -3,10 +3,10 @@
 Owns the file's creation (mode 0600, every directory it creates 0700: request logs hold
 session ids and error messages), which existing files may become a store (an empty file only
 if it is ours and private, never through a symbolic link, and never beside a ``-wal`` or
-``-shm`` that is a link or, for a new store, another user's: SQLite would open those for us),
-what a file is (``identify``: an mcpr store of some version, another
-application's database, ...), the read-only connection of the query side, and the upgrade
-of any earlier schema version in place. Never modifies a file that is not ours to write:
+``-shm`` that is a link or, for a new store, another user's: SQLite opens those too), what a
+file is (``identify``: an mcpr store of some version, another application's database, ...),
+the read-only connection of the query side, and the upgrade of any earlier schema version
+in place. Never modifies a file that is not ours to write:
 ``connect`` identifies the file before it could switch its journal mode, and every migration
 step identifies it again inside its write lock.
 
@@ -194,8 +194,9 @@ def _adoption_refusal(path: Path, found: DatabaseFile) -> str | None:
     private, else another user who planted it (an empty 0666 ``store.db`` in a shared
     directory) would read every event, and a link would turn an unrelated file into a
     database. The ``-wal`` and ``-shm`` that SQLite opens beside the file it finally opens
-    must never be links (SQLite would write its index through one), and beside a new store
-    must be ours and private too (a planted ``-wal`` is replayed into the new database).
+    must be regular files (SQLite refuses a link there, but only with a bare "unable to open
+    database file", after it made the ``-wal``), and beside a new store ours and private too
+    (a planted ``-wal`` would be replayed into the new database).
     """
     new_store = found.kind in (Kind.EMPTY, Kind.MISSING)
     remedy = "it was left untouched; point StoreConfig.db_path or MCPR_DB at another file"
@@ -222,7 +223,7 @@ def _adoption_refusal(path: Path, found: DatabaseFile) -> str | None:
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
             what = (f"a symbolic link to {os.readlink(companion)}" if stat.S_ISLNK(st.st_mode)
                     else "not a regular file")
-            return (f"database {path}: {companion} is {what}, which SQLite would open as the "
+            return (f"database {path}: {companion} is {what}, where SQLite needs the "
                     f"database's {'write-ahead log' if suffix == '-wal' else 'shared memory'}; "
                     f"{remedy}, or remove {companion}")
         if new_store and not _private(st):
