@@ -216,7 +216,9 @@ def _no_arguments(p: argparse.ArgumentParser) -> None:
 def _vacuum_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--before", type=duration, required=True, metavar="DURATION",
                    help="delete what is older than DURATION, e.g. 30d")
-    p.add_argument("--proxy", dest="proxy_filter", help="only this proxy's requests")
+    p.add_argument("--proxy", dest="proxy_filter",
+                   help="only this proxy's requests (ended sessions left without requests "
+                        "go whatever their proxy, as in the original)")
     p.add_argument("--dry-run", action="store_true",
                    help="only count what would be deleted")
 
