@@ -57,8 +57,8 @@ def diff(method: str, old_payload: str, new_payload: str) -> list[tuple[str, str
 
 
 def _items(payload: str, key: str) -> dict[str, object]:
-    """The items of ``payload``'s array ``key`` by name, as ``_Value``s; none when the payload
-    is not what serde_json parses, or the key is not an array."""
+    """The items of ``payload``'s array ``key`` by name, as serde_json values (``_value``);
+    none when the payload is not what serde_json parses, or the key is not an array."""
     document = _value(payload)
     items = document.get(key) if isinstance(document, dict) else None
     if not isinstance(items, list):
@@ -145,14 +145,13 @@ _FALSE: Final = _Bool(False)
 
 
 def _serde(value: object, depth: int) -> object:
-    """``value`` (parsed by ``json``) with its booleans as ``_Bool``s; raises ``_Unparseable``
-    for what serde_json refuses that ``json`` takes: nesting of ``_SERDE_DEPTH`` arrays or
-    objects, and a lone surrogate (from a ``\\ud800`` escape)."""
+    """``value`` (parsed by ``json``) with its booleans as ``_Bool``s; raises for what
+    serde_json refuses that ``json`` takes: nesting of ``_SERDE_DEPTH`` arrays or objects
+    (``_Unparseable``), and a lone surrogate from a ``\\ud800`` escape (``ValueError``)."""
     if value is True or value is False:
         return _TRUE if value else _FALSE
     if isinstance(value, str):
-        if any("\ud800" <= c <= "\udfff" for c in value):
-            raise _Unparseable
+        value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
         return value
     if isinstance(value, list | dict):
         if depth + 1 >= _SERDE_DEPTH:
