@@ -602,3 +602,61 @@ def test_schema__a_payload_nested_too_deep_to_parse_is_shown_without_its_details
         done = mcpr_store("schema", "--db", str(db), *args)
         assert done.returncode == 0, (args, done.stderr)
         assert "Traceback" not in done.stderr, (args, done.stderr)
+
+
+#: Text a client chose, as a hostile one would choose it: an OSC title and a screen clear, a
+#: bell, a carriage return that overwrites the row, a line feed that forges a row, a C1
+#: control (CSI), a right-to-left override and a line separator.
+HOSTILE = "x\x1b]0;owned\x07\x1b[2J\rforged\nrow\x9b1m\u202eevil\u2028end"
+TERMINAL_ACTS_ON = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def test_tables__client_text_is_escaped_one_row_per_line_and_json_stays_exact(
+        store_db: Path) -> None:
+    now = int(time.time() * 1000)
+    conn = sqlite3.connect(store_db)
+    conn.execute("INSERT INTO sessions (session_id, proxy, started_at, last_seen_at, "
+                 "client_name, client_version, client_platform) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 ("s1", HOSTILE, now, now, HOSTILE, HOSTILE, "unknown"))
+    conn.executemany(
+        "INSERT INTO requests (request_id, ts, proxy, session_id, method, tool, latency_us, "
+        "status, error_code, error_msg, bytes_in, bytes_out, resource_uri) "
+        "VALUES (?, ?, ?, 's1', ?, ?, 1000, 'error', '-32000', ?, 10, NULL, ?)",
+        [("r1", now, HOSTILE, HOSTILE, HOSTILE, HOSTILE, None),
+         ("r2", now - 1, "p", "resources/read", None, "pydantic: 2 errors\n  x\n  y", HOSTILE)])
+    conn.commit()
+    conn.close()
+    db = ["--db", str(store_db)]
+    for args, rows in ((["logs"], 2), (["status"], 3), (["sessions"], 1), (["clients"], 1)):
+        done = mcpr_store(*db, *args)
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        assert not TERMINAL_ACTS_ON.search(done.stdout.replace("\n", "")), (args, done.stdout)
+        assert len(lines) == 1 + rows + (args == ["status"]), (args, done.stdout)
+    assert "\\x1b]0;owned\\x07" in mcpr_store(*db, "logs").stdout
+    detail = mcpr_store(*db, "session", "s1").stdout
+    assert not TERMINAL_ACTS_ON.search(detail.replace("\n", "")) and "\\u202eevil" in detail
+    printed = mcpr_store(*db, "logs", "--json").stdout
+    assert not TERMINAL_ACTS_ON.search(printed.replace("\n", ""))  # all as JSON escapes
+    logs = json_lines(printed)
+    assert [(r["tool"], r["error_msg"]) for r in logs] == [
+        (HOSTILE, HOSTILE), (None, "pydantic: 2 errors\n  x\n  y")]
+    assert logs[1]["resource_uri"] == HOSTILE
+
+
+def test_status__an_unknown_response_size_is_not_zero(store_db: Path) -> None:
+    """``bytes_out`` NULL (the SDK and FastMCP middleware cannot see it) is unknown: ``-`` in
+    the table, ``null`` in ``--json``, per tool and in the total."""
+    now = int(time.time() * 1000)
+    conn = sqlite3.connect(store_db)
+    conn.executemany(
+        "INSERT INTO requests (request_id, ts, proxy, method, tool, latency_us, status, "
+        "bytes_in, bytes_out) VALUES (?, ?, 'p', 'tools/call', 'sdk', 1000, 'ok', NULL, NULL)",
+        [(f"r{i}", now - i) for i in range(3)])
+    conn.commit()
+    conn.close()
+    lines = json_lines(mcpr_store("--db", str(store_db), "status", "--json").stdout)
+    assert [(line["bytes_in"], line["bytes_out"]) for line in lines] == [(None, None)] * 2
+    table = mcpr_store("--db", str(store_db), "status").stdout.splitlines()
+    for row in table[1:3]:
+        assert row.split()[-2:] == ["-", "-"], table

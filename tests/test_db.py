@@ -269,6 +269,7 @@ def test_open__empty_sqlite_database_becomes_a_store(db_path: Path) -> None:
     conn.execute("CREATE TABLE scratch (x)")
     conn.execute("DROP TABLE scratch")
     conn.close()
+    db_path.chmod(0o600)  # sqlite3 made it 0644: a store is made only of a private file
     assert identify(db_path).kind is Kind.EMPTY
     open_database(db_path, "x")
     assert meta(db_path)["schema_version"] == "5"
@@ -342,14 +343,124 @@ def test_store_error__is_the_base_of_every_open_failure() -> None:
     assert issubclass(StoreIOError, StoreError) and issubclass(StoreSQLiteError, StoreError)
 
 
-def test_file_modes__0600_file_in_0700_directory(tmp_path: Path) -> None:
+def test_file_modes__0600_file_in_0700_directories(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "store.db"
-    with Store.open(StoreConfig(db_path=path)) as store:
+    umask = os.umask(0o022)  # the usual one, which gives mkdir -p's parents 0755
+    try:
+        store = Store.open(StoreConfig(db_path=path))
+    finally:
+        os.umask(umask)
+    with store:
         store.record(request("r1"))
         assert store.flush()
         for name in ("store.db", "store.db-wal", "store.db-shm"):
             assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600, name
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for directory in (tmp_path / "new", path.parent):  # every directory made, not the last
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+def mode_and_owner(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_size
+
+
+def nobody() -> int:
+    import pwd
+
+    return pwd.getpwnam("nobody").pw_uid
+
+
+def assert_refused_untouched(path: Path, *words: str) -> None:
+    """``Store.open`` refuses ``path`` with a message naming it and ``words``, and the files
+    beside it are as they were (same names, bytes, modes and owners)."""
+    before = {p.name: (p.lstat().st_mode, p.lstat().st_uid, p.read_bytes() if p.is_file()
+                       else None) for p in path.parent.iterdir()}
+    with pytest.raises(StoreError) as refused:
+        Store.open(StoreConfig(db_path=path))
+    message = str(refused.value)
+    assert str(path) in message and "untouched" in message, message
+    for word in words:
+        assert word in message, (word, message)
+    after = {p.name: (p.lstat().st_mode, p.lstat().st_uid, p.read_bytes() if p.is_file()
+                      else None) for p in path.parent.iterdir()}
+    assert after == before
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o660, 0o606, 0o640])
+def test_open__an_empty_file_others_can_read_or_write_is_refused_untouched(
+        db_path: Path, mode: int) -> None:
+    db_path.touch()
+    db_path.chmod(mode)
+    assert_refused_untouched(db_path, f"mode {mode:04o}", "owned by")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("mode", [0o600, 0o666])
+def test_open__an_empty_file_planted_by_another_user_is_refused_untouched(
+        tmp_path: Path, mode: int) -> None:
+    """In a directory anyone may write, another user plants an empty ``store.db``: a store
+    written into it would be theirs to read."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    planted = shared / "store.db"
+    planted.touch()
+    os.chown(planted, nobody(), -1)
+    planted.chmod(mode)
+    assert_refused_untouched(planted, "nobody", f"mode {mode:04o}")
+    assert mode_and_owner(planted) == (mode, nobody(), 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_open__a_wal_planted_beside_a_new_store_is_refused(db_path: Path) -> None:
+    """SQLite would replay a ``-wal`` it finds beside a new database into it."""
+    wal = Path(f"{db_path}-wal")
+    wal.write_bytes(b"")
+    os.chown(wal, nobody(), -1)
+    assert_refused_untouched(db_path, str(wal), "nobody")
+    assert not db_path.exists()
+
+
+def test_open__no_new_store_through_a_symbolic_link(tmp_path: Path) -> None:
+    """A link to an unrelated empty file (even a private one of ours) or to nowhere is not
+    made a database; a link to an existing store is used as before."""
+    unrelated = tmp_path / "app.lock"
+    unrelated.touch()
+    unrelated.chmod(0o600)
+    link = tmp_path / "store.db"
+    link.symlink_to(unrelated)
+    assert_refused_untouched(link, "symbolic link", str(unrelated))
+    assert mode_and_owner(unrelated) == (0o600, os.geteuid(), 0)
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere" / "new.db")
+    assert_refused_untouched(link, "symbolic link", "missing")
+    assert not (tmp_path / "elsewhere").exists()
+    link.unlink()
+    real = tmp_path / "real.db"
+    open_database(real, "x")
+    link.symlink_to(real)
+    with Store.open(StoreConfig(db_path=link)) as store:
+        store.record(request("r1"))
+    assert query(real, "SELECT request_id FROM requests") == [("r1",)]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_open__a_shm_that_cannot_be_opened_is_a_store_error_and_leaves_nothing(
+        db_path: Path, existing: bool) -> None:
+    """A dangling link planted as ``-shm``: a ``StoreError`` naming the database, and no
+    file of ours left (a new ``store.db`` is removed again, no ``-wal`` is made)."""
+    if existing:
+        open_database(db_path, "x")
+    before = files_of(db_path)
+    shm = Path(f"{db_path}-shm")
+    shm.symlink_to(db_path.parent / "nowhere")
+    with pytest.raises(StoreError, match=re.escape(f"database {db_path}")) as refused:
+        Store.open(StoreConfig(db_path=db_path))
+    assert str(shm) in str(refused.value)
+    assert sorted(p.name for p in db_path.parent.iterdir()) == sorted(
+        [*before, "store.db-shm"])
+    assert {name: (db_path.parent / name).read_bytes() for name in before} == before
+    assert shm.is_symlink() and not (db_path.parent / "nowhere").exists()
 
 
 def test_db_path__mcpr_db_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,3 +57,20 @@ def test_scrub__removes_a_password_quoted_or_not_from_any_message() -> None:
     message = "failed for p%40ss%2Fw0rd and for p@ss/w0rd"
     assert scrub(message, url) == "failed for *** and for ***"
     assert scrub("nothing secret", "postgresql://h/db") == "nothing secret"
+
+
+def test_config_reprs__mask_the_password() -> None:
+    """A config is what gets logged (and what a traceback's locals show): its repr masks
+    the password like every message does."""
+    from mcpr_store import StoreConfig
+    from mcpr_store._config import FileConfig
+    from mcpr_store._launch import WriterSpec
+
+    url = "postgresql://user:SECRET@db.example/mcpr?sslpassword=KEY2"
+    shown = [repr(StoreConfig(db_path=url, batch_size=7)), str(FileConfig(path=url)),
+             repr(WriterSpec(None, None, url, "v", 1, 0.2, 500, "token"))]
+    for text in shown:
+        assert "SECRET" not in text and "KEY2" not in text, text
+        assert "user:***@db.example/mcpr?sslpassword=***" in text, text
+    assert "batch_size=7" in shown[0] and "mcpr_version='unknown'" in shown[0]
+    assert repr(StoreConfig(db_path="/var/x.db")).startswith("StoreConfig(db_path='/var/x.db'")

@@ -126,12 +126,38 @@ def test_stats__nearest_rank_percentiles_and_totals(db: Path, q: QueryEngine) ->
     by_label = {t.label: t for t in report.tools}
     a = by_label["a"]
     assert (a.calls, a.p50_us, a.p95_us, a.p99_us, a.min_us, a.max_us, a.avg_us) == (
-        100, 50, 95, 99, 1, 100, 51)  # avg 50.5 rounds half away from zero
+        100, 50, 95, 99, 1, 100, 50.5)  # exact: the CLI rounds where it prints
     assert by_label["<ping>"].error_pct == 100.0 and by_label["<ping>"].p99_us == 7
-    assert (by_label["b"].bytes_in, by_label["b"].bytes_out) == (5, 0)
+    assert (by_label["b"].bytes_in, by_label["b"].bytes_out) == (5, None)  # unknown, not 0
     assert report.tools[0].label == "a"  # most calls first
     assert (report.total_calls, report.total_errors) == (102, 1)
-    assert report.error_pct == pytest.approx(100 / 102, abs=0.01)
+    assert report.error_pct == 1 / 102 * 100
+    assert report.avg_us == (5050 + 7 + 10) / 102
+    assert (report.bytes_in, report.bytes_out) == (100 + 1 + 5, 100 * 2 + 2)
+
+
+def test_stats_and_clients__averages_and_error_rates_are_exact(db: Path, q: QueryEngine) -> None:
+    """As the original returns them: 76 errors in 1,231 calls is 6.173842404549148 %
+    (errors / calls * 100; 100 * errors / calls ends in ...147), an average of 440859.5 µs
+    stays 440859.5."""
+    insert_requests(db, [{"latency_us": 440_859 + i % 2, "status": "error" if i < 76 else "ok"}
+                         for i in range(1_231 - 1)] + [{"latency_us": 440_859}])
+    insert_sessions(db, [{"session_id": "s", "total_calls": 1_231, "total_errors": 76}])
+    tool = q.stats().tools[0]
+    assert tool.error_pct == 6.173842404549148
+    assert tool.avg_us == (440_859 * 1_231 + 615) / 1_231
+    assert q.stats().avg_us == tool.avg_us and q.stats().error_pct == tool.error_pct
+    insert_requests(db, [{"request_id": "half", "tool": "half", "latency_us": 440_860},
+                         {"request_id": "half2", "tool": "half", "latency_us": 440_859}])
+    assert {t.label: t.avg_us for t in q.stats().tools}["half"] == 440_859.5
+    assert q.clients()[0].error_pct == 6.173842404549148
+
+
+def test_stats__sizes_never_known_are_none(db: Path, q: QueryEngine) -> None:
+    insert_requests(db, [{"bytes_in": None, "bytes_out": None}] * 3)
+    report = q.stats()
+    assert (report.tools[0].bytes_in, report.tools[0].bytes_out) == (None, None)
+    assert (report.bytes_in, report.bytes_out) == (None, None)
 
 
 def test_sessions__window_active_and_order(db: Path, q: QueryEngine) -> None:
@@ -225,6 +251,30 @@ def test_db_stats_and_vacuum(db: Path) -> None:
         assert q.db_stats().requests == 2
         with pytest.raises(QueryError, match="future"):
             q.vacuum(before_ms=-1)
+
+
+def test_vacuum__proxy_selects_requests_and_the_session_sweep_is_the_originals(
+        db: Path) -> None:
+    """``--proxy P`` deletes P's old requests; then, as the original does (facts: "then
+    sessions that are ended before the cutoff and have no requests left"), every ended old
+    session left without requests goes, whichever proxy it belongs to."""
+    day = 86_400_000
+    old = NOW - 40 * day
+    insert_requests(db, [{"ts": old, "session_id": "p-with-old-requests"},
+                         {"ts": old, "proxy": "q", "session_id": "q-with-requests"}])
+    insert_sessions(db, [
+        {"session_id": "p-with-old-requests", "ended_at": old},
+        {"session_id": "p-without-requests", "ended_at": old},
+        {"session_id": "q-without-requests", "proxy": "q", "ended_at": old},
+        {"session_id": "q-with-requests", "proxy": "q", "ended_at": old},
+        {"session_id": "p-open", "started_at": old, "last_seen_at": old},
+        {"session_id": "p-ended-lately", "ended_at": NOW},
+    ])
+    with QueryEngine.open(db) as q:
+        done = q.vacuum(before_ms=30 * day, proxy="p")
+        assert (done.requests_deleted, done.sessions_deleted) == (1, 3)
+        assert sorted(s.session_id for s in q.sessions(since_ms=None)) == [
+            "p-ended-lately", "p-open", "q-with-requests"]
 
 
 def test_bad_arguments__are_query_errors(q: QueryEngine) -> None:

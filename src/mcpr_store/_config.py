@@ -7,11 +7,12 @@ Path resolution follows the original, first match wins: an explicit path, then t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["Database", "FileConfig", "StoreConfig", "is_url", "load_config_file", "resolve_db_path"]
+__all__ = ["Database", "FileConfig", "StoreConfig", "is_url", "load_config_file", "masked_repr",
+           "resolve_db_path"]
 
 DEFAULT_DB: Final = Path("~/.mcpr/store.db")
 
@@ -69,6 +70,24 @@ class StoreConfig:
         created, not connected)."""
         return resolve_db_path(self.db_path)
 
+    def __repr__(self) -> str:
+        return masked_repr(self, "db_path")
+
+
+def masked_repr(config: Any, path_field: str) -> str:
+    """A dataclass's repr with the password of a PostgreSQL URL in ``path_field`` masked, as
+    every message shows it: a config is what gets logged, and what a traceback's locals
+    capture."""
+    from .pg._url import mask_url  # no psycopg: text rules only
+
+    shown = []
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if field.name == path_field and isinstance(value, str):
+            value = mask_url(value)
+        shown.append(f"{field.name}={value!r}")
+    return f"{type(config).__name__}({', '.join(shown)})"
+
 
 def _require(ok: bool, name: str, what: str, value: object) -> None:
     if not ok:
@@ -119,6 +138,9 @@ class FileConfig:
     enabled: bool = True
     path: str | None = None
     name: str | None = None
+
+    def __repr__(self) -> str:
+        return masked_repr(self, "path")
 
 
 def load_config_file(path: str | os.PathLike[str]) -> FileConfig:

@@ -1,9 +1,12 @@
 """Turning a path into a usable database, and telling what a file is before touching it.
 
-Owns the file's creation (mode 0600 in a 0700 directory: request logs hold session ids and
-error messages), what a file is (``identify``: an mcpr store of some version, another
-application's database, ...), the read-only connection of the query side, and the upgrade
-of any earlier schema version in place. Never modifies a file that is not ours to write:
+Owns the file's creation (mode 0600, every directory it creates 0700: request logs hold
+session ids and error messages), which existing files may become a store (an empty file only
+if it is ours and private, never through a symbolic link, and never beside a ``-wal`` or
+``-shm`` that is a link or, for a new store, another user's: SQLite opens those too), what a
+file is (``identify``: an mcpr store of some version, another application's database, ...),
+the read-only connection of the query side, and the upgrade of any earlier schema version
+in place. Never modifies a file that is not ours to write:
 ``connect`` identifies the file before it could switch its journal mode, and every migration
 step identifies it again inside its write lock.
 
@@ -23,9 +26,12 @@ the same file at once serialise and the second finds the work done.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
+import pwd
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,14 +129,15 @@ class DatabaseFile:
         return f"database {path} is {self.describe()}; it was left untouched; {remedy}"
 
 
-def prepare_file(path: Path) -> None:
-    """Create the parent directory (0700) and an empty database file (0600) if missing.
+def prepare_file(path: Path) -> bool:
+    """Create every missing directory on the way (each 0700) and an empty database file
+    (0600) if missing; return whether this call created the file.
 
     Raises ``StoreIOError`` naming the path when either cannot be created.
     """
     parent = path.parent
     try:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_directories(parent)
     except OSError as exc:
         raise StoreIOError(
             f"failed to create database directory {parent}: {exc.strerror or exc}; "
@@ -138,14 +145,91 @@ def prepare_file(path: Path) -> None:
         ) from exc
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
+    except FileExistsError:  # also a symbolic link, dangling or not: ``connect`` decides
+        return False
     except OSError as exc:
         raise StoreIOError(
             f"failed to create database file {path}: {exc.strerror or exc}; "
             "choose another path with StoreConfig.db_path or MCPR_DB"
         ) from exc
     os.close(fd)
+    return True
+
+
+def _make_directories(directory: Path) -> None:
+    """``mkdir -p`` with mode 0700 for each directory made (``Path.mkdir(parents=True)``
+    gives the intermediate ones the umask's 0755)."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)  # another process may have made it meanwhile
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _private(st: os.stat_result) -> bool:
+    """Owned by this process's user, and no access for group or others."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def _not_private(what: str, st: os.stat_result) -> str:
+    return (f"{what} is owned by {_owner(st.st_uid)} with mode "
+            f"{stat.S_IMODE(st.st_mode):04o}; a new store is made only of files of this user "
+            f"({_owner(os.geteuid())}) that no one else can read or write")
+
+
+def _adoption_refusal(path: Path, found: DatabaseFile) -> str | None:
+    """Why the file at ``path``, or a file SQLite would open beside it, must not be used
+    (one line naming them, what they are, and what to do); None when nothing stands in the
+    way.
+
+    An empty (or missing) file becomes a new store: it must be a file of its own, ours and
+    private, else another user who planted it (an empty 0666 ``store.db`` in a shared
+    directory) would read every event, and a link would turn an unrelated file into a
+    database. The ``-wal`` and ``-shm`` that SQLite opens beside the file it finally opens
+    must be regular files (SQLite refuses a link there, but only with a bare "unable to open
+    database file", after it made the ``-wal``), and beside a new store ours and private too
+    (a planted ``-wal`` would be replayed into the new database).
+    """
+    new_store = found.kind in (Kind.EMPTY, Kind.MISSING)
+    remedy = "it was left untouched; point StoreConfig.db_path or MCPR_DB at another file"
+    if new_store:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return (f"database {path} is a symbolic link to {os.readlink(path)}, which is "
+                    f"{found.describe()}; a new store is not made through a link; {remedy}, "
+                    "or at the link's target itself")
+        if st is not None and not _private(st):
+            return (f"database {path}: {_not_private('the empty file', st)}; it was left "
+                    "untouched; remove it, or point StoreConfig.db_path or MCPR_DB at another "
+                    "file")
+    real = os.path.realpath(path)
+    for suffix in ("-wal", "-shm"):
+        companion = f"{real}{suffix}"
+        try:
+            st = os.lstat(companion)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            what = (f"a symbolic link to {os.readlink(companion)}" if stat.S_ISLNK(st.st_mode)
+                    else "not a regular file")
+            return (f"database {path}: {companion} is {what}, where SQLite needs the "
+                    f"database's {'write-ahead log' if suffix == '-wal' else 'shared memory'}; "
+                    f"{remedy}, or remove {companion}")
+        if new_store and not _private(st):
+            return (f"database {path}: {_not_private(companion, st)}; {remedy}, or remove "
+                    f"{companion}")
+    return None
 
 
 def identify(path: Path) -> DatabaseFile:
@@ -334,15 +418,21 @@ class ReadOnlyConnection:
 
 def connect(path: Path) -> sqlite3.Connection:
     """A read-write connection in autocommit mode (we issue BEGIN/COMMIT) with our pragmas,
-    to a file that is ours to write: missing, empty, or an mcpr store we can upgrade.
+    to a file that is ours to write: missing, empty (of this user, private, not a link), or
+    an mcpr store we can upgrade.
 
     Anything else is refused before the connection could change it (switching to WAL rewrites
     a rollback-journal file's header). Raises ``StoreSQLiteError`` naming the path and what
-    it is, or why it cannot be opened; ``StoreIOError`` when it cannot be read at all.
+    it is, or why it cannot be opened; ``StoreIOError`` when it cannot be read at all, or
+    when it (or the ``-wal``/``-shm`` beside it) is not ours to use (``_adoption_refusal``).
     """
-    refusal = identify(path).refusal(path)
+    found = identify(path)
+    refusal = found.refusal(path)
     if refusal is not None:
         raise StoreSQLiteError(refusal)
+    refusal = _adoption_refusal(path, found)
+    if refusal is not None:
+        raise StoreIOError(refusal)
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False)
@@ -388,7 +478,10 @@ def migrate(conn: sqlite3.Connection, path: Path, mcpr_version: str) -> int:
     Raises ``StoreSQLiteError`` naming the path and the step on failure; a failed step is
     rolled back whole.
     """
-    found = _ours(conn, path).version
+    try:
+        found = _ours(conn, path).version
+    except sqlite3.Error as exc:  # the first read: the -wal or -shm cannot be opened, ...
+        raise StoreSQLiteError(f"cannot read database {path}: {exc}") from exc
     for version, script in MIGRATIONS:
         _run_step(conn, path, version, script)
     try:
@@ -453,11 +546,21 @@ def open_database(path: Path, mcpr_version: str) -> None:
     """Create (if needed) and migrate the database at ``path``; the connection is closed after.
 
     Raises ``StoreIOError`` or ``StoreSQLiteError`` as ``prepare_file``, ``connect`` and
-    ``migrate`` do.
+    ``migrate`` do; a database this call created is then removed with the ``-wal`` and
+    ``-shm`` SQLite made beside it, so a failed open leaves nothing behind.
     """
-    prepare_file(path)
-    conn = connect(path)
+    companions = [f"{path}-wal", f"{path}-shm"]
+    found = [name for name in companions if os.path.lexists(name)]
+    created = prepare_file(path)
     try:
-        migrate(conn, path, mcpr_version)
-    finally:
-        conn.close()
+        conn = connect(path)
+        try:
+            migrate(conn, path, mcpr_version)
+        finally:
+            conn.close()
+    except BaseException:
+        if created:
+            for name in [*(c for c in companions if c not in found), str(path)]:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+        raise

@@ -59,6 +59,11 @@ class WriterSpec:
     batch_size: int
     store_token: str  # names this store's row of committed totals in the database
 
+    def __repr__(self) -> str:
+        from ._config import masked_repr
+
+        return masked_repr(self, "db_path")
+
 
 class _InheritedFd:
     """Stands for a descriptor the child inherits under the same number."""

@@ -126,10 +126,33 @@ def test_database_replaced__writer_follows_the_path(
     assert store.flush()
     other = tmp_path / "other.db"
     sqlite3.connect(other).close()
+    other.chmod(0o600)  # sqlite3 made it 0644: the writer makes a store only of a private file
     os.replace(other, db_path)
     store.record(request("new-file"))
     assert store.flush()
     assert store.stats().db_reopens == 1
+    assert scalar(db_path, "SELECT request_id FROM requests") == "new-file"
+    assert store.shutdown()
+
+
+def test_database_replaced_by_a_file_others_can_read__writer_waits_until_it_is_private(
+    open_store: Callable[..., Store], db_path: Path, tmp_path: Path
+) -> None:
+    """The writer's reopen follows the rule of ``Store.open``: an empty file others can read
+    is not made the store (its commits fail and are retried, nothing is written into it);
+    once the file is private it is."""
+    store = open_store()
+    store.record(request("old-file"))
+    assert store.flush()
+    other = tmp_path / "other.db"
+    other.touch()
+    other.chmod(0o644)
+    os.replace(other, db_path)
+    store.record(request("new-file"))
+    assert not store.flush(timeout=1)
+    assert db_path.stat().st_size == 0 and store.stats().commit_failures > 0
+    db_path.chmod(0o600)
+    assert store.flush(timeout=10)
     assert scalar(db_path, "SELECT request_id FROM requests") == "new-file"
     assert store.shutdown()
 

@@ -7,9 +7,13 @@ borders, a bold header, a colour per row. Styles are used only when stdout is a 
 width by cutting free text (names, messages) with an ellipsis; ids, times and numbers are
 never cut, so whatever a table prints can be pasted back into a command; when that is not
 enough, the columns a table marks as droppable go, least useful first. A pipe or a file
-gets every column and every cell whole. Column widths are computed here rather than by
-rich, because rich shrinks every column alike once the flexible ones are spent, ids
-included, and because a followed stream must print later rows in the columns of its header.
+gets every column and every cell whole. Text is shown, never obeyed: every character a
+terminal would act on (escape sequences, line breaks, bidirectional overrides) is printed as
+its escape (``printable``), so a client's tool name or error message can neither drive the
+terminal nor start a line of its own; ``--json`` keeps the text exact. Column widths are
+computed here rather than by rich, because rich shrinks every column alike once the
+flexible ones are spent, ids included, and because a followed stream must print later rows
+in the columns of its header.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ _DURATION_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 6
 _THRESHOLD = re.compile(r"(\d+)(us|µs|ms|s)")
 _THRESHOLD_US = {"us": 1, "µs": 1, "ms": 1_000, "s": 1_000_000}
 
+#: Characters a terminal acts on instead of showing, beyond C0 (U+0000-U+001F: escape
+#: sequences, bell, carriage return, line feed, tab): DEL and C1 controls, the line and
+#: paragraph separators, and the bidirectional marks, embeddings, overrides and isolates,
+#: which reorder the text after them (a tool name ending in U+202E would print the rest of
+#: its row backwards).
+_ACTED_ON = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile(f"[\x00-\x1f{_ACTED_ON}]")
+#: What ``json.dumps`` leaves raw of those (it escapes C0 itself). In a JSON text they occur
+#: only inside strings, where ``\\uXXXX`` is the same value: the output stays exact, and
+#: one object per line.
+_JSON_UNSAFE = re.compile(f"[{_ACTED_ON}]")
+
 #: Windows an empty answer suggests trying next.
 _WIDER_MS = (3_600_000, 86_400_000, 7 * 86_400_000, 30 * 86_400_000, 365 * 86_400_000)
 
@@ -43,6 +59,12 @@ _GAP = 2
 _NARROWEST = 6
 #: Width given to rich when nothing limits it (a pipe, a file).
 _UNLIMITED = 1_000_000
+
+
+def printable(text: str) -> str:
+    """``text`` with each character a terminal would act on written as its escape (``\\x1b``,
+    ``\\n``, ``\\u202e``): what a client chose shows as text, and on one line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def parse_duration(text: str) -> int:
@@ -77,11 +99,12 @@ def wider(ms: int) -> str | None:
     return next((duration(w) for w in _WIDER_MS if w > ms), None)
 
 
-def latency(us: int | None) -> str:
+def latency(us: float | None) -> str:
+    """Microseconds in the unit that reads best; an exact average is rounded here."""
     if us is None:
         return "-"
-    if us < 1_000:
-        return f"{us}µs"
+    if us < 999.5:
+        return f"{us:.0f}µs"
     if us < 1_000_000:
         return f"{us / 1_000:.1f}ms"
     return f"{us / 1_000_000:.2f}s"
@@ -187,7 +210,7 @@ class Layout:
                       box=None, pad_edge=False, padding=(0, _GAP // 2), show_header=header,
                       header_style="bold", show_edge=False)
         for i, row in enumerate(rows):
-            table.add_row(*(row[k] for k in self.shown),
+            table.add_row(*(printable(row[k]) for k in self.shown),
                           style=styles[i] if i < len(styles) else None)
         console = self.out.console
         # Rendered at the layout's own width (rich would squeeze it to the console's), and
@@ -225,14 +248,17 @@ class Output:
                        highlight=False, markup=False, emoji=False)
 
     def json(self, obj: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
+        """``obj`` as one line of JSON: exact values, nothing a terminal would act on."""
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        text = _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        self.stream.write(text + "\n")
         self.stream.flush()
 
     def line(self, text: str = "", style: str | None = None) -> None:
         """One line of text (wrapped by the terminal, never by us)."""
         from rich.text import Text
 
-        self.console.print(Text(text, style=style or ""), soft_wrap=True)
+        self.console.print(Text(printable(text), style=style or ""), soft_wrap=True)
 
     def empty(self, message: str) -> None:
         """Say that there is nothing to show, and what to try; JSON output stays empty."""
@@ -243,7 +269,8 @@ class Output:
         """Widths for ``columns`` that hold ``rows`` and fit the terminal."""
         from rich.cells import cell_len
 
-        natural = [max([cell_len(c.header), c.reserve, *(cell_len(r[i]) for r in rows)])
+        natural = [max([cell_len(c.header), c.reserve,
+                        *(cell_len(printable(r[i])) for r in rows)])
                    for i, c in enumerate(columns)]
         return Layout(self, columns, *fit(columns, natural, self.width))
 

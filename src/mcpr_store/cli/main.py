@@ -38,7 +38,7 @@ from ._commands import (
 from ._export import EXAMPLE as EXPORT_EXAMPLE
 from ._export import NOTES as EXPORT_NOTES
 from ._export import cmd_db_export, export_arguments
-from ._format import Output, parse_duration, parse_threshold
+from ._format import Output, parse_duration, parse_threshold, printable
 
 EPILOG = """\
 examples:
@@ -216,7 +216,9 @@ def _no_arguments(p: argparse.ArgumentParser) -> None:
 def _vacuum_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--before", type=duration, required=True, metavar="DURATION",
                    help="delete what is older than DURATION, e.g. 30d")
-    p.add_argument("--proxy", dest="proxy_filter", help="only this proxy's requests")
+    p.add_argument("--proxy", dest="proxy_filter",
+                   help="only this proxy's requests (ended sessions left without requests "
+                        "go whatever their proxy, as in the original)")
     p.add_argument("--dry-run", action="store_true",
                    help="only count what would be deleted")
 
@@ -384,10 +386,10 @@ def run(argv: list[str]) -> int:
         handler: Handler = args.run
         return handler(args, ctx)
     except (QueryError, StoreError, ValueError) as exc:
-        print(f"mcpr-store: {exc}", file=sys.stderr)
+        print(f"mcpr-store: {printable(str(exc))}", file=sys.stderr)
         return 2
     except sqlite3.Error as exc:
-        print(f"mcpr-store: database error: {exc}", file=sys.stderr)
+        print(f"mcpr-store: database error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -25,29 +25,30 @@ def db_stats(conn: Conn, backend: Backend) -> DbStats:
                    wal_bytes=sizes.wal, backend=backend.kind, tables_bytes=sizes.tables)
 
 
-_STALE_SESSIONS = ("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?{proxy} "
+#: Sessions that ended before the cutoff and have no request left, of every proxy: the
+#: original's sweep, which ``--proxy`` does not narrow (it selects the requests deleted).
+_STALE_SESSIONS = ("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ? "
                    "AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.session_id = "
                    "sessions.session_id)")
 
 
 def vacuum(backend: Backend, *, before_ts: int, proxy: str | None,
            dry_run: bool) -> VacuumResult:
-    """Delete requests older than ``before_ts`` (of one proxy, if given), then sessions that
-    ended before it and have no requests left; then give the space back as the database
-    allows (``Backend.vacuum``: on SQLite VACUUM and a TRUNCATE checkpoint).
+    """Delete requests older than ``before_ts`` (of one proxy, if given), then sessions of
+    any proxy that ended before it and have no requests left, as the original does; then
+    give the space back as the database allows (``Backend.vacuum``: on SQLite VACUUM and a
+    TRUNCATE checkpoint).
 
     The deletes are one transaction. ``dry_run`` runs the same deletes and rolls them back,
     so its counts are exactly what a real run would delete.
     """
     where = Where().add("ts < ?", before_ts).equals("proxy", proxy)
-    stale = _STALE_SESSIONS.format(proxy=" AND proxy = ?" if proxy is not None else "")
-    stale_params = (before_ts, proxy) if proxy is not None else (before_ts,)
 
     def delete(conn: Conn) -> tuple[int, int]:
         requests = conn.execute(f"DELETE FROM requests{where.sql()}", where.params).rowcount
         if proxy is None:
             _forget_stale_books(conn, before_ts)
-        return requests, conn.execute(stale, stale_params).rowcount
+        return requests, conn.execute(_STALE_SESSIONS, (before_ts,)).rowcount
 
     (requests, sessions), compaction = backend.vacuum(delete, dry_run=dry_run)
     return VacuumResult(before_ts=before_ts, proxy=proxy, requests_deleted=requests,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from ._backend import Conn
 from ._filters import Where
 from ._logs import LOG_COLUMNS
+from ._stats import error_pct
 from ._types import ClientRow, LogRow, QueryError, SessionDetail, SessionRow
 
 __all__ = ["ACTIVE_WINDOW_MS", "active_sessions", "clients", "resolve", "session_detail",
@@ -180,6 +181,6 @@ def clients(conn: Conn, *, since_ts: int | None = None,
     ).fetchall()
     return [ClientRow(client_name=name, client_version=version, client_platform=platform,
                       sessions=count, calls=calls, errors=errors,
-                      error_pct=round(100.0 * errors / calls, 2) if calls else 0.0,
+                      error_pct=error_pct(errors, calls),
                       first_seen=first, last_seen=last)
             for name, version, platform, count, calls, errors, first, last in rows]

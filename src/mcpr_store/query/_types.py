@@ -50,15 +50,15 @@ class ToolStats(_Row):
     label: str  # the tool name, or "<method>" when the request has no tool
     calls: int
     errors: int
-    error_pct: float
-    avg_us: int
+    error_pct: float  # exact: errors / calls * 100
+    avg_us: float  # exact: the sum of latencies / calls
     min_us: int
     max_us: int
     p50_us: int
     p95_us: int
     p99_us: int
-    bytes_in: int
-    bytes_out: int
+    bytes_in: int | None  # the sum of the known sizes; None when no row has one
+    bytes_out: int | None
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,11 @@ class StatsReport(_Row):
     total_errors: int
     error_pct: float
     # over all labels (None without rows); percentiles are per label only
-    avg_us: int | None = None
+    avg_us: float | None = None
     min_us: int | None = None
     max_us: int | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
+    bytes_in: int | None = None  # the sum of the known sizes; None when none is known
+    bytes_out: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class ClientRow(_Row):
     sessions: int
     calls: int
     errors: int
-    error_pct: float
+    error_pct: float  # exact: errors / calls * 100
     first_seen: int
     last_seen: int
 
