@@ -46,7 +46,8 @@ _WORKER_TIMEOUT: Final = 900.0  # seconds; a full worker takes about 20
 QUICK: Final = Params(producer_events=2_000, producer_burst=1_000, latency_seconds=0.15,
                       latency_warmup=0.05, latency_tail=0.25, idle_samples=1, idle_gap=0.1,
                       idle_wait=0.3, sustained_seconds=0.2, overload_seconds=0.1,
-                      pending_events=1_000, gil_seconds=0.1)
+                      pending_events=1_000, backlog_events=5_000, backlog_record_limit=2.0,
+                      capacity_seconds=0.2, capacity_steps=3, gil_seconds=0.1)
 
 
 def calibrate(work_us: float) -> tuple[int, float]:
@@ -140,6 +141,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="request threads in the GIL-heavy proxy (default 4)")
     parser.add_argument("--work-us", type=float, default=25.0,
                         help="pure-Python work per request in the GIL-heavy proxy (default 25)")
+    parser.add_argument("--backlog-events", type=int,
+                        help="events recorded at once in the backlog scenario (default "
+                             "100,000; quick 5,000)")
     parser.add_argument("--replot", type=Path, metavar="JSON",
                         help="measure nothing: re-render the report and charts from a "
                              "benchmarks.json a run wrote (into --out, default its folder)")
@@ -154,7 +158,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                else "--runs must be at least 1" if args.runs < 1
                else "--jobs must be at least 1" if args.jobs < 1
                else "--threads must be at least 1" if args.threads < 1
-               else "--work-us must be positive" if args.work_us <= 0 else None)
+               else "--work-us must be positive" if args.work_us <= 0
+               else "--backlog-events must be at least 1"
+               if args.backlog_events is not None and args.backlog_events < 1 else None)
     if problem:
         parser.exit(2, f"python -m bench: error: {problem}\n")
     args.designs = keys
@@ -180,6 +186,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     iterations, work_us = calibrate(args.work_us)
     params = dataclasses.replace(QUICK if args.quick else Params(), gil_threads=args.threads,
                                  work_iterations=iterations, work_us=work_us)
+    if args.backlog_events is not None:
+        params = dataclasses.replace(params, backlog_events=args.backlog_events)
     info = machine()
     print(f"mcpr-store benchmark: {args.runs} run(s) of {len(args.designs)} designs, "
           f"{info['cores']} cores, Python {info['python']}, SQLite {info['sqlite']}; "
