@@ -7,13 +7,15 @@ states the machine, and that it was shared. It never runs anything.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
+from typing import Final
 
 from .designs import DESIGNS, STORE, label
 from .scenarios import Params
 from .summary import Spread, Summary
 
-__all__ = ["render", "tables"]
+__all__ = ["readme_headline", "render", "tables", "update_readme"]
 
 
 Format = Callable[[float], str]
@@ -289,22 +291,42 @@ def _profile(summary: Summary, p: Params) -> list[str]:
         "that has the machine to itself; see the spreads.", ""]
 
 
-def _targets(summary: Summary) -> list[str]:
-    """mcpr-store against issue 10's targets (each relative to a baseline measured beside it)."""
+#: The handler at which issue 16's GIL-heavy target holds (µs of Python per request); a
+#: run with a longer handler (``--work-us``) does not judge it.
+_SHORT_HANDLER_US: Final = 12.0
+
+
+def _targets(summary: Summary, p: Params) -> list[str]:
+    """mcpr-store against the targets of issues 10 and 16 (each relative to a baseline
+    measured beside it)."""
+    return _table(["target", "measured", "verdict"],
+                  [[t, m, _verdict(ok)] for t, m, ok in _checks(summary, p)])
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+def _checks(summary: Summary, p: Params) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each target; met is None when it was not measured."""
     def get(metric: str) -> Spread | None:
         return summary.get(STORE, metric)
 
-    def verdict(ok: bool | None) -> str:
-        return "—" if ok is None else ("met" if ok else "**not met**")
-
     checks: list[tuple[str, str, bool | None]] = []
     s = get("producer_total_us")
-    checks.append(("`record()` with the sender's CPU at most 1 µs per event",
-                   _spread(s) + " µs", None if s is None else s.median <= 1.0))
+    checks.append(("`record()` with the sender's CPU at most 0.5 µs per event (issue 16; "
+                   "issue 10 asked 1 µs)",
+                   _spread(s) + " µs", None if s is None else s.median <= 0.5))
     s = get("producer_vs_put")
     checks.append(("... and at most 0.1 of one faster-fifo `put_nowait`", _spread(s, _ratio),
                    None if s is None else s.median <= 0.1))
-    s, share = get("gil_ratio_busy"), get("gil_committed_share")
+    s, share = get("gil_ratio"), get("gil_committed_share")
+    short = p.work_us <= _SHORT_HANDLER_US
+    checks.append((f"GIL-heavy proxy with a short handler (at most {_SHORT_HANDLER_US:g} µs; "
+                   f"this run {p.work_us:.0f} µs) at least 0.95 of no store (issue 16)",
+                   _spread(s, _ratio) if short else "not measured (longer handler)",
+                   None if s is None or not short else s.median >= 0.95))
+    s = get("gil_ratio_busy")
     checks.append(("GIL-heavy proxy at least 0.97 of the busy-core control, 100 % committed",
                    f"{_spread(s, _ratio)}, {_spread(share, _share)} committed",
                    None if s is None or share is None
@@ -326,26 +348,67 @@ def _targets(summary: Summary) -> list[str]:
     s = get("idle_latency_ms")
     checks.append(("an idle proxy's event committed within 250 ms", _spread(s) + " ms",
                    None if s is None else s.median <= 250))
-    return _table(["target", "measured", "verdict"],
-                  [[t, m, verdict(ok)] for t, m, ok in checks])
+    return checks
 
 
-def _headline(summary: Summary) -> str:
+def _findings(summary: Summary, p: Params) -> str:
+    """The headline's sentence: mcpr-store's main figures, or "" when some are missing."""
     gil, busy = summary.get(STORE, "gil_ratio"), summary.get(STORE, "gil_ratio_busy")
     share = summary.get(STORE, "gil_committed_share")
     cost = summary.get(STORE, "producer_total_us")
     rate = summary.get(STORE, "backlog_ratio")
     per_s = summary.get(STORE, "backlog_per_s")
-    if None in (gil, busy, share, cost, rate, per_s):
+    kept = summary.get(STORE, "capacity_per_s")
+    if gil is None or busy is None or share is None or cost is None or rate is None \
+            or per_s is None or kept is None:
         return ""
-    assert per_s is not None
-    return (f"**In one line:** with mcpr-store recording every request, a GIL-heavy proxy "
-            f"served {_spread(gil, _ratio)} of the requests/s it serves with no store and "
-            f"{_spread(busy, _ratio)} of those with the second core kept busy, committing "
-            f"{_spread(share, _share)} of its events; `record()` cost {_spread(cost)} µs per "
-            "event including the sender thread; a backlog was committed at "
-            f"{per_s.median:,.0f} events/s, {_spread(rate, _ratio)} of a plain "
-            "`executemany` loop over the same rows.")
+    return (f"with mcpr-store recording every request, a GIL-heavy proxy ({p.work_us:.0f} µs "
+            f"of Python per request) served {_spread(gil, _ratio)} of the requests/s it "
+            f"serves with no store and {_spread(busy, _ratio)} of those with the second core "
+            f"kept busy, committing {_spread(share, _share)} of its events; `record()` cost "
+            f"{_spread(cost)} µs per event including the sender thread; a backlog of "
+            f"{p.backlog_events:,} events was committed at {per_s.median:,.0f} events/s, "
+            f"{_spread(rate, _ratio)} of a plain `executemany` loop over the same rows, and "
+            f"the writer kept up with {kept.median:,.0f} events/s offered.")
+
+
+def _headline(summary: Summary, p: Params) -> str:
+    findings = _findings(summary, p)
+    return f"**In one line:** {findings}" if findings else ""
+
+
+def readme_headline(summary: Summary, p: Params, info: dict[str, str]) -> str:
+    """The README's benchmark paragraph for this run (markdown, wrapped at 96 columns)."""
+    findings = _findings(summary, p)
+    if not findings:
+        return ""
+    missed = sum(1 for _, _, ok in _checks(summary, p) if ok is False)
+    runs = f"{summary.runs} runs" if summary.runs > 1 else "one run"
+    verdict = ("All of its targets are met in this run." if not missed else
+               f"{missed} of its targets {'is' if missed == 1 else 'are'} not met in this "
+               "run; the report says which.")
+    text = (f"**Benchmark** (`docs/benchmarks.md`: {runs} on a shared {info['cores']}-core "
+            f"machine, {info['date'][:10]}, against six other designs): {findings} {verdict}")
+    return textwrap.fill(text, width=96, break_on_hyphens=False)
+
+
+#: The README block a full run rewrites: after this marker's comment, up to the chart.
+README_MARKER: Final = "<!-- BENCHMARK HEADLINE"
+README_CHART: Final = "![Throughput relative to the baselines, per design]"
+
+
+def update_readme(readme: str, headline: str) -> str:
+    """``readme`` with the paragraph between the headline marker and the chart replaced by
+    ``headline``. Raises ``ValueError`` when the markers are not there."""
+    start = readme.find(README_MARKER)
+    if start < 0:
+        raise ValueError(f"no {README_MARKER!r} comment")
+    body = readme.find("-->", start)
+    chart = readme.find(README_CHART, start)
+    if body < 0 or chart < 0:
+        raise ValueError(f"no end of the {README_MARKER!r} comment, or no chart after it")
+    body += len("-->")
+    return f"{readme[:body]}\n{headline}\n\n{readme[chart:]}"
 
 
 def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
@@ -369,7 +432,7 @@ def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
         f"mcpr-store {info['mcpr-store']}; {info['date']}. **The machine was shared** with "
         "other work while this ran: expect noise of tens of percent between runs, and read "
         "the spreads.", ""]
-    headline = _headline(summary)
+    headline = _headline(summary, p)
     if headline:
         lines += [headline, ""]
     lines += [f"![{alt}]({name})" for name, alt in (
@@ -388,7 +451,8 @@ def render(summary: Summary, keys: list[str], p: Params, info: dict[str, str],
               "5 % errors and timeouts (`bench/traffic.py`).", "", "## Results", ""]
     lines += [tables(summary, keys, p)]
     if STORE in keys:
-        lines += ["## mcpr-store against the targets of issue 10", "", *_targets(summary), ""]
+        lines += ["## mcpr-store against the targets of issues 10 and 16", "",
+                  *_targets(summary, p), ""]
         lines += _profile(summary, p)
     if summary.failures:
         lines += ["## Failures", ""]

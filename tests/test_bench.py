@@ -87,3 +87,19 @@ def test_bench__bad_arguments__one_line_and_exit_2(args: list[str]) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("python -m bench: error:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench__full_run_rewrites_the_readme_paragraph_up_to_the_chart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.report import update_readme
+
+    readme = (ROOT / "README.md").read_text()
+    updated = update_readme(readme, "**Benchmark** new figures.")
+    assert "**Benchmark** new figures.\n\n![Throughput" in updated
+    assert updated.count("**Benchmark**") == 1
+    assert updated.startswith(readme[:readme.index("<!-- BENCHMARK HEADLINE")])
+    assert updated.endswith(readme[readme.index("![Throughput relative"):])
+    with pytest.raises(ValueError, match="BENCHMARK HEADLINE"):
+        update_readme("# no marker here\n", "x")
