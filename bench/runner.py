@@ -43,7 +43,7 @@ from .summary import summarise
 __all__ = ["main"]
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-_WORKER_TIMEOUT: Final = 900.0  # seconds; a full worker takes about 20
+_WORKER_TIMEOUT: Final = 900.0  # seconds; a full worker takes about 20 to 80
 
 QUICK: Final = Params(producer_events=2_000, producer_burst=1_000, latency_seconds=0.15,
                       latency_warmup=0.05, latency_tail=0.25, idle_samples=1, idle_gap=0.1,
