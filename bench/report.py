@@ -291,9 +291,10 @@ def _profile(summary: Summary, p: Params) -> list[str]:
         "that has the machine to itself; see the spreads.", ""]
 
 
-#: The handler at which issue 16's GIL-heavy target holds (µs of Python per request); a
-#: run with a longer handler (``--work-us``) does not judge it.
-_SHORT_HANDLER_US: Final = 12.0
+#: Issue 16's GIL-heavy target is for an 11 µs handler (the default ``--work-us``); the
+#: calibrated handler of a run on a busy machine comes out a little longer, and a run with
+#: a longer handler (``--work-us 25``) does not judge it.
+_SHORT_HANDLER_US: Final = 15.0
 
 
 def _targets(summary: Summary, p: Params) -> list[str]:
