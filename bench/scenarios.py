@@ -17,7 +17,10 @@ What the harness itself costs, and so may distort:
   little CPU;
 - the sustained scenario asks the design for its counts every 500 events to keep its
   backlog under half the smallest buffer (for mcpr-store that is ``stats()``, some 50-100
-  µs, spent in the producer thread).
+  µs, spent in the producer thread);
+- the backlog scenario asks for the counts every few milliseconds while it waits for the
+  last commit (and nudges ``flush``, which only matters to design 6), and its events are
+  built in the recording loop as a proxy builds them, about 1.5 µs each.
 
 A scenario never decides whether a number is good: it has no thresholds.
 """
@@ -32,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +82,10 @@ class Params:
     overload_seconds: float = 2.0
     overload_factor: float = 2.0
     pending_events: int = 10_000
+    backlog_events: int = 100_000
+    backlog_record_limit: float = 20.0  # seconds; a design whose record() commits stops here
+    capacity_seconds: float = 2.0  # per offered rate tried
+    capacity_steps: int = 8
     gil_seconds: float = 2.0
     gil_threads: int = 4
     work_iterations: int = 0  # calibrated by the runner: see ``handle_request``
@@ -148,6 +156,43 @@ def _rss_mib(pid: int | None) -> float | None:
         return float(psutil.Process(pid).memory_info().rss) / _MIB
     except psutil.Error:
         return None
+
+
+def _reset_peak_rss(pid: int | None) -> bool:
+    """Reset the process's peak RSS (``VmHWM``) to its current RSS (Linux 4.0+)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mib(pid: int | None) -> float | None:
+    """The process's peak RSS since ``_reset_peak_rss`` (``VmHWM``)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far."""
+    if pid is None:
+        return None
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
 
 
 def _books(design: Design, path: Path, offered: int) -> Result:
@@ -318,6 +363,124 @@ def sustained(cls: type[Design], p: Params, tmp: Path) -> Result:
     return {"sustained_per_s": (end_counts.committed - committed_at_warm) / (t_end - t_warm),
             "sustained_dropped": books["dropped"], "sustained_unaccounted": books["unaccounted"],
             "proxy_rss_mib": rss_proxy, "writer_rss_mib": rss_writer}
+
+
+def backlog(cls: type[Design], p: Params, tmp: Path) -> Result:
+    """``backlog_events`` events recorded back to back, as fast as the proxy can, then
+    committed events/s from the first ``record()`` until every event is committed or dropped:
+    the writer's speed when it holds a backlog, which a busy proxy's bursts give it.
+
+    Also the peak RSS of the proxy process and of the writer process over the scenario, and
+    the books. A design whose ``record()`` commits (2a, 2b) is offered what it takes in
+    ``backlog_record_limit`` seconds.
+    """
+    opened = _Opened(cls, tmp, "backlog")
+    design = opened.design
+    traffic = Traffic(9)
+    writer = design.writer_pid()
+    peaks = _reset_peak_rss(os.getpid()) and (writer is None or _reset_peak_rss(writer))
+    writer_cpu = _process_cpu(writer)
+    record = design.record
+    offered = 0
+    start = time.perf_counter()
+    while offered < p.backlog_events:
+        for event in traffic.take(min(1_000, p.backlog_events - offered)):
+            record(event)
+        offered = min(offered + 1_000, p.backlog_events)
+        if time.perf_counter() - start >= p.backlog_record_limit:
+            break
+    recorded_s = time.perf_counter() - start
+    _settle(design, offered, max(_SETTLE_TIMEOUT, offered / 2_000))  # 2a's speed, at worst
+    elapsed = time.perf_counter() - start
+    rss_proxy = _peak_rss_mib(os.getpid()) if peaks else None
+    rss_writer = _peak_rss_mib(writer) if peaks else None
+    writer_cpu_after = _process_cpu(writer)
+    design.shutdown(_SHUTDOWN_TIMEOUT)
+    books = _books(design, opened.path, offered)
+    cpu_us = None
+    if writer_cpu is not None and writer_cpu_after is not None and books["committed"]:
+        cpu_us = (writer_cpu_after - writer_cpu) / books["committed"] * 1e6
+    return {"backlog_per_s": books["committed"] / elapsed, "backlog_record_s": recorded_s,
+            "backlog_writer_cpu_us": cpu_us,
+            "backlog_offered": offered, "backlog_committed": books["committed"],
+            "backlog_dropped": books["dropped"], "backlog_unaccounted": books["unaccounted"],
+            "backlog_proxy_peak_mib": rss_proxy, "backlog_writer_peak_mib": rss_writer}
+
+
+def capacity(cls: type[Design], p: Params, tmp: Path, reference: float) -> Result:
+    """The highest offered rate (events/s) a design keeps up with, without a cap on what is in
+    flight: its real capacity, where the sustained scenario stops offering at 5,000 events in
+    flight.
+
+    Each try offers a fixed rate to a fresh instance for ``capacity_seconds``; the design
+    keeps up when it drops nothing and commits at least 0.9 of what was offered over the
+    second half (a design that falls behind commits its capacity and lets the rest pile up,
+    then drops once its buffers are full: with large buffers, not within the try). Rates go
+    up from 0.6 of ``reference`` (the design's rate measured just before) by 1.25 at a time
+    until a try fails, or down from there until one passes; at most ``capacity_steps``
+    tries. A design whose ``record()`` cannot take the rate offered (2a, 2b) ends the search
+    there: its capacity is what the proxy could offer.
+    """
+    rate = 0.6 * reference
+    kept: float | None = None
+    fail: Result | None = None
+    going: int | None = None  # +1 up, -1 down, after the first try
+    record_bound = False
+    unaccounted = 0
+    for step in range(p.capacity_steps):
+        tried = _offer(cls, p, tmp, rate, f"capacity-{step}")
+        unaccounted += tried["unaccounted"]
+        offer_bound = tried["offered_per_s"] < 0.9 * rate
+        if not tried["dropped"] and tried["committed_share"] >= 0.9:
+            kept = max(kept or 0.0, tried["offered_per_s"])
+            record_bound = offer_bound
+            if offer_bound or going == -1:
+                break
+            going = 1
+            rate *= 1.25
+        else:
+            fail = tried
+            if going == 1 or offer_bound:
+                break
+            going = -1
+            rate /= 1.25
+    return {"capacity_per_s": kept, "capacity_record_bound": int(record_bound),
+            "capacity_fail_offered_per_s": fail["offered_per_s"] if fail else None,
+            "capacity_fail_committed_share": fail["committed_share"] if fail else None,
+            "capacity_fail_dropped": fail["dropped"] if fail else None,
+            "capacity_unaccounted": unaccounted}
+
+
+def _offer(cls: type[Design], p: Params, tmp: Path, rate: float, name: str) -> Result:
+    """Events offered at ``rate`` for ``capacity_seconds`` to a fresh instance: the offered
+    rate achieved, the share of the second half's offer committed meanwhile, the books."""
+    opened = _Opened(cls, tmp, name)
+    design = opened.design
+    traffic = Traffic(10)
+    offered = 0
+    half: tuple[int, int] | None = None  # (offered, committed) at half-time
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < p.capacity_seconds:
+        if half is None and elapsed >= p.capacity_seconds / 2:
+            half = (offered, design.counts().committed)
+        due = int(rate * elapsed) + 1
+        if offered < due:
+            events = traffic.take(min(due - offered, 1_000))
+            record = design.record
+            for event in events:
+                record(event)
+            offered += len(events)
+        else:
+            time.sleep(0.0005)
+    elapsed = time.perf_counter() - start
+    committed = design.counts().committed
+    design.shutdown(_SHUTDOWN_TIMEOUT)
+    books = _books(design, opened.path, offered)
+    offered_half, committed_half = half or (0, 0)
+    second = max(1, offered - offered_half)
+    return {"offered_per_s": offered / elapsed,
+            "committed_share": (committed - committed_half) / second,
+            "dropped": books["dropped"], "unaccounted": books["unaccounted"]}
 
 
 def overload(cls: type[Design], p: Params, tmp: Path, capacity: float) -> Result:
@@ -503,6 +666,39 @@ def executemany_ceiling(p: Params, tmp: Path) -> Result:
     return {"base_ceiling_per_s": rows / spent}
 
 
+def backlog_ceiling(p: Params, tmp: Path) -> Result:
+    """Request rows/s of a plain loop over the backlog scenario's request rows:
+    ``executemany`` of 500 rows per transaction, nothing else (no session rows, no
+    counters, no books), on the same schema and pragmas: what SQLite itself allows here.
+    Only the database calls are timed, not building the rows; their CPU time per row is the
+    unit of the writer's CPU per event, a ratio a busy machine disturbs less than rates."""
+    path = Path(tempfile.mkdtemp(dir=tmp)) / "backlog-ceiling.db"
+    sink.create(path)
+    conn = sink.connect(path)
+    traffic = Traffic(9)
+    rows = 0
+    spent = cpu = 0.0
+    batch: list[Any] = []
+    left = p.backlog_events
+    while left > 0 or batch:
+        while left > 0 and len(batch) < 500:
+            event = traffic.next()
+            left -= 1
+            if type(event) is RequestEvent:
+                batch.append(event)
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(sink.INSERT_REQUEST, batch)
+        conn.execute("COMMIT")
+        spent += time.perf_counter() - t0
+        cpu += time.thread_time() - cpu0
+        rows += len(batch)
+        batch = []
+    conn.close()
+    return {"base_backlog_ceiling_per_s": rows / spent,
+            "base_backlog_ceiling_cpu_us": cpu / rows * 1e6}
+
+
 def run_scenarios(cls: type[Design], p: Params, tmp: Path,
                   progress: Callable[[str], None]) -> Result:
     """Every scenario that applies to ``cls``, in a fixed order; the merged results.
@@ -519,6 +715,10 @@ def run_scenarios(cls: type[Design], p: Params, tmp: Path,
         steps += [("latency", lambda: latency(cls, p, tmp)),
                   ("executemany baseline", lambda: executemany_ceiling(p, tmp)),
                   ("sustained", lambda: sustained(cls, p, tmp)),
+                  ("backlog ceiling", lambda: backlog_ceiling(p, tmp)),
+                  ("backlog", lambda: backlog(cls, p, tmp)),
+                  ("capacity", lambda: capacity(cls, p, tmp, max(
+                      result["sustained_per_s"], result["backlog_per_s"]))),
                   ("overload", lambda: overload(cls, p, tmp, result["sustained_per_s"])),
                   ("shutdown", lambda: shutdown_pending(cls, p, tmp)),
                   ("no-store baseline", lambda: gil_baseline(p, tmp, busy_core=False)),

@@ -21,6 +21,10 @@ RATIOS: Final = {
     "gil_ratio_busy": ("gil_rps", "base_gil_busy_rps"),
     "control_ratio": ("base_gil_busy_rps", "base_gil_rps"),  # what a busy core costs (1)
     "sustained_ratio": ("sustained_per_s", "base_ceiling_per_s"),
+    "backlog_ratio": ("backlog_per_s", "base_backlog_ceiling_per_s"),
+    "capacity_ratio": ("capacity_per_s", "base_backlog_ceiling_per_s"),
+    # the plain loop's CPU per row over the writer's per event: 1 = as cheap as the loop
+    "backlog_cpu_ratio": ("base_backlog_ceiling_cpu_us", "backlog_writer_cpu_us"),
     "producer_vs_put": ("producer_total_us", "base_put_us"),
 }
 

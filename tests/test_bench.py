@@ -45,15 +45,19 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
         result = run[design]
         for metric in ("producer_total_us", "latency_p99_ms", "sustained_per_s",
                        "overload_max_record_us", "shutdown_s", "gil_rps",
-                       "gil_handlers_cores", "gil_others_us", *baselines):
+                       "gil_handlers_cores", "gil_others_us", "backlog_per_s",
+                       "backlog_proxy_peak_mib", "base_backlog_ceiling_per_s",
+                       "capacity_per_s", *baselines):
             assert metric in result, (design, metric)
         # CPU of two cores at most; /proc counts in 10 ms ticks, so a short run can read 0
         assert 0 <= result["gil_handlers_cores"] <= 2.5, design
         for books in ("sustained_unaccounted", "overload_unaccounted", "shutdown_unaccounted",
-                      "gil_unaccounted"):
+                      "gil_unaccounted", "backlog_unaccounted", "capacity_unaccounted"):
             assert result[books] == 0, (design, books, result[books])
         assert result["overload_committed"] + result["overload_dropped"] == \
             result["overload_offered"], design
+        assert result["backlog_committed"] + result["backlog_dropped"] == \
+            result["backlog_offered"], design
 
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Quick smoke run" in report
@@ -76,9 +80,26 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("args", [["--runs", "0"], ["--designs", "none,nosuch"],
-                                  ["--work-us", "-1"], ["--replot", "/nonexistent.json"]])
+                                  ["--work-us", "-1"], ["--backlog-events", "0"],
+                                  ["--replot", "/nonexistent.json"]])
 def test_bench__bad_arguments__one_line_and_exit_2(args: list[str]) -> None:
     proc = bench(*args, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("python -m bench: error:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench__full_run_rewrites_the_readme_paragraph_up_to_the_chart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.report import update_readme
+
+    readme = (ROOT / "README.md").read_text()
+    updated = update_readme(readme, "**Benchmark** new figures.")
+    assert "**Benchmark** new figures.\n\n![Throughput" in updated
+    assert updated.count("**Benchmark**") == 1
+    assert updated.startswith(readme[:readme.index("<!-- BENCHMARK HEADLINE")])
+    assert updated.endswith(readme[readme.index("![Throughput relative"):])
+    with pytest.raises(ValueError, match="BENCHMARK HEADLINE"):
+        update_readme("# no marker here\n", "x")

@@ -351,14 +351,12 @@ class Traffic:
         session_id = self._session_for(call, status)
         if message is not None and len(message) > ERROR_MSG_MAX:
             message = message[:ERROR_MSG_MAX]
+        # Positional: half the cost of fourteen keywords (0.5 against 1 µs), on every request.
         self.store.record(RequestEvent(
-            request_id=new_request_id(call.ts), ts=call.ts, proxy=self.proxy,
-            session_id=session_id, method=call.method, tool=call.tool,
-            resource_uri=call.resource_uri, prompt_name=call.prompt_name,
-            latency_us=int((now - call.started) * 1_000_000), status=status,
-            error_code=code if code is None or type(code) is int else str(code),
-            error_msg=message,
-            bytes_in=call.bytes_in, bytes_out=bytes_out))
+            new_request_id(call.ts), call.ts, self.proxy, session_id, call.method, call.tool,
+            call.resource_uri, call.prompt_name, int((now - call.started) * 1_000_000), status,
+            code if code is None or type(code) is int else str(code), message, call.bytes_in,
+            bytes_out))
         if result is not None and call.method in SCHEMA_METHODS and isinstance(result, Mapping):
             self._schema(call, result)
 

@@ -3,8 +3,10 @@
 It never waits inside the queue: faster-fifo's process-shared mutex is not robust, and a
 process killed while blocked in ``get_many(timeout=...)`` leaves the queue's condition
 variable broken for everyone after it. So it polls with ``get_many_nowait`` (until the queue
-is empty: one call returns only what fits its receive buffer) and sleeps between empty polls
-(1 ms growing to 10 ms), which bounds both the added latency and the idle cost.
+is empty: one call returns only what fits its receive buffer). It sleeps only when there is
+nothing to do now, nothing read and no batch due (1 ms growing to 10 ms, which bounds both
+the added latency and the idle cost): a backlog is committed batch after batch, at the
+database's speed.
 
 It commits when ``batch_size`` events are waiting or the oldest has waited
 ``batch_interval``, one transaction per batch, and at once on a flush request. A transaction
@@ -180,7 +182,7 @@ class Writer:
                                 "exiting", self.owner_pid)
                     self.orphaned_at = time.monotonic()
                     self._stop()
-                self._commit_due()
+                committed = self._commit_due()
                 now = time.monotonic()
                 if now >= self.next_liveness:
                     self.next_liveness = now + _LIVENESS_EVERY
@@ -193,9 +195,13 @@ class Writer:
                         continue
                     self._finish()
                     return
-                poll = _POLL_MIN if got else min(poll * 2, _POLL_MAX)
-                if not got:
+                # Never sleep with work in hand: after a read or a commit there may be more
+                # to read or another batch due now (a backlog drains commit after commit).
+                if got or committed:
+                    poll = _POLL_MIN
+                else:
                     self._release_for(poll)
+                    poll = min(poll * 2, _POLL_MAX)
         finally:
             self.state.release()
 
@@ -402,30 +408,34 @@ class Writer:
 
     # -- committing -----------------------------------------------------------------------
 
-    def _commit_due(self) -> None:
+    def _commit_due(self) -> bool:
         """Commit one batch when one is due (so the queue is read between batches), or
-        everything pending when a flush or the stop asks for it."""
+        everything pending when a flush or the stop asks for it. Returns whether it did
+        (then more may be due at once); False when nothing was due or the commit failed
+        (a retry is scheduled)."""
         now = time.monotonic()
         if now < self.retry_at or not (self.pending or self.flushes):
-            return
+            return False
         if self.flushes or self.stopping:
-            self.commit_pending()
-        elif (len(self.pending) >= self.batch_size
-              or (self.oldest is not None and now - self.oldest >= self.interval)):
-            self._commit_one()
+            return self.commit_pending()
+        if (len(self.pending) >= self.batch_size
+                or (self.oldest is not None and now - self.oldest >= self.interval)):
+            return self._commit_one()
+        return False
 
-    def commit_pending(self) -> None:
+    def commit_pending(self) -> bool:
         """Commit everything pending, batch by batch, then answer the flushes waiting for it;
-        on failure keep the rest and schedule a retry."""
+        on failure keep the rest, schedule a retry and return False."""
         while self.pending:
             if not self._commit_one():
-                return
+                return False
         books = self.books
         books.settle(self.rows.values())  # nothing pending: all received is settled
         for row, seq in self.flushes.items():
             if books.get(row, P.FLUSHED) < seq:
                 books.set(row, P.FLUSHED, seq)
         self.flushes.clear()
+        return True
 
     def _commit_one(self) -> bool:
         """Commit up to ``batch_size`` pending events in one transaction; False if it failed
