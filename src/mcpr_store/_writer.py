@@ -472,6 +472,8 @@ class Writer:
         self.pending_bytes = self.pending_bytes * left // total if total else 0
         # What is left arrived after what was just committed: its wait starts now at most.
         self.oldest = time.monotonic() if left else None
+        if not left:  # all received is settled: a later death cannot have lost any of it
+            books.settle(self.rows.values())
         return True
 
     def _watchdog(self) -> None:

@@ -124,6 +124,59 @@ def test_flush__says_false_when_the_writer_died_holding_what_it_waits_for(
     assert store.flush(timeout=8) is False  # the loss is not forgotten
 
 
+def test_flush__stays_true_for_a_worker_whose_events_were_committed_before_a_loss(
+    open_store: Callable[..., Store], db_path: Path
+) -> None:
+    """A writer dies holding the owner's events only: a forked worker whose events were all
+    committed earlier (by the batch timer, never flushed) lost nothing, so its flush says
+    True while the owner's says False."""
+    store = open_store(batch_interval=0.05)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 2
+        try:
+            for i in range(100):
+                store.record(request(f"w{i}"))
+            wait_for(lambda: store.stats().committed >= 100, what="the worker's commit")
+            os.write(ready_w, b"x")
+            os.read(go_r, 1)
+            code = 0 if store.flush(timeout=8) else 1
+            store.shutdown(timeout=8)
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            for i in range(10):
+                store.record(request(f"o{i}"))
+            wait_for(lambda: store.stats().writer_pending == 10
+                     and store.stats().commit_failures, what="the writer to hold the 10")
+            old = store.stats().writer_pid
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        wait_for(lambda: store.stats().writer_restarts == 1, what="a new writer")
+        os.write(go_w, b"x")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0, "the worker's flush said False"
+        assert store.flush(timeout=8) is False
+        assert store.stats().lost_by_reason == {"writer_died": 10}
+        assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 100
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+
+
 def test_flush__is_asked_again_of_the_writer_that_replaces_one_killed_before_answering(
     open_store: Callable[..., Store], db_path: Path, pause_after_commit: Path
 ) -> None:
