@@ -1,0 +1,226 @@
+"""``mcpr-store top``: a live view of one store, redrawn every second from the database.
+
+Reads through the command's ``QueryEngine`` (``QueryEngine.live``: one read transaction per
+refresh, only the window's rows), so it never writes and never holds a lock a writer waits
+on: on SQLite the connection is released between reads beside a writer, on PostgreSQL every
+read is a read-only transaction. A terminal gets rich's ``Live`` on the alternate screen,
+keys read in cbreak mode (q quits; Ctrl-C too), and the terminal's modes are put back
+however it ends. ``--once``, and any stdout that is not a terminal, get one snapshot as
+plain text (``--json``: one JSON object).
+
+Every name and message shown came from a client or an upstream, so control characters are
+escaped before they reach the terminal (``_printable``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import sqlite3
+import sys
+import time
+from typing import TYPE_CHECKING, Final
+
+from ..query import LiveSnapshot, LiveWindow, QueryError
+from ._format import ago, clock, duration, latency, zone
+
+if TYPE_CHECKING:
+    from rich.console import Group, RenderableType
+
+    from ._commands import Context
+
+__all__ = ["cmd_top", "render"]
+
+#: Seconds between refreshes.
+REFRESH: Final = 1.0
+#: Bars of a sparkline: the window is cut into this many buckets.
+BUCKETS: Final = 60
+_BARS: Final = "▁▂▃▄▅▆▇█"
+#: Fewer bars than this say nothing: the sparklines go instead.
+_FEWEST_BARS: Final = 10
+#: A tool's name is cut (with an ellipsis) beyond this.
+_LABEL_WIDTH: Final = 40
+#: C0 and C1 controls, DEL, lone surrogates (which no terminal encoding can carry), and the
+#: characters that reorder text on a terminal (bidi overrides, line and paragraph
+#: separators).
+_UNPRINTABLE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str | None) -> str:
+    """``text`` with every control character as a visible escape (``\\x1b``, ``\\u202e``)."""
+    if text is None:
+        return "-"
+    return _UNPRINTABLE.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                       else f"\\u{ord(m[0]):04x}"), text)
+
+
+def sparkline(values: list[int]) -> str:
+    """One character per value, scaled to the largest; a blank for zero."""
+    top = max(values, default=0)
+    if not top:
+        return " " * len(values)
+    return "".join(_BARS[min(len(_BARS) - 1, (v * len(_BARS) - 1) // top)] if v else " "
+                   for v in values)
+
+
+def _rate(count: int, window_ms: int) -> str:
+    return f"{count * 1000 / window_ms:.1f}"
+
+
+def render(snap: LiveSnapshot, where: str, proxy: str | None, width: int | None) -> Group:
+    """The view of one snapshot: traffic per tool, sessions, errors, the store's health;
+    ``width``: the terminal's (None: no limit)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    shown_zone = zone(snap.now)
+    head = Text.assemble(
+        ("mcpr-store top", "bold"),
+        f"  {_printable(where)}  proxy {_printable(proxy) if proxy else 'all'}  "
+        f"last {duration(snap.window_ms)}, {duration(snap.bucket_ms)} per bar  "
+        f"{clock(snap.now, shown_zone)} {shown_zone}")
+
+    cells = [[_printable(t.label), f"{t.requests:,}", _rate(t.requests, snap.window_ms),
+              f"{t.errors:,}", _rate(t.errors, snap.window_ms), latency(t.p50_us),
+              latency(t.p95_us)] for t in (snap.total, *snap.tools)]
+    headers = ("tool", "requests", "req/s", "errors", "err/s", "p50", "p95")
+    natural = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    natural[0] = min(natural[0], _LABEL_WIDTH)
+    # The numbers are never cut; the sparklines get what is left of the terminal (the
+    # newest buckets), or go when too little is.
+    room = BUCKETS if width is None else (width - sum(natural) - 2 * (len(natural) + 1)) // 2
+    bars = min(BUCKETS, room) if room >= _FEWEST_BARS else 0
+    traffic = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    for i, header in enumerate(headers):
+        traffic.add_column(header, justify="left" if i == 0 else "right", no_wrap=True,
+                           min_width=natural[i], max_width=natural[i], overflow="ellipsis")
+    if bars:
+        span = duration(snap.bucket_ms * bars)
+        traffic.add_column(f"requests, last {span}", no_wrap=True, width=bars)
+        traffic.add_column(f"errors, last {span}", no_wrap=True, width=bars)
+    for series, row in zip((snap.total, *snap.tools), cells, strict=True):
+        sparks: list[RenderableType] = [sparkline(series.requests_per_bucket[-bars:]),
+                  Text(sparkline(series.errors_per_bucket[-bars:]), style="red")] if bars else []
+        traffic.add_row(*(Text(cell) for cell in row), *sparks,
+                        style="bold" if series is snap.total else None)
+
+    clients = Text("active sessions: ", style="bold")
+    clients.append(", ".join(f"{_printable(c.client_name)} {c.sessions:,}"
+                             for c in snap.active_clients) or "none")
+
+    errors = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
+                   title="recent errors", title_justify="left", title_style="bold")
+    for header in (f"time ({shown_zone})", "proxy", "target", "status", "latency", "error"):
+        errors.add_column(header, no_wrap=True, overflow="ellipsis")
+    for e in snap.recent_errors:
+        errors.add_row(clock(e.ts, shown_zone), Text(_printable(e.proxy)),
+                       Text(_printable(e.tool or e.resource_uri or e.prompt_name or e.method)),
+                       Text(f"{e.status} {e.error_code}" if e.error_code else e.status),
+                       latency(e.latency_us), Text(_printable(e.error_msg or "")),
+                       style="red")
+
+    health = Text("store: ", style="bold")
+    health.append(f"writer {'up' if snap.writer.alive else 'down'} ({snap.writer.detail})",
+                  style=None if snap.writer.alive else "yellow")
+    lines = [health]
+    for books in snap.books:
+        state = ("" if snap.writer.alive
+                 else "  (no writer: this store did not stop cleanly)")
+        lines.append(Text(f"  store {books.store[:8]}: committed {books.committed:,}, "
+                          f"refused {books.refused:,}, last commit "
+                          f"{ago(books.written_at, snap.now)}{state}"))
+    if not snap.books:
+        lines.append(Text("  no running store's books (each is removed at a clean stop)"))
+    lines.append(Text("  dropped and lost are not kept in the database: see "
+                      "mcpr_store_events_lost_total on the store's /metrics"))
+    parts: list[RenderableType] = [head, Text(""), traffic, Text(""), clients, Text("")]
+    if snap.recent_errors:
+        parts += [errors, Text("")]
+    else:
+        parts += [Text("recent errors: none", style="bold"), Text("")]
+    return Group(*parts, *lines)
+
+
+def _snapshot(ctx: Context, args: argparse.Namespace,
+              window: LiveWindow | None = None) -> LiveSnapshot:
+    return ctx.engine().live(window_ms=args.since, buckets=BUCKETS, proxy=_proxy_of(args),
+                             window=window)
+
+
+def _proxy_of(args: argparse.Namespace) -> str | None:
+    proxy: str | None = args.proxy if args.proxy is not None else args.proxy_option
+    return proxy
+
+
+def cmd_top(args: argparse.Namespace, ctx: Context) -> int:
+    if (args.proxy is not None and args.proxy_option is not None
+            and args.proxy != args.proxy_option):
+        raise ValueError(f"two proxies given: {args.proxy!r} and --proxy "
+                         f"{args.proxy_option!r}; give one")
+    window = LiveWindow()  # refreshes read only what was committed since the last one
+    snap = _snapshot(ctx, args, window)  # a database that cannot be read fails here: exit 2
+    where = str(ctx.engine().path)
+    if ctx.out.json_lines:
+        ctx.out.json(snap.to_dict())
+        return 0
+    if args.once or not ctx.out.stream.isatty():
+        ctx.out.console.print(render(snap, where, _proxy_of(args), ctx.out.width))
+        return 0
+    return _watch(ctx, args, snap, where, window)
+
+
+def _watch(ctx: Context, args: argparse.Namespace, snap: LiveSnapshot, where: str,
+           window: LiveWindow) -> int:
+    """Redraw every second until q or Ctrl-C; the terminal as it was afterwards."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console(file=ctx.out.stream, highlight=False, markup=False, emoji=False,
+                      no_color=bool(os.environ.get("NO_COLOR")))
+    keys = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+    saved = None
+    if keys is not None:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(keys)
+        tty.setcbreak(keys)  # keys one by one, no echo; Ctrl-C still signals
+    proxy = _proxy_of(args)
+    try:
+        with Live(render(snap, where, proxy, console.width), console=console, screen=True,
+                  auto_refresh=False, transient=True) as live:
+            due = time.monotonic() + REFRESH
+            while True:
+                wait = max(0.0, due - time.monotonic())
+                if keys is not None:
+                    ready, _, _ = select.select([keys], [], [], wait)
+                    if ready and os.read(keys, 64).lower().count(b"q"):
+                        return 0
+                else:
+                    time.sleep(wait)
+                if time.monotonic() < due:
+                    continue
+                due = time.monotonic() + REFRESH
+                view: RenderableType
+                try:
+                    view = render(_snapshot(ctx, args, window), where, proxy, console.width)
+                except (sqlite3.Error, QueryError) as exc:
+                    # Briefly unreadable (a writer replacing the file, a server restart):
+                    # say so and read again at the next refresh on a fresh connection.
+                    ctx.close()
+                    window = LiveWindow()
+                    view = Text(f"mcpr-store top: cannot read {where} now: {exc}; retrying",
+                                style="yellow")
+                live.update(view, refresh=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if saved is not None and keys is not None:
+            import termios
+
+            termios.tcsetattr(keys, termios.TCSADRAIN, saved)

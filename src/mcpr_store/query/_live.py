@@ -1,0 +1,229 @@
+"""What ``mcpr-store top`` shows: the traffic of a recent window, bucket by bucket, and the
+store's own health, in one read transaction.
+
+Built to be asked every second beside a writer: each statement reads only the window's rows
+through an index (``idx_requests_ts``, ``idx_requests_status``, the partial index of open
+sessions), so its cost follows the traffic of the window, not the size of the table. Buckets
+are computed by the database (``(ts - start) / bucket``, integer division on both), and only
+one row per (label, bucket) leaves it.
+
+Whether a writer runs is not in the rows; what the database can tell is: on SQLite, whether
+a process holds the ``-shm`` open (every connection to a WAL database keeps a shared lock
+on its dead-man byte for its whole life, and ``F_GETLK`` names the holder without taking
+anything); on PostgreSQL, whether other ``mcpr-store`` sessions are connected to the
+database (``pg_stat_activity``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Final
+
+from .._batch import parse_books
+from ._backend import Conn
+from ._filters import Where
+from ._logs import LOG_COLUMNS
+from ._sessions import ACTIVE_WINDOW_MS
+from ._stats import ERRORS, stats
+from ._types import (
+    BooksRow,
+    ClientSessions,
+    LiveSeries,
+    LiveSnapshot,
+    LogRow,
+    WriterSeen,
+)
+
+__all__ = ["LiveWindow", "snapshot", "sqlite_writer"]
+
+_LABEL: Final = "COALESCE(tool, '<' || method || '>')"
+_BOOKS_PREFIX: Final = "mcpr-store.books."
+#: Clients listed at most (the rest are in no row: ``clients`` lists them all).
+_CLIENTS: Final = 8
+#: SQLite's unix VFS: the byte of the ``-shm`` file every connection holds a shared lock on
+#: while it has the database open (``UNIX_SHM_DMS``: 120 + SQLITE_SHM_NLOCK).
+_SHM_DMS: Final = 128
+#: ``struct flock`` on Linux: l_type, l_whence, l_start, l_len, l_pid (and padding).
+_FLOCK: Final = "hhqqi4x"
+
+
+def sqlite_writer(path: Path) -> WriterSeen:
+    """Whether a process holds the SQLite database at ``path`` open (its ``-shm`` locked):
+    the writer, or a reader in the middle of a read. Takes no lock and creates nothing."""
+    shm = f"{path}-shm"
+    try:
+        fd = os.open(shm, os.O_RDONLY)
+    except FileNotFoundError:
+        return WriterSeen(False, "no writer: the database is at rest (no -shm)")
+    except OSError as exc:
+        return WriterSeen(False, f"unknown: cannot open {shm}: {exc.strerror}")
+    try:
+        ask = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _SHM_DMS, 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, ask)
+    except OSError as exc:
+        return WriterSeen(False, f"unknown: cannot test the lock of {shm}: {exc.strerror}")
+    finally:
+        # Closing a descriptor drops this process's POSIX locks on the file: the engine
+        # holds none here (it releases its connection between reads beside a writer).
+        os.close(fd)
+    kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
+    if kind == fcntl.F_UNLCK:
+        return WriterSeen(False, "no writer: no process has the database open")
+    return WriterSeen(True, f"pid {pid} has the database open")
+
+
+def _postgres_writer(conn: Conn) -> WriterSeen:
+    count = conn.execute(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'mcpr-store' AND pid <> pg_backend_pid()").fetchone()[0]
+    if not count:
+        return WriterSeen(False, "no writer: no other mcpr-store session is connected")
+    return WriterSeen(True, f"{count} other mcpr-store session{'s' if count != 1 else ''} "
+                            "connected")
+
+
+class LiveWindow:
+    """The window's requests kept between refreshes, so that a refresh reads only the rows
+    committed since the previous one (a range of the primary key) instead of the whole
+    window: at 1,000 requests/s a full read of a minute is 60,000 rows every second.
+
+    Row ids grow in commit order on SQLite (one writer); several writers into one PostgreSQL
+    database can commit out of id order, so every ``RESYNC_SECONDS`` the window is read in
+    full again, which also picks up whatever a writer committed late. A window holding more
+    than ``MAX_ROWS`` rows is not kept: every refresh then aggregates in the database.
+    """
+
+    RESYNC_SECONDS: Final = 30.0
+    MAX_ROWS: Final = 500_000
+
+    def __init__(self) -> None:
+        #: id -> (ts, label, latency_us, failed)
+        self.rows: dict[int, tuple[int, str, int, bool]] = {}
+        self.last_id = 0
+        self.resync_at = 0.0
+        self.key: tuple[int, str | None] | None = None  # (start of the window, proxy) read
+        self.too_big = False
+
+    def read(self, conn: Conn, *, start: int, now_ms: int, bucket_ms: int, buckets: int,
+             proxy: str | None) -> list[LiveSeries] | None:
+        """The window's series, or None when it is too big to keep (ask the database)."""
+        clock = time.monotonic()
+        if self.key is None or self.key[1] != proxy or clock >= self.resync_at:
+            where = Where().add("ts >= ?", start).equals("proxy", proxy)
+            count = conn.execute(f"SELECT COUNT(*) FROM requests{where.sql()}",
+                                 where.params).fetchone()[0]
+            self.too_big = count > self.MAX_ROWS
+            self.rows = {}
+            self.last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0]
+            self.key, self.resync_at = (start, proxy), clock + self.RESYNC_SECONDS
+            if self.too_big:
+                return None
+            new = conn.execute(f"SELECT id, ts, {_LABEL}, latency_us, status <> 'ok', proxy "
+                               f"FROM requests{where.sql()} AND id <= ?",
+                               (*where.params, self.last_id))
+        elif self.too_big:
+            return None
+        else:
+            # Only the primary key's range: a condition on ts or proxy here could lead the
+            # planner to their indexes, which hold the whole window (or the whole proxy).
+            new = conn.execute(f"SELECT id, ts, {_LABEL}, latency_us, status <> 'ok', proxy "
+                               "FROM requests WHERE id > ?", (self.last_id,))
+        for row_id, ts, label, latency_us, failed, row_proxy in new:
+            self.last_id = max(self.last_id, row_id)
+            if ts >= start and (proxy is None or row_proxy == proxy):
+                self.rows[row_id] = (ts, label, latency_us, bool(failed))
+        by_label: dict[str, tuple[list[int], list[int], list[int]]] = {}
+        expired = []
+        for row_id, (ts, label, latency_us, failed) in self.rows.items():
+            if ts < start:
+                expired.append(row_id)
+                continue
+            if ts >= now_ms:
+                continue
+            requests, errors, latencies = by_label.setdefault(
+                label, ([0] * buckets, [0] * buckets, []))
+            bucket = (ts - start) // bucket_ms
+            requests[bucket] += 1
+            errors[bucket] += failed
+            latencies.append(latency_us)
+        for row_id in expired:
+            del self.rows[row_id]
+        series = []
+        for label, (requests, errors, latencies) in by_label.items():
+            latencies.sort()
+            n = len(latencies)
+            series.append(LiveSeries(label, n, sum(errors), requests, errors,
+                                     latencies[(50 * n + 99) // 100 - 1],
+                                     latencies[(95 * n + 99) // 100 - 1]))
+        return series
+
+
+def _aggregated(conn: Conn, *, start: int, now_ms: int, bucket_ms: int, buckets: int,
+                proxy: str | None) -> list[LiveSeries]:
+    """The window's series aggregated by the database (no state kept)."""
+    where = Where().add("ts >= ? AND ts < ?", start, now_ms).equals("proxy", proxy)
+    per_label: dict[str, tuple[list[int], list[int]]] = {}
+    for label, bucket, count, errors in conn.execute(
+            f"SELECT {_LABEL}, (ts - ?) / ?, COUNT(*), {ERRORS} FROM requests{where.sql()} "
+            "GROUP BY 1, 2", (start, bucket_ms, *where.params)):
+        requests, failed = per_label.setdefault(label, ([0] * buckets, [0] * buckets))
+        requests[int(bucket)], failed[int(bucket)] = count, errors
+    latencies = {t.label: t for t in stats(conn, since_ts=start, proxy=proxy).tools}
+    return [LiveSeries(label, sum(requests), sum(failed), requests, failed,
+                       latencies[label].p50_us if label in latencies else None,
+                       latencies[label].p95_us if label in latencies else None)
+            for label, (requests, failed) in per_label.items()]
+
+
+def snapshot(conn: Conn, *, now_ms: int, window_ms: int, buckets: int,
+             proxy: str | None, writer: WriterSeen | None,
+             window: LiveWindow | None = None) -> LiveSnapshot:
+    """The window ending at ``now_ms`` in ``buckets`` buckets; ``writer`` as seen from
+    outside the database (SQLite), or None to ask the database (PostgreSQL). With a
+    ``window`` kept from the previous refresh only the new rows are read."""
+    bucket_ms = max(1, -(-window_ms // buckets))
+    start = now_ms - bucket_ms * buckets
+    tools = None
+    if window is not None:
+        tools = window.read(conn, start=start, now_ms=now_ms, bucket_ms=bucket_ms,
+                            buckets=buckets, proxy=proxy)
+    if tools is None:
+        tools = _aggregated(conn, start=start, now_ms=now_ms, bucket_ms=bucket_ms,
+                            buckets=buckets, proxy=proxy)
+    tools.sort(key=lambda t: (-t.requests, t.label))
+    total_requests = [sum(column) for column in zip(*(t.requests_per_bucket for t in tools),
+                                                      strict=True)] or [0] * buckets
+    total_errors = [sum(column) for column in zip(*(t.errors_per_bucket for t in tools),
+                                                    strict=True)] or [0] * buckets
+    total = LiveSeries("all", sum(total_requests), sum(total_errors), total_requests,
+                       total_errors, None, None)
+
+    active = Where().add("ended_at IS NULL").add("last_seen_at >= ?", now_ms - ACTIVE_WINDOW_MS)
+    active.equals("proxy", proxy)
+    clients = [ClientSessions(name, count) for name, count in conn.execute(
+        f"SELECT client_name, COUNT(*) FROM sessions{active.sql()} GROUP BY client_name "
+        "ORDER BY 2 DESC, 1 LIMIT ?", (*active.params, _CLIENTS))]
+
+    failed_where = Where().add("status <> 'ok'").add("ts >= ?", start)
+    failed_where.equals("proxy", proxy)
+    errors = [LogRow(*row) for row in conn.execute(
+        f"SELECT {LOG_COLUMNS} FROM requests{failed_where.sql()} ORDER BY ts DESC, id DESC "
+        "LIMIT 5", failed_where.params)]
+
+    books = []
+    for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE ?",
+                                   (_BOOKS_PREFIX + "%",)):
+        parsed = parse_books(value)
+        fields = str(value).split()
+        if parsed is not None and fields[2].isdigit():
+            books.append(BooksRow(key[len(_BOOKS_PREFIX):], parsed[0], parsed[1],
+                                  int(fields[2])))
+    books.sort(key=lambda b: -b.written_at)
+    return LiveSnapshot(now=now_ms, window_ms=bucket_ms * buckets, bucket_ms=bucket_ms,
+                        total=total, tools=tools, active_clients=clients,
+                        recent_errors=errors, books=books,
+                        writer=writer if writer is not None else _postgres_writer(conn))
