@@ -275,6 +275,9 @@ def _proxy_server_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes (default 1)")
     p.add_argument("--name", default=None,
                    help="proxy name on the rows (default: [store] name, else default)")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (the store's "
+                        "books and per-worker requests; off by default; the metrics extra)")
 
 
 def _db_export(args: argparse.Namespace, ctx: Context) -> int:

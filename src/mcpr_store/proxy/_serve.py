@@ -115,24 +115,29 @@ class _DetachOnShutdown:
 
 
 def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: StoreConfig,
-              name: str, announce: Any = print) -> int:
+              name: str, announce: Any = print, metrics: tuple[str, int] | None = None) -> int:
     """Serve the recording proxy for ``upstream`` on ``host:port`` until SIGTERM or SIGINT.
 
     Blocks until the proxy has stopped and the store is shut down; returns the exit code
     (0 after a clean stop). ``announce`` is called once with one line, when the port is
-    bound and the workers are starting (its real port, if ``port`` was 0). Raises
-    ``ValueError`` for a bad upstream URL and ``StoreError`` if the store cannot open.
+    bound and the workers are starting (its real port, if ``port`` was 0). ``metrics``:
+    serve ``/metrics`` on this (host, port) (``_metrics``). Raises ``ValueError`` for a bad
+    upstream URL, ``StoreError`` if the store cannot open and ``OSError`` if the metrics
+    address cannot be bound.
     """
     forward = Forward(upstream)  # validates the URL before anything starts
     store = Store.open(config)
-    app = _DetachOnShutdown(StoreMiddleware(forward, store=store, proxy=name,
+    exporter = _metrics(metrics, store)
+    app = _DetachOnShutdown(StoreMiddleware(exporter.around(forward) if exporter else forward,
+                                            store=store, proxy=name,
                                             upstream=upstream, path=forward.path), store)
 
     def when_ready(server: Any) -> None:
         bound = server.LISTENERS[0].sock.getsockname()
         announce(f"mcpr-store proxy: listening on http://{bound[0]}:{bound[1]}{forward.path} "
                  f"-> {upstream} ({workers} worker{'s' if workers != 1 else ''}, "
-                 f"database {store.db_path}, proxy name {name!r})")
+                 f"database {store.db_path}, proxy name {name!r})"
+                 + (f"; metrics on {exporter.url}" if exporter else ""))
         sys.stdout.flush()
 
     def worker_exit(server: Any, worker: Any) -> None:
@@ -155,4 +160,20 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     finally:
         if not store.shutdown():
             code = code or 1
+        if exporter is not None:
+            exporter.close()
     return code
+
+
+def _metrics(bind: tuple[str, int] | None, store: Store) -> Any:
+    """The ``/metrics`` exporter (``_metrics.ProxyMetrics``) when asked for, else None; the
+    store is shut down when its address cannot be bound."""
+    if bind is None:
+        return None
+    from ._metrics import ProxyMetrics  # prometheus_client: the metrics extra
+
+    try:
+        return ProxyMetrics(bind, store)
+    except BaseException:
+        store.shutdown()
+        raise
