@@ -9,6 +9,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,3 +132,13 @@ def test_proxy_metrics__a_bad_address_is_one_line_before_anything_starts(db_path
     assert done.stderr.strip().splitlines() == [
         "mcpr-store: --metrics takes HOST:PORT (e.g. 127.0.0.1:9464), got '9464'"]
     assert not db_path.exists()  # refused before the store opened
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*CLI, "proxy", "http://127.0.0.1:9/mcp", "--db", str(db_path),
+                               "--metrics", f"127.0.0.1:{port}"], capture_output=True,
+                              text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"mcpr-store: cannot serve metrics on 127.0.0.1:{port}: Address already in use"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -37,6 +37,9 @@ from uvicorn_worker import UvicornWorker
 from .. import Store, StoreConfig
 from ..asgi import Message, Receive, Scope, Send, StoreMiddleware
 from ._forward import Forward
+
+if TYPE_CHECKING:
+    from ._metrics import ProxyMetrics
 
 __all__ = ["ProxyWorker", "run_proxy"]
 
@@ -122,12 +125,12 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     (0 after a clean stop). ``announce`` is called once with one line, when the port is
     bound and the workers are starting (its real port, if ``port`` was 0). ``metrics``:
     serve ``/metrics`` on this (host, port) (``_metrics``). Raises ``ValueError`` for a bad
-    upstream URL, ``StoreError`` if the store cannot open and ``OSError`` if the metrics
-    address cannot be bound.
+    upstream URL or a metrics address that cannot be bound, ``StoreError`` if the store
+    cannot open.
     """
     forward = Forward(upstream)  # validates the URL before anything starts
     store = Store.open(config)
-    exporter = _metrics(metrics, store)
+    exporter = _exporter(metrics, store)
     app = _DetachOnShutdown(StoreMiddleware(exporter.around(forward) if exporter else forward,
                                             store=store, proxy=name,
                                             upstream=upstream, path=forward.path), store)
@@ -165,15 +168,19 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     return code
 
 
-def _metrics(bind: tuple[str, int] | None, store: Store) -> Any:
-    """The ``/metrics`` exporter (``_metrics.ProxyMetrics``) when asked for, else None; the
-    store is shut down when its address cannot be bound."""
+def _exporter(bind: tuple[str, int] | None, store: Store) -> ProxyMetrics | None:
+    """The ``/metrics`` exporter when asked for, else None. An address that cannot be bound
+    is a ``ValueError`` (one line on the command line), after the store is shut down."""
     if bind is None:
         return None
     from ._metrics import ProxyMetrics  # prometheus_client: the metrics extra
 
     try:
         return ProxyMetrics(bind, store)
+    except OSError as exc:
+        store.shutdown()
+        raise ValueError(f"cannot serve metrics on {bind[0]}:{bind[1]}: "
+                         f"{exc.strerror or exc}") from None
     except BaseException:
         store.shutdown()
         raise
