@@ -4,9 +4,10 @@
 
 The database the scale test builds (``--rows`` over the last week), plus ``--busy``
 requests in the last minute (60,000: 1,000 requests/s, the window ``top`` reads). Each
-refresh is one ``QueryEngine.live()``, as ``top`` makes every second; on SQLite the
-database's work runs in the caller's process, so its CPU time (``time.process_time``) is
-the database's cost. Reported as CPU per refresh and as a share of one core at one
+refresh is one ``QueryEngine.live()`` with the ``LiveWindow`` kept between refreshes, as
+``top`` makes every second; on SQLite the database's work runs in the calling thread, so
+that thread's CPU time (``time.thread_time``) is the database's cost plus ``top``'s own
+counting, an upper bound of the database's. Reported as CPU per refresh and as a share of one core at one
 refresh per second, twice: with the file at rest, and beside a running store whose writer
 commits 1,000 new requests before each refresh (every read then opens ``mode=ro`` anew).
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import request, session
+from helpers import request, session, wait_for
 from test_cli_query import _exe
 
 from mcpr_store import RequestStatus, Store, StoreConfig
@@ -252,4 +252,41 @@ def test_live_window__reads_new_rows_and_agrees_with_the_database(tmp_path: Path
             assert expected[0][1] == 30 * (step + 1)
             assert numbers(kept) == expected
             assert numbers(small) == expected and small.too_big
-        assert kept.rows and len(kept.rows) == 90  # kept, and read once each
+        assert kept.rows == 90  # kept, and read once each
+
+
+def test_live_window__forgets_what_leaves_the_window(tmp_path: Path) -> None:
+    """A 2-second window of 1-second buckets: as time passes, what a kept window forgets
+    is what the database no longer counts (latencies included)."""
+    from mcpr_store.query import LiveWindow, QueryEngine
+
+    db = tmp_path / "store.db"
+    kept = LiveWindow()
+    with Store.open(StoreConfig(db_path=db, mcpr_version="test")) as store, \
+            QueryEngine.open(db) as q:
+
+        def agree() -> int:
+            """Both answers of the same second compared; the requests counted."""
+            while True:
+                mine = q.live(window_ms=2_000, buckets=2, window=kept)
+                theirs = q.live(window_ms=2_000, buckets=2)
+                if mine.now // 1_000 == theirs.now // 1_000:
+                    assert mine.tools == theirs.tools and mine.total == theirs.total
+                    return mine.total.requests
+
+        first = int(time.time() * 1000) // 1_000
+        for i in range(20):
+            store.record(request(f"r{i}", ts=first * 1_000 + i, latency_us=10_000 - i))
+        assert store.flush()
+        assert agree() == 20
+        wait_for(lambda: int(time.time() * 1000) // 1_000 >= first + 1, what="a second on")
+        later = int(time.time() * 1000)
+        store.record(request("later", ts=later, latency_us=1))
+        assert store.flush()
+        assert agree() in (21, 1)  # the first second still in the window, or just gone
+        wait_for(lambda: int(time.time() * 1000) // 1_000 >= first + 2, what="two seconds on")
+        assert agree() in (1, 0)
+        wait_for(lambda: int(time.time() * 1000) // 1_000 >= later // 1_000 + 2,
+                 what="the later one's second out of the window")
+        assert agree() == 0
+        assert kept.rows == 0 and kept.latencies == {}

@@ -16,6 +16,7 @@ database (``pg_stat_activity``).
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import os
 import struct
@@ -88,40 +89,52 @@ def _postgres_writer(conn: Conn) -> WriterSeen:
 
 class LiveWindow:
     """The window's requests kept between refreshes, so that a refresh reads only the rows
-    committed since the previous one (a range of the primary key) instead of the whole
-    window: at 1,000 requests/s a full read of a minute is 60,000 rows every second.
+    committed since the previous one (a range of the primary key) and updates its counts
+    with them: at 1,000 requests/s a full read of a minute is 60,000 rows every second, an
+    update 1,000. Kept per bucket (counts by label, and the latencies to take out of each
+    label's sorted list when the bucket leaves the window), so a refresh costs what arrived
+    and what expired, not the window.
 
     Row ids grow in commit order on SQLite (one writer); several writers into one PostgreSQL
     database can commit out of id order, so every ``RESYNC_SECONDS`` the window is read in
     full again, which also picks up whatever a writer committed late. A window holding more
-    than ``MAX_ROWS`` rows is not kept: every refresh then aggregates in the database.
+    than ``MAX_ROWS`` requests is not kept: every refresh then aggregates in the database.
     """
 
     RESYNC_SECONDS: Final = 30.0
     MAX_ROWS: Final = 500_000
 
     def __init__(self) -> None:
-        #: id -> (ts, label, latency_us, failed)
-        self.rows: dict[int, tuple[int, str, int, bool]] = {}
-        self.last_id = 0
+        self.key: tuple[int, str | None] | None = None  # (bucket_ms, proxy) of what is kept
         self.resync_at = 0.0
-        self.key: tuple[int, str | None] | None = None  # (start of the window, proxy) read
         self.too_big = False
+        self._clear()
 
-    def read(self, conn: Conn, *, start: int, now_ms: int, bucket_ms: int, buckets: int,
+    def _clear(self) -> None:
+        self.last_id = 0
+        self.rows = 0  # requests kept
+        #: bucket (ts // bucket_ms) -> label -> [requests, errors]
+        self.counts: dict[int, dict[str, list[int]]] = {}
+        #: bucket -> (label, latency_us) of each request, to forget when the bucket expires
+        self.members: dict[int, list[tuple[str, int]]] = {}
+        #: label -> every kept latency, sorted
+        self.latencies: dict[str, list[int]] = {}
+
+    def read(self, conn: Conn, *, start: int, end: int, bucket_ms: int, buckets: int,
              proxy: str | None) -> list[LiveSeries] | None:
-        """The window's series, or None when it is too big to keep (ask the database)."""
+        """The series of the buckets from ``start`` (a bucket's start) to ``end``, or None
+        when the window is too big to keep (ask the database)."""
         clock = time.monotonic()
-        if self.key is None or self.key[1] != proxy or clock >= self.resync_at:
+        if self.key != (bucket_ms, proxy) or clock >= self.resync_at:
             where = Where().add("ts >= ?", start).equals("proxy", proxy)
             count = conn.execute(f"SELECT COUNT(*) FROM requests{where.sql()}",
                                  where.params).fetchone()[0]
             self.too_big = count > self.MAX_ROWS
-            self.rows = {}
-            self.last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0]
-            self.key, self.resync_at = (start, proxy), clock + self.RESYNC_SECONDS
+            self._clear()
+            self.key, self.resync_at = (bucket_ms, proxy), clock + self.RESYNC_SECONDS
             if self.too_big:
                 return None
+            self.last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0]
             new = conn.execute(f"SELECT id, ts, {_LABEL}, latency_us, status <> 'ok', proxy "
                                f"FROM requests{where.sql()} AND id <= ?",
                                (*where.params, self.last_id))
@@ -132,40 +145,50 @@ class LiveWindow:
             # planner to their indexes, which hold the whole window (or the whole proxy).
             new = conn.execute(f"SELECT id, ts, {_LABEL}, latency_us, status <> 'ok', proxy "
                                "FROM requests WHERE id > ?", (self.last_id,))
+        first = start // bucket_ms
         for row_id, ts, label, latency_us, failed, row_proxy in new:
             self.last_id = max(self.last_id, row_id)
-            if ts >= start and (proxy is None or row_proxy == proxy):
-                self.rows[row_id] = (ts, label, latency_us, bool(failed))
-        by_label: dict[str, tuple[list[int], list[int], list[int]]] = {}
-        expired = []
-        for row_id, (ts, label, latency_us, failed) in self.rows.items():
-            if ts < start:
-                expired.append(row_id)
+            bucket = ts // bucket_ms
+            if bucket < first or (proxy is not None and row_proxy != proxy):
                 continue
-            if ts >= now_ms:
+            counts = self.counts.setdefault(bucket, {}).setdefault(label, [0, 0])
+            counts[0] += 1
+            counts[1] += bool(failed)
+            self.members.setdefault(bucket, []).append((label, latency_us))
+            bisect.insort(self.latencies.setdefault(label, []), latency_us)
+            self.rows += 1
+        for bucket in [b for b in self.members if b < first]:
+            del self.counts[bucket]
+            for label, latency_us in self.members.pop(bucket):
+                kept = self.latencies[label]
+                del kept[bisect.bisect_left(kept, latency_us)]
+                if not kept:
+                    del self.latencies[label]
+                self.rows -= 1
+        per_label: dict[str, tuple[list[int], list[int]]] = {}
+        last = (end - 1) // bucket_ms
+        for bucket, by_label in self.counts.items():
+            if bucket > last:  # stamped after the window's end (another host's clock)
                 continue
-            requests, errors, latencies = by_label.setdefault(
-                label, ([0] * buckets, [0] * buckets, []))
-            bucket = (ts - start) // bucket_ms
-            requests[bucket] += 1
-            errors[bucket] += failed
-            latencies.append(latency_us)
-        for row_id in expired:
-            del self.rows[row_id]
-        series = []
-        for label, (requests, errors, latencies) in by_label.items():
-            latencies.sort()
-            n = len(latencies)
-            series.append(LiveSeries(label, n, sum(errors), requests, errors,
-                                     latencies[(50 * n + 99) // 100 - 1],
-                                     latencies[(95 * n + 99) // 100 - 1]))
-        return series
+            for label, (count, failed) in by_label.items():
+                series = per_label.setdefault(label, ([0] * buckets, [0] * buckets))
+                series[0][bucket - first] = count
+                series[1][bucket - first] = failed
+        result = []
+        for label, (per_bucket, errors_per_bucket) in per_label.items():
+            kept = self.latencies[label]
+            n = len(kept)
+            result.append(LiveSeries(label, sum(per_bucket), sum(errors_per_bucket),
+                                     per_bucket, errors_per_bucket,
+                                     kept[(50 * n + 99) // 100 - 1],
+                                     kept[(95 * n + 99) // 100 - 1]))
+        return result
 
 
-def _aggregated(conn: Conn, *, start: int, now_ms: int, bucket_ms: int, buckets: int,
+def _aggregated(conn: Conn, *, start: int, end: int, bucket_ms: int, buckets: int,
                 proxy: str | None) -> list[LiveSeries]:
     """The window's series aggregated by the database (no state kept)."""
-    where = Where().add("ts >= ? AND ts < ?", start, now_ms).equals("proxy", proxy)
+    where = Where().add("ts >= ? AND ts < ?", start, end).equals("proxy", proxy)
     per_label: dict[str, tuple[list[int], list[int]]] = {}
     for label, bucket, count, errors in conn.execute(
             f"SELECT {_LABEL}, (ts - ?) / ?, COUNT(*), {ERRORS} FROM requests{where.sql()} "
@@ -186,14 +209,17 @@ def snapshot(conn: Conn, *, now_ms: int, window_ms: int, buckets: int,
     outside the database (SQLite), or None to ask the database (PostgreSQL). With a
     ``window`` kept from the previous refresh only the new rows are read."""
     bucket_ms = max(1, -(-window_ms // buckets))
-    start = now_ms - bucket_ms * buckets
+    # Buckets start at multiples of bucket_ms (the newest one is the one now falls in), so
+    # a bucket's count is final once it is past, and a kept window only adds and expires.
+    start = (now_ms // bucket_ms - buckets + 1) * bucket_ms
+    end = start + bucket_ms * buckets
     tools = None
     if window is not None:
-        tools = window.read(conn, start=start, now_ms=now_ms, bucket_ms=bucket_ms,
-                            buckets=buckets, proxy=proxy)
+        tools = window.read(conn, start=start, end=end, bucket_ms=bucket_ms, buckets=buckets,
+                            proxy=proxy)
     if tools is None:
-        tools = _aggregated(conn, start=start, now_ms=now_ms, bucket_ms=bucket_ms,
-                            buckets=buckets, proxy=proxy)
+        tools = _aggregated(conn, start=start, end=end, bucket_ms=bucket_ms, buckets=buckets,
+                            proxy=proxy)
     tools.sort(key=lambda t: (-t.requests, t.label))
     total_requests = [sum(column) for column in zip(*(t.requests_per_bucket for t in tools),
                                                       strict=True)] or [0] * buckets
