@@ -1,12 +1,12 @@
 """``mcpr-store top``: a live view of one store, redrawn every second from the database.
 
 Reads through the command's ``QueryEngine`` (``QueryEngine.live``: one read transaction per
-refresh, only the window's rows), so it never writes and never holds a lock a writer waits
-on: on SQLite the connection is released between reads beside a writer, on PostgreSQL every
-read is a read-only transaction. A terminal gets rich's ``Live`` on the alternate screen,
-keys read in cbreak mode (q quits; Ctrl-C too), and the terminal's modes are put back
-however it ends. ``--once``, and any stdout that is not a terminal, get one snapshot as
-plain text (``--json``: one JSON object).
+refresh, only the rows committed since the last one), so it never writes and never holds a
+lock a writer waits on: on SQLite the connection is released between reads beside a writer,
+on PostgreSQL every read is a read-only transaction. A terminal gets rich's ``Live`` on the
+alternate screen, keys read in cbreak mode (q quits; Ctrl-C, SIGTERM and SIGHUP too, between
+two frames), and the terminal's modes are put back however it ends. ``--once``, and any
+stdout that is not a terminal, get one snapshot as plain text (``--json``: one object).
 
 Every name and message shown came from a client or an upstream, so control characters are
 escaped before they reach the terminal (``_printable``).
@@ -15,9 +15,11 @@ escaped before they reach the terminal (``_printable``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import select
+import signal
 import sqlite3
 import sys
 import time
@@ -191,18 +193,25 @@ def _watch(ctx: Context, args: argparse.Namespace, snap: LiveSnapshot, where: st
         saved = termios.tcgetattr(keys)
         tty.setcbreak(keys)  # keys one by one, no echo; Ctrl-C still signals
     proxy = _proxy_of(args)
+    # Ctrl-C, SIGTERM and SIGHUP (the terminal went away) only write a byte to a pipe the
+    # loop waits on: an exception raised mid-frame would leave rich's output half written
+    # and the terminal on the alternate screen. The loop then leaves as q does.
+    stop_read, stop_write = os.pipe()
+    os.set_blocking(stop_write, False)
+    previous = {number: signal.signal(number, lambda *_: _poke(stop_write))
+                for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    waiting = [stop_read] if keys is None else [stop_read, keys]
     try:
         with Live(render(snap, where, proxy, console.width), console=console, screen=True,
                   auto_refresh=False, transient=True) as live:
             due = time.monotonic() + REFRESH
             while True:
-                wait = max(0.0, due - time.monotonic())
-                if keys is not None:
-                    ready, _, _ = select.select([keys], [], [], wait)
-                    if ready and os.read(keys, 64).lower().count(b"q"):
-                        return 0
-                else:
-                    time.sleep(wait)
+                ready, _, _ = select.select(waiting, [], [],
+                                            max(0.0, due - time.monotonic()))
+                if stop_read in ready:
+                    return 0
+                if keys in ready and os.read(keys, 64).lower().count(b"q"):
+                    return 0
                 if time.monotonic() < due:
                     continue
                 due = time.monotonic() + REFRESH
@@ -217,10 +226,17 @@ def _watch(ctx: Context, args: argparse.Namespace, snap: LiveSnapshot, where: st
                     view = Text(f"mcpr-store top: cannot read {where} now: {exc}; retrying",
                                 style="yellow")
                 live.update(view, refresh=True)
-    except KeyboardInterrupt:
-        return 0
     finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        os.close(stop_read)
+        os.close(stop_write)
         if saved is not None and keys is not None:
             import termios
 
             termios.tcsetattr(keys, termios.TCSADRAIN, saved)
+
+
+def _poke(fd: int) -> None:
+    with contextlib.suppress(OSError):  # full: a stop is already waiting
+        os.write(fd, b"x")
