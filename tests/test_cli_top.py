@@ -149,10 +149,10 @@ def read_until(fd: int, wanted: str, timeout: float = 20.0) -> bytes:
     return seen
 
 
-def drain(fd: int) -> bytes:
-    """What is left to read from the pty of a child that has exited."""
+def drain(fd: int, quiet: float = 0.2) -> bytes:
+    """What there is to read from the pty until it stays quiet for ``quiet`` seconds."""
     seen = b""
-    while select.select([fd], [], [], 0.2)[0]:
+    while select.select([fd], [], [], quiet)[0]:
         try:
             chunk = os.read(fd, 65536)
         except OSError as exc:  # EIO: nothing more, the child's side is closed
@@ -197,8 +197,13 @@ def test_top__live_under_a_pty_refreshes_then_quits_cleanly(tmp_path: Path,
             proc.terminate()
         else:
             os.write(master, key)
-        assert proc.wait(timeout=10) == 0
-        tail = drain(master)
+        # Read on while it stops, as a terminal does: a frame it is writing must not block.
+        tail = b""
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            tail += drain(master, 0.05)
+        assert proc.wait(timeout=1) == 0
+        tail += drain(master)
         assert tail.endswith(b"\x1b[?25h\x1b[?1049l")  # cursor shown, alternate screen left
         assert b"Traceback" not in tail
         assert termios.tcgetattr(slave) == before  # cbreak undone, echo back on
