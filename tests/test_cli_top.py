@@ -112,15 +112,27 @@ def test_top_once__the_same_numbers_on_postgresql(pg_url: str, tmp_path: Path) -
     assert on_pg == on_sqlite
 
 
-def test_top_once__the_health_of_a_running_store(tmp_path: Path) -> None:
-    db = tmp_path / "store.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """A SQLite file's path, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "store.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def test_top_once__the_health_of_a_running_store(database: str | Path) -> None:
+    db = database
+    backend = "sqlite" if isinstance(db, Path) else "postgresql"
     with Store.open(StoreConfig(db_path=db, mcpr_version="test")) as store:
         for i in range(40):
             store.record(request(f"r{i}", ts=int(time.time() * 1000)))
         assert store.flush()
         snap = json.loads(top(db, "--once", "--json").stdout)
         assert snap["writer"]["alive"] is True
-        assert f"pid {store.stats().writer_pid}" in snap["writer"]["detail"]
+        assert snap["writer"]["detail"] == (
+            f"pid {store.stats().writer_pid} has the database open" if backend == "sqlite"
+            else "1 other mcpr-store session connected")
         [books] = snap["books"]
         assert books["committed"] == 40 and books["refused"] == 0
         assert "writer up" in top(db, "--once").stdout
