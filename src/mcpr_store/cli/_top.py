@@ -37,6 +37,11 @@ __all__ = ["cmd_top", "render"]
 
 #: Seconds between refreshes.
 REFRESH: Final = 1.0
+#: The share of a core refreshes may take, on average: when they take longer (a window too
+#: big to keep, aggregated by the database each time) they are spaced out to stay within
+#: it. An average (exponential, over some ten refreshes), so that the full read of the
+#: window every half minute does not stall the next refresh.
+BUDGET: Final = 0.05
 #: Bars of a sparkline: the window is cut into this many buckets.
 BUCKETS: Final = 60
 _BARS: Final = "▁▂▃▄▅▆▇█"
@@ -205,6 +210,7 @@ def _watch(ctx: Context, args: argparse.Namespace, snap: LiveSnapshot, where: st
         with Live(render(snap, where, proxy, console.width), console=console, screen=True,
                   auto_refresh=False, transient=True) as live:
             due = time.monotonic() + REFRESH
+            cost = 0.0  # seconds a refresh takes, on average
             while True:
                 ready, _, _ = select.select(waiting, [], [],
                                             max(0.0, due - time.monotonic()))
@@ -214,7 +220,7 @@ def _watch(ctx: Context, args: argparse.Namespace, snap: LiveSnapshot, where: st
                     return 0
                 if time.monotonic() < due:
                     continue
-                due = time.monotonic() + REFRESH
+                began = time.monotonic()
                 view: RenderableType
                 try:
                     view = render(_snapshot(ctx, args, window), where, proxy, console.width)
@@ -226,6 +232,8 @@ def _watch(ctx: Context, args: argparse.Namespace, snap: LiveSnapshot, where: st
                     view = Text(f"mcpr-store top: cannot read {where} now: {exc}; retrying",
                                 style="yellow")
                 live.update(view, refresh=True)
+                cost = 0.9 * cost + 0.1 * (time.monotonic() - began)
+                due = began + max(REFRESH, cost / BUDGET)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
