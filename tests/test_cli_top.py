@@ -312,3 +312,32 @@ def test_live_window__forgets_what_leaves_the_window(tmp_path: Path) -> None:
                  what="the later one's second out of the window")
         assert agree() == 0
         assert kept.rows == 0 and kept.latencies == {}
+
+
+def test_live__sees_the_writer_without_touching_the_callers_own_locks(tmp_path: Path) -> None:
+    """The writer is seen in /proc/locks; a connection the caller holds on the same file
+    keeps its lock (closing a descriptor of the -shm would have dropped it)."""
+    import sqlite3
+
+    from mcpr_store.query import QueryEngine
+
+    db = tmp_path / "store.db"
+
+    def my_locks() -> list[str]:
+        inode = os.stat(f"{db}-shm").st_ino
+        return [line for line in Path("/proc/locks").read_text().splitlines()
+                if f":{inode} " in line and f" {os.getpid()} " in line]
+
+    with Store.open(StoreConfig(db_path=db, mcpr_version="test")) as store:
+        mine = sqlite3.connect(db)
+        try:
+            mine.execute("SELECT COUNT(*) FROM requests").fetchone()  # maps the -shm
+            held = my_locks()
+            assert held
+            with QueryEngine.open(db) as q:
+                seen = q.live().writer
+            assert seen.alive and seen.detail == (
+                f"pid {store.stats().writer_pid} has the database open")
+            assert my_locks() == held
+        finally:
+            mine.close()

@@ -1,25 +1,26 @@
 """What ``mcpr-store top`` shows: the traffic of a recent window, bucket by bucket, and the
 store's own health, in one read transaction.
 
-Built to be asked every second beside a writer: each statement reads only the window's rows
-through an index (``idx_requests_ts``, ``idx_requests_status``, the partial index of open
-sessions), so its cost follows the traffic of the window, not the size of the table. Buckets
-are computed by the database (``(ts - start) / bucket``, integer division on both), and only
-one row per (label, bucket) leaves it.
+Built to be asked every second beside a writer. The traffic comes from a ``LiveWindow`` the
+caller keeps between refreshes: it reads the window once, then only the rows committed
+since (a range of the primary key), so a refresh costs what arrived, not the window nor the
+table. Without one (``top --once``), or for a window too big to keep, the database
+aggregates the window (buckets by ``(ts - start) / bucket``, integer division on both,
+percentiles by ``_stats``). The rest reads a few rows through indexes (the latest errors,
+the partial index of open sessions, the ``meta`` books rows).
 
 Whether a writer runs is not in the rows; what the database can tell is: on SQLite, whether
 a process holds the ``-shm`` open (every connection to a WAL database keeps a shared lock
-on its dead-man byte for its whole life, and ``F_GETLK`` names the holder without taking
-anything); on PostgreSQL, whether other ``mcpr-store`` sessions are connected to the
-database (``pg_stat_activity``).
+on its dead-man byte for its whole life, and ``/proc/locks`` names the holders without
+taking or touching anything); on PostgreSQL, whether other ``mcpr-store`` sessions are
+connected to the database (``pg_stat_activity``).
 """
 
 from __future__ import annotations
 
 import bisect
-import fcntl
+import math
 import os
-import struct
 import time
 from pathlib import Path
 from typing import Final
@@ -48,33 +49,53 @@ _CLIENTS: Final = 8
 #: SQLite's unix VFS: the byte of the ``-shm`` file every connection holds a shared lock on
 #: while it has the database open (``UNIX_SHM_DMS``: 120 + SQLITE_SHM_NLOCK).
 _SHM_DMS: Final = 128
-#: ``struct flock`` on Linux: l_type, l_whence, l_start, l_len, l_pid (and padding).
-_FLOCK: Final = "hhqqi4x"
+_LOCKS: Final = "/proc/locks"
 
 
 def sqlite_writer(path: Path) -> WriterSeen:
-    """Whether a process holds the SQLite database at ``path`` open (its ``-shm`` locked):
-    the writer, or a reader in the middle of a read. Takes no lock and creates nothing."""
+    """Whether another process holds the SQLite database at ``path`` open (a lock on its
+    ``-shm``): the writer, or a reader in the middle of a read.
+
+    Read from ``/proc/locks`` (Linux), not asked with ``fcntl(F_GETLK)``: asking needs a
+    descriptor of the file, and closing it would drop every POSIX lock this process holds
+    on the file, pulling the locks from under any SQLite connection of the caller's."""
     shm = f"{path}-shm"
     try:
-        fd = os.open(shm, os.O_RDONLY)
+        st = os.stat(shm)
     except FileNotFoundError:
         return WriterSeen(False, "no writer: the database is at rest (no -shm)")
     except OSError as exc:
-        return WriterSeen(False, f"unknown: cannot open {shm}: {exc.strerror}")
+        return WriterSeen(False, f"unknown: cannot read {shm}: {exc.strerror}")
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
-        ask = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _SHM_DMS, 1, 0)
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK, ask)
+        with open(_LOCKS, encoding="ascii", errors="replace") as locks:
+            table = locks.read()
     except OSError as exc:
-        return WriterSeen(False, f"unknown: cannot test the lock of {shm}: {exc.strerror}")
-    finally:
-        # Closing a descriptor drops this process's POSIX locks on the file: the engine
-        # holds none here (it releases its connection between reads beside a writer).
-        os.close(fd)
-    kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
-    if kind == fcntl.F_UNLCK:
+        return WriterSeen(False, f"unknown: cannot read {_LOCKS}: {exc.strerror}")
+    holders = sorted({pid for pid, start, end in _locks_of(table, file_id)
+                      if start <= _SHM_DMS <= end and pid != os.getpid()})
+    if not holders:
         return WriterSeen(False, "no writer: no process has the database open")
-    return WriterSeen(True, f"pid {pid} has the database open")
+    return WriterSeen(True, f"pid {', '.join(map(str, holders))} "
+                            f"{'has' if len(holders) == 1 else 'have'} the database open")
+
+
+def _locks_of(table: str, file_id: str) -> list[tuple[int, int, float]]:
+    """(pid, first byte, last byte) of each POSIX lock held on the file ``file_id``
+    (``major:minor:inode`` as ``/proc/locks`` writes it); waiting requests are skipped."""
+    found = []
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "->" or fields[1] != "POSIX":
+            continue
+        if fields[5] != file_id:
+            continue
+        try:
+            found.append((int(fields[4]), int(fields[6]),
+                          math.inf if fields[7] == "EOF" else int(fields[7])))
+        except ValueError:
+            continue
+    return found
 
 
 def _postgres_writer(conn: Conn) -> WriterSeen:
