@@ -80,6 +80,7 @@ def _rate(count: int, window_ms: int) -> str:
 def render(snap: LiveSnapshot, where: str, proxy: str | None, width: int | None) -> Group:
     """The view of one snapshot: traffic per tool, sessions, errors, the store's health;
     ``width``: the terminal's (None: no limit)."""
+    from rich.cells import cell_len
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -95,7 +96,8 @@ def render(snap: LiveSnapshot, where: str, proxy: str | None, width: int | None)
               f"{t.errors:,}", _rate(t.errors, snap.window_ms), latency(t.p50_us),
               latency(t.p95_us)] for t in (snap.total, *snap.tools)]
     headers = ("tool", "requests", "req/s", "errors", "err/s", "p50", "p95")
-    natural = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    natural = [max(cell_len(h), *(cell_len(r[i]) for r in cells))
+               for i, h in enumerate(headers)]
     natural[0] = min(natural[0], _LABEL_WIDTH)
     # The numbers are never cut; the sparklines get what is left of the terminal (the
     # newest buckets), or go when too little is.
@@ -110,8 +112,10 @@ def render(snap: LiveSnapshot, where: str, proxy: str | None, width: int | None)
         traffic.add_column(f"requests, last {span}", no_wrap=True, width=bars)
         traffic.add_column(f"errors, last {span}", no_wrap=True, width=bars)
     for series, row in zip((snap.total, *snap.tools), cells, strict=True):
-        sparks: list[RenderableType] = [sparkline(series.requests_per_bucket[-bars:]),
-                  Text(sparkline(series.errors_per_bucket[-bars:]), style="red")] if bars else []
+        sparks: list[RenderableType] = []
+        if bars:
+            sparks = [sparkline(series.requests_per_bucket[-bars:]),
+                      Text(sparkline(series.errors_per_bucket[-bars:]), style="red")]
         traffic.add_row(*(Text(cell) for cell in row), *sparks,
                         style="bold" if series is snap.total else None)
 
@@ -126,7 +130,8 @@ def render(snap: LiveSnapshot, where: str, proxy: str | None, width: int | None)
     for e in snap.recent_errors:
         errors.add_row(clock(e.ts, shown_zone), Text(_printable(e.proxy)),
                        Text(_printable(e.tool or e.resource_uri or e.prompt_name or e.method)),
-                       Text(f"{e.status} {e.error_code}" if e.error_code else e.status),
+                       Text(f"{e.status} {_printable(e.error_code)}" if e.error_code
+                            else e.status),
                        latency(e.latency_us), Text(_printable(e.error_msg or "")),
                        style="red")
 
@@ -137,7 +142,7 @@ def render(snap: LiveSnapshot, where: str, proxy: str | None, width: int | None)
     for books in snap.books:
         state = ("" if snap.writer.alive
                  else "  (no writer: this store did not stop cleanly)")
-        lines.append(Text(f"  store {books.store[:8]}: committed {books.committed:,}, "
+        lines.append(Text(f"  store {_printable(books.store[:8])}: committed {books.committed:,}, "
                           f"refused {books.refused:,}, last commit "
                           f"{ago(books.written_at, snap.now)}{state}"))
     if not snap.books:
