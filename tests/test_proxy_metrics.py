@@ -100,6 +100,10 @@ def test_proxy_metrics__counters_equal_the_rows_after_a_clean_stop(db_path: Path
                 with pytest.raises(urllib.error.HTTPError) as refused:
                     urllib.request.urlopen(url, timeout=10)
                 assert refused.value.code == 405
+            for i in range(2):  # methods a client makes up count as one series
+                made_up = urllib.request.Request(url, method=f"BREW{i}")
+                with pytest.raises(urllib.error.HTTPError):
+                    urllib.request.urlopen(made_up, timeout=10)
             page = wait_for(lambda: (p := scrape(metrics))[
                 ("mcpr_store_events_committed_total", ())] == 40 and p,
                 what="40 committed on the page")
@@ -107,6 +111,9 @@ def test_proxy_metrics__counters_equal_the_rows_after_a_clean_stop(db_path: Path
                                                        ("status", "200")))] == 40
             assert page[("mcpr_proxy_requests_total", (("method", "GET"),
                                                        ("status", "405")))] == 3
+            assert page[("mcpr_proxy_requests_total", (("method", "other"),
+                                                       ("status", "405")))] == 2
+            assert not any("BREW" in str(labels) for _, labels in page)
             assert page[("mcpr_proxy_upstream_seconds_count", (("method", "POST"),))] == 40
             assert page[("mcpr_proxy_upstream_seconds_sum", (("method", "POST"),))] > 0
             assert page[("mcpr_store_writer_up", ())] == 1

@@ -39,6 +39,10 @@ BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
                   2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+#: HTTP methods counted by name; any other is ``other``.
+_METHODS: Final = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
+
+
 def parse_bind(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9464`` for IPv6) as (host, port); ``ValueError`` otherwise.
     The host is required: the page is served only where it is told to be."""
@@ -87,13 +91,13 @@ class ProxyMetrics:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def observe(self, method: str, status: int, seconds: float) -> None:
-        """Count one forwarded request and its upstream round trip."""
-        try:
+        """Count one forwarded request and its upstream round trip. A method outside the
+        usual ones counts as ``other``: a client choosing them must not make a series each."""
+        method = method if method in _METHODS else "other"
+        with contextlib.suppress(Exception):  # a metric must never cost a request
             self.requests.labels(method, str(status)).inc()
             if status:
                 self.upstream.labels(method).observe(seconds)
-        except Exception:
-            pass
 
     def around(self, app: ASGIApp) -> ASGIApp:
         """``app`` with every HTTP request it answers observed."""
