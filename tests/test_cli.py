@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
 from helpers import scalar
 
 
@@ -72,7 +73,9 @@ def test_demo__json_prints_one_summary_object(db_path: Path) -> None:
     assert summary["tables"]["requests"] == scalar(db_path, "SELECT COUNT(*) FROM requests")
 
 
-def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["logs", "top"])
+def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Path,
+                                                                     command: str) -> None:
     """The query commands import the read side only (no faster-fifo, no Store, no psutil)."""
     db = tmp_path / "q.db"
     from mcpr_store._db import open_database
@@ -80,7 +83,7 @@ def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Pa
     open_database(db, "test")
     probe = (
         "import sys\n"
-        "sys.argv = ['mcpr-store', 'logs', '--db', sys.argv[1], '--json']\n"
+        "sys.argv = ['mcpr-store', sys.argv[2], '--db', sys.argv[1], '--json']\n"
         "try:\n"
         "    from mcpr_store.cli import main\n"
         "    main(sys.argv[1:])\n"
@@ -89,6 +92,6 @@ def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Pa
         "bad = {'faster_fifo', 'mcpr_store._store', 'mcpr_store._producer', 'psutil'}\n"
         "print(sorted(bad & set(sys.modules)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe, str(db)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", probe, str(db), command],
+                          capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr

@@ -583,6 +583,53 @@ def handle_supervisord(block: Block, tmp: Path, request: pytest.FixtureRequest) 
     assert env.get("MCPR_DB", "").startswith(DEPLOYMENT_DIR), env
 
 
+def exposed_metrics(tmp: Path) -> dict[str, set[str]]:
+    """Every sample name the store's collector (over a real store) and the proxy's metrics
+    (as ``proxy._metrics`` makes them) put on a page, with their labels."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mcpr_store.metrics import StoreCollector
+    from mcpr_store.proxy import _metrics
+
+    registry = CollectorRegistry()
+    Counter("mcpr_proxy_requests", "", ["method", "status"], registry=registry).labels(
+        "POST", "200").inc()
+    Histogram("mcpr_proxy_upstream_seconds", "", ["method"], buckets=_metrics.BUCKETS,
+              registry=registry).labels("POST").observe(0.1)
+    with Store.open(StoreConfig(db_path=tmp / "metrics.db", mcpr_version="docs")) as store:
+        registry.register(StoreCollector(store))
+        page = generate_latest(registry).decode()
+    names: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    return names
+
+
+def handle_prometheus(block: Block, tmp: Path, request: pytest.FixtureRequest) -> None:
+    """A Prometheus scrape config or rule file: parsed, its targets HOST:PORT, and every
+    metric and reason its expressions name exposed by the code."""
+    from mcpr_store.metrics import DROP_REASONS_EXPOSED, LOST_REASONS
+    from mcpr_store.proxy._metrics import parse_bind
+
+    doc = yaml.safe_load(block.text)
+    assert set(doc) <= {"scrape_configs", "groups"}, f"{block}: {set(doc)}"
+    for job in doc.get("scrape_configs", []):
+        assert job["job_name"] and job.get("metrics_path", "/metrics") == "/metrics", block
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                parse_bind(target)
+    exposed = exposed_metrics(tmp)
+    for group in doc.get("groups", []):
+        for rule in group["rules"]:
+            assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"], block
+            named = re.findall(r"\bmcpr_[a-z_]+", rule["expr"])
+            assert named and all(n in exposed for n in named), (block, named, sorted(exposed))
+            for reason in re.findall(r'reason=~?"([^"]+)"', rule["expr"]):
+                assert set(reason.split("|")) <= {*DROP_REASONS_EXPOSED, *LOST_REASONS}, block
+
+
 def handle_kubernetes(block: Block, tmp: Path, request: pytest.FixtureRequest) -> None:
     deployment = yaml.safe_load(block.text)
     assert deployment["kind"] == "Deployment" and deployment["apiVersion"] == "apps/v1"
@@ -641,6 +688,7 @@ HANDLERS: dict[tuple[str | None, str | None], Handler] = {
     ("systemd", "ini"): handle_systemd,
     ("supervisord", "ini"): handle_supervisord,
     ("kubernetes", "yaml"): handle_kubernetes,
+    ("prometheus", "yaml"): handle_prometheus,
     ("diagram", ""): handle_diagram,
     ("quoted-from", None): handle_quoted,
 }
@@ -759,6 +807,23 @@ def test_operations__log_line_check_fails_for_a_line_left_out() -> None:
     without = "\n".join(line for line in doc.splitlines() if "did not finish by" not in line)
     (missing,) = undocumented(log_messages(), without)
     assert "did not finish by the shutdown deadline" in missing
+
+
+def test_operations__lists_every_metric_the_code_exposes(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    families = {re.sub(r"_(bucket|sum|count)$", "", name) if name.startswith("mcpr_proxy_up")
+                else name for name in exposed_metrics(tmp_path)
+                if not name.endswith("_created")}  # not in multiprocess mode
+    assert len(families) >= 20
+    assert [f for f in sorted(families) if f"`{f}`" not in text and f"`{f}{{" not in text] == []
+
+
+def test_docs__a_rule_naming_a_metric_that_does_not_exist_fails(tmp_path: Path) -> None:
+    rules = ("groups:\n  - name: x\n    rules:\n      - alert: X\n"
+             "        expr: increase(mcpr_store_events_vanished_total[5m]) > 0\n"
+             "        annotations: {summary: x}\n")
+    with pytest.raises(AssertionError, match="vanished"):
+        handle_prometheus(Block("x.md", 1, "yaml", rules, "prometheus"), tmp_path, None)  # type: ignore[arg-type]
 
 
 def test_operations__explains_every_stats_field_and_reason() -> None:

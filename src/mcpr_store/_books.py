@@ -401,7 +401,9 @@ class StoreStats:
 
     Gauges: ``buffered`` (events this process holds: in its buffers, or encoded and waiting
     for room in a full queue), ``queue_depth`` (events on the queue: sent, not yet
-    received), ``writer_pending`` (received by the writer, not yet committed).
+    received), ``writer_pending`` (received by the writer, not yet committed),
+    ``queue_bytes`` (what the queue's messages take of its ``queue_capacity_bytes``; None
+    where the platform cannot tell).
     """
 
     recorded: int
@@ -425,6 +427,8 @@ class StoreStats:
     producers: int = 0
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     lost_by_reason: dict[str, int] = field(default_factory=dict)
+    queue_bytes: int | None = None
+    queue_capacity_bytes: int = 0
 
 
 def process_alive(pid: int, start: int) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import faster_fifo
 
-__all__ = ["create_queue", "lock_holder", "repair_if_wedged"]
+__all__ = ["bytes_in_use", "create_queue", "lock_holder", "repair_if_wedged"]
 
 log = logging.getLogger("mcpr_store")
 
@@ -88,6 +88,14 @@ def lock_holder(queue: Any) -> int | None:
     if int.from_bytes(bytes(buf[_MUTEX_LOCK:_MUTEX_LOCK + 4]), "little") == 0:
         return 0
     return int.from_bytes(bytes(buf[_MUTEX_OWNER:_MUTEX_OWNER + 4]), "little", signed=True)
+
+
+def bytes_in_use(queue: Any) -> int | None:
+    """Bytes the queue's messages take now, None when this platform cannot tell. Read
+    without the lock (one aligned 64-bit field): a gauge, exact only while nobody writes."""
+    if not _SUPPORTED or len(_obj(queue)) != _OBJECT_SIZE:
+        return None
+    return int.from_bytes(bytes(_obj(queue)[_SIZE:_SIZE + 8]), "little")
 
 
 def _thread_exists(tid: int) -> bool:

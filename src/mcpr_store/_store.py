@@ -38,7 +38,7 @@ from ._config import StoreConfig, is_url
 from ._events import Event
 from ._launch import WriterSpec
 from ._producer import Producer
-from ._queue import create_queue
+from ._queue import bytes_in_use, create_queue
 from ._supervisor import Supervisor
 from .pg._url import mask_url
 
@@ -320,6 +320,8 @@ class Store:
             producers=totals.producers,
             dropped_by_reason=by_reason,
             lost_by_reason=lost_by_reason,
+            queue_bytes=bytes_in_use(self.queue),
+            queue_capacity_bytes=self.config.queue_bytes,
         )
 
     def _writer_health(self, pid: int | None) -> tuple[int, float] | None:

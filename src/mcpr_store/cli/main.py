@@ -47,6 +47,7 @@ examples:
   mcpr-store logs --follow                 stream requests as they are committed
   mcpr-store slow --threshold 2s --since 6h
   mcpr-store status my-proxy               per-tool calls, latency percentiles, errors
+  mcpr-store top                           live: requests/s, errors, p50/p95 per tool
   mcpr-store sessions --active             every session active now
   mcpr-store session 0190a1b2-c3d4         one session (as tables print its id)
   mcpr-store clients --since 30d
@@ -209,6 +210,21 @@ def _schema_arguments(p: argparse.ArgumentParser) -> None:
     _limit(p, 50)
 
 
+def _top_arguments(p: argparse.ArgumentParser) -> None:
+    _proxy(p)
+    p.add_argument("--proxy", dest="proxy_option", metavar="PROXY",
+                   help="only this proxy's rows (the same as the positional PROXY)")
+    _since(p, 60_000, "the window shown, in 60 bars (default 1m: one bar per second)")
+    p.add_argument("--once", action="store_true",
+                   help="print one snapshot and exit (what a pipe or a file always gets)")
+
+
+def _top(args: argparse.Namespace, ctx: Context) -> int:
+    from ._top import cmd_top
+
+    return cmd_top(args, ctx)
+
+
 def _no_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
@@ -261,6 +277,9 @@ def _proxy_server_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes (default 1)")
     p.add_argument("--name", default=None,
                    help="proxy name on the rows (default: [store] name, else default)")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (the store's "
+                        "books and per-worker requests; off by default; the metrics extra)")
 
 
 def _db_export(args: argparse.Namespace, ctx: Context) -> int:
@@ -281,6 +300,11 @@ COMMANDS: tuple[Command, ...] = (
             _slow_arguments, cmd_slow),
     Command("status", "per tool: calls, errors, latency percentiles, bytes (alias: stats)",
             "mcpr-store status --since 1d", _status_arguments, cmd_status, aliases=("stats",)),
+    Command("top", "a live view: requests/s, errors/s and p50/p95 per tool, active sessions, "
+            "recent errors, the store's health; refreshed every second",
+            "mcpr-store top --since 5m", _top_arguments, _top,
+            notes="q or Ctrl-C quits. Read-only, like every query command: on SQLite the\n"
+                  "file is released between refreshes, so the writer never waits for it."),
     Command("sessions", "MCP sessions, most recently seen first", "mcpr-store sessions --active",
             _sessions_arguments, cmd_sessions),
     Command("session", "one session with its requests", "mcpr-store session 0190a1b2-c3d4",

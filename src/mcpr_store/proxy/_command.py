@@ -37,9 +37,17 @@ def run_proxy_command(args: argparse.Namespace, file_config: FileConfig,
         from ._serve import run_proxy
     except ImportError as exc:
         raise _needs("proxy", exc) from None
+    metrics = None
+    if args.metrics is not None:
+        try:
+            from ._metrics import parse_bind
+        except ImportError as exc:
+            raise _needs("metrics", exc) from None
+        metrics = parse_bind(args.metrics)
     config = _config(file_config, db_path, getattr(args, "config", None))
     return run_proxy(args.upstream, host=args.host, port=args.port, workers=args.workers,
-                     config=config, name=args.name or file_config.name or DEFAULT_NAME)
+                     config=config, name=args.name or file_config.name or DEFAULT_NAME,
+                     metrics=metrics)
 
 
 def run_demo_command(args: argparse.Namespace, file_config: FileConfig,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -37,6 +37,9 @@ from uvicorn_worker import UvicornWorker
 from .. import Store, StoreConfig
 from ..asgi import Message, Receive, Scope, Send, StoreMiddleware
 from ._forward import Forward
+
+if TYPE_CHECKING:
+    from ._metrics import ProxyMetrics
 
 __all__ = ["ProxyWorker", "run_proxy"]
 
@@ -115,24 +118,29 @@ class _DetachOnShutdown:
 
 
 def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: StoreConfig,
-              name: str, announce: Any = print) -> int:
+              name: str, announce: Any = print, metrics: tuple[str, int] | None = None) -> int:
     """Serve the recording proxy for ``upstream`` on ``host:port`` until SIGTERM or SIGINT.
 
     Blocks until the proxy has stopped and the store is shut down; returns the exit code
     (0 after a clean stop). ``announce`` is called once with one line, when the port is
-    bound and the workers are starting (its real port, if ``port`` was 0). Raises
-    ``ValueError`` for a bad upstream URL and ``StoreError`` if the store cannot open.
+    bound and the workers are starting (its real port, if ``port`` was 0). ``metrics``:
+    serve ``/metrics`` on this (host, port) (``_metrics``). Raises ``ValueError`` for a bad
+    upstream URL or a metrics address that cannot be bound, ``StoreError`` if the store
+    cannot open.
     """
     forward = Forward(upstream)  # validates the URL before anything starts
     store = Store.open(config)
-    app = _DetachOnShutdown(StoreMiddleware(forward, store=store, proxy=name,
+    exporter = _exporter(metrics, store)
+    app = _DetachOnShutdown(StoreMiddleware(exporter.around(forward) if exporter else forward,
+                                            store=store, proxy=name,
                                             upstream=upstream, path=forward.path), store)
 
     def when_ready(server: Any) -> None:
         bound = server.LISTENERS[0].sock.getsockname()
         announce(f"mcpr-store proxy: listening on http://{bound[0]}:{bound[1]}{forward.path} "
                  f"-> {upstream} ({workers} worker{'s' if workers != 1 else ''}, "
-                 f"database {store.db_path}, proxy name {name!r})")
+                 f"database {store.db_path}, proxy name {name!r})"
+                 + (f"; metrics on {exporter.url}" if exporter else ""))
         sys.stdout.flush()
 
     def worker_exit(server: Any, worker: Any) -> None:
@@ -155,4 +163,24 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     finally:
         if not store.shutdown():
             code = code or 1
+        if exporter is not None:
+            exporter.close()
     return code
+
+
+def _exporter(bind: tuple[str, int] | None, store: Store) -> ProxyMetrics | None:
+    """The ``/metrics`` exporter when asked for, else None. An address that cannot be bound
+    is a ``ValueError`` (one line on the command line), after the store is shut down."""
+    if bind is None:
+        return None
+    from ._metrics import ProxyMetrics  # prometheus_client: the metrics extra
+
+    try:
+        return ProxyMetrics(bind, store)
+    except OSError as exc:
+        store.shutdown()
+        raise ValueError(f"cannot serve metrics on {bind[0]}:{bind[1]}: "
+                         f"{exc.strerror or exc}") from None
+    except BaseException:
+        store.shutdown()
+        raise

@@ -7,9 +7,14 @@
 """
 
 from ._engine import QueryEngine
+from ._live import LiveWindow
 from ._types import (
+    BooksRow,
     ClientRow,
+    ClientSessions,
     DbStats,
+    LiveSeries,
+    LiveSnapshot,
     LogRow,
     QueryError,
     SchemaChange,
@@ -21,10 +26,12 @@ from ._types import (
     ToolUsage,
     UpstreamStatus,
     VacuumResult,
+    WriterSeen,
 )
 
 __all__ = [
-    "ClientRow", "DbStats", "LogRow", "QueryEngine", "QueryError", "SchemaChange",
-    "SchemaSnapshot", "SessionDetail", "SessionRow", "StatsReport", "ToolStats", "ToolUsage",
-    "UpstreamStatus", "VacuumResult",
+    "BooksRow", "ClientRow", "ClientSessions", "DbStats", "LiveSeries", "LiveSnapshot",
+    "LiveWindow", "LogRow", "QueryEngine", "QueryError", "SchemaChange", "SchemaSnapshot",
+    "SessionDetail", "SessionRow", "StatsReport", "ToolStats", "ToolUsage", "UpstreamStatus",
+    "VacuumResult", "WriterSeen",
 ]

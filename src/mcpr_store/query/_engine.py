@@ -22,11 +22,13 @@ from typing import Any, Self, TypeVar
 
 from .._config import resolve_db_path
 from .._errors import StoreError
-from . import _logs, _maintenance, _server_schema, _sessions, _stats
+from . import _live, _logs, _maintenance, _server_schema, _sessions, _stats
 from ._backend import Backend, Conn, open_backend
+from ._live import LiveWindow
 from ._types import (
     ClientRow,
     DbStats,
+    LiveSnapshot,
     LogRow,
     QueryError,
     SchemaChange,
@@ -161,6 +163,26 @@ class QueryEngine:
         all from one state of the database."""
         since_ts = self._since(since_ms)
         return self._run(lambda c: _stats.stats(c, since_ts=since_ts, proxy=proxy, tool=tool))
+
+    def live(self, *, window_ms: int = 60_000, buckets: int = 60, proxy: str | None = None,
+             window: LiveWindow | None = None) -> LiveSnapshot:
+        """What ``mcpr-store top`` shows: requests and errors per label in the last
+        ``window_ms`` (in ``buckets`` buckets, oldest first) with p50/p95 per label, active
+        sessions by client, the latest errors, the books rows of running stores, and whether
+        a writer has the database open. One read transaction; costs what the window's rows
+        cost, not the table's. Asked again with the same ``window`` (a ``LiveWindow`` kept by
+        the caller), it reads only the rows committed since, as ``mcpr-store top`` does."""
+        if window_ms < 1 or buckets < 1:
+            raise QueryError(f"the window and its buckets must be positive, got {window_ms} "
+                             f"ms in {buckets}")
+        now = _now_ms()
+        # On SQLite the writer is seen from outside the database, before the read (which
+        # would hold the lock being tested); on PostgreSQL inside it.
+        writer = (_live.sqlite_writer(Path(self.path)) if self._backend.kind == "sqlite"
+                  else None)
+        return self._run(lambda c: _live.snapshot(c, now_ms=now, window_ms=window_ms,
+                                                  buckets=buckets, proxy=proxy,
+                                                  writer=writer, window=window))
 
     # -- sessions -----------------------------------------------------------------------------
 

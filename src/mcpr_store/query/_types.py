@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
-    "ClientRow", "DbStats", "LogRow", "QueryError", "SchemaChange", "SchemaSnapshot",
-    "SessionDetail", "SessionRow", "StatsReport", "ToolStats", "ToolUsage", "UpstreamStatus",
-    "VacuumResult",
+    "BooksRow", "ClientRow", "ClientSessions", "DbStats", "LiveSeries", "LiveSnapshot", "LogRow",
+    "QueryError", "SchemaChange", "SchemaSnapshot", "SessionDetail", "SessionRow",
+    "StatsReport", "ToolStats", "ToolUsage", "UpstreamStatus", "VacuumResult", "WriterSeen",
 ]
 
 
@@ -179,3 +179,60 @@ class VacuumResult(_Row):
     sessions_deleted: int
     dry_run: bool
     compaction: str | None = None  # what ran after the deletes (None for a dry run)
+
+
+@dataclass(frozen=True)
+class LiveSeries(_Row):
+    """Traffic of one label (a tool, ``<method>`` without one, or ``all``) over a window,
+    per bucket (oldest first), with its latency percentiles (None for ``all``)."""
+
+    label: str
+    requests: int
+    errors: int
+    requests_per_bucket: list[int]
+    errors_per_bucket: list[int]
+    p50_us: int | None
+    p95_us: int | None
+
+
+@dataclass(frozen=True)
+class ClientSessions(_Row):
+    client_name: str | None
+    sessions: int  # active: not ended, seen in the last 5 minutes
+
+
+@dataclass(frozen=True)
+class BooksRow(_Row):
+    """A running store's ``meta`` row (``mcpr-store.books.<token>``): written with every
+    commit, deleted at a clean stop. One left behind with no writer is a store that did not
+    stop cleanly."""
+
+    store: str  # the store's token
+    committed: int
+    refused: int
+    written_at: int  # unix ms of its last commit
+
+
+@dataclass(frozen=True)
+class WriterSeen(_Row):
+    """Whether a writer has the database open, as far as the database can tell: on SQLite a
+    process holds the ``-shm`` open (its pid); on PostgreSQL other ``mcpr-store`` sessions are
+    connected (how many)."""
+
+    alive: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class LiveSnapshot(_Row):
+    """What ``mcpr-store top`` shows, read in one transaction."""
+
+    now: int
+    window_ms: int
+    bucket_ms: int
+    total: LiveSeries
+    tools: list[LiveSeries]  # most requests first
+    active_clients: list[ClientSessions]  # most sessions first
+    recent_errors: list[LogRow]  # newest first
+    books: list[BooksRow]
+    writer: WriterSeen
