@@ -7,6 +7,7 @@ from typing import Any
 
 from ._backend import Conn
 from ._filters import Where
+from ._maintenance import proxies
 from ._stats import ERRORS
 from ._types import SchemaChange, SchemaSnapshot, ToolUsage, UpstreamStatus
 
@@ -84,9 +85,7 @@ def upstream_status(conn: Conn, *,
             capabilities=sorted(caps) if isinstance(caps, dict) else [],
             last_captured_at=max(s.captured_at for s in snaps)))
     captured = {p for p, _ in by_upstream}
-    where = Where().equals("proxy", proxy)
-    for (name,) in conn.execute(
-            f"SELECT DISTINCT proxy FROM requests{where.sql()} ORDER BY proxy", where.params):
+    for name in proxies(conn, proxy):
         if name not in captured:
             result.append(UpstreamStatus(proxy=name, upstream_url="", status="unknown",
                                          methods=[]))
