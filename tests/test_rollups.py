@@ -19,15 +19,9 @@ import pytest
 from pghelpers import pg_query
 
 from mcpr_store import _rollups
-from mcpr_store._batch import Batch, open_target
+from mcpr_store._batch import Batch, Target, open_target
 from mcpr_store._db import open_database as open_sqlite
 from mcpr_store.query import QueryEngine, StatsReport, _stats
-
-
-def connect(url: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(url)
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -50,16 +44,18 @@ def rows(n: int, *, seed: int, start: int, span: int, prefix: str) -> list[tuple
     return out
 
 
-def store(database: str, requests: list[tuple[Any, ...]]) -> None:
-    """Commit ``requests`` through the writer's batch path, 500 a transaction."""
-    target = open_target(database, "test")
+def store(database: str, requests: list[tuple[Any, ...]], target: Target | None = None) -> None:
+    """Commit ``requests`` through the writer's batch path, 500 a transaction (on
+    ``target`` if given, else on one opened for them)."""
+    writer = target or open_target(database, "test")
     try:
         for i in range(0, len(requests), 500):
             batch = Batch()
             batch.requests.extend(requests[i:i + 500])
-            assert target.store(batch, ("t", 0, 0)).committed == len(batch.requests)
+            assert writer.store(batch, ("t", 0, 0)).committed == len(batch.requests)
     finally:
-        target.close()
+        if target is None:
+            writer.close()
 
 
 def answers(q: QueryEngine, monkeypatch: pytest.MonkeyPatch,
@@ -155,10 +151,11 @@ def test_migration__builds_rollups_from_rows_already_stored(
     store(database, rows(3000, seed=3, start=now_ms() - 4 * HOUR, span=4 * HOUR, prefix="m"))
     forget = (f"DROP TABLE {_rollups.TABLE}", f"DELETE FROM meta WHERE key = '{_rollups.KEY}'")
     if database.startswith("postgresql://"):
-        with connect(database) as conn:
+        import psycopg  # the postgres extra: only this branch needs it
+
+        with psycopg.connect(database) as conn:
             for sql in forget:
                 conn.execute(sql)
-            conn.commit()
     else:
         with sqlite3.connect(database) as conn:
             for sql in forget:
@@ -183,10 +180,15 @@ def test_rows_the_original_wrote__are_counted_and_folded_by_the_next_batch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(tmp_path / "shared.db")
     start = now_ms() - 3 * HOUR
-    store(path, rows(2000, seed=4, start=start, span=3 * HOUR, prefix="ours-"))
-    insert_as_the_original(path, rows(1500, seed=5, start=start, span=3 * HOUR, prefix="rs-"))
-    assert_all_windows(path, monkeypatch)  # read beside the rollups, from the rows
-    store(path, rows(700, seed=6, start=start, span=3 * HOUR, prefix="ours2-"))
+    writer = open_target(path, "test")  # open while the original writes beside it
+    try:
+        store(path, rows(2000, seed=4, start=start, span=3 * HOUR, prefix="ours-"), writer)
+        insert_as_the_original(path, rows(1500, seed=5, start=start, span=3 * HOUR,
+                                          prefix="rs-"))
+        assert_all_windows(path, monkeypatch)  # read beside the rollups, from the rows
+        store(path, rows(700, seed=6, start=start, span=3 * HOUR, prefix="ours2-"), writer)
+    finally:
+        writer.close()
     with sqlite3.connect(path) as conn:
         top = conn.execute("SELECT MAX(id) FROM requests").fetchone()[0]
         assert _rollups.watermark(conn) == top  # folded: ours and the original's
