@@ -44,6 +44,7 @@ from pgserver import PgServer  # noqa: E402
 from test_query_scale import TOOLS, WEEK_MS, build  # type: ignore[import-not-found]  # noqa: E402
 
 from mcpr_store import _rollups  # noqa: E402
+from mcpr_store.query import QueryEngine  # noqa: E402
 
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "scale.json"
@@ -65,6 +66,23 @@ QUERIES: dict[str, list[str]] = {
     "logs --since 30d": ["logs", "--since", "30d"],
     "sessions --since 30d": ["sessions", "--since", "30d"],
     "clients --since 30d": ["clients", "--since", "30d"],
+}
+
+
+DAYS_30 = 30 * 86_400_000
+#: The same questions asked of ``QueryEngine`` in this process: the query's own time,
+#: without the interpreter's start (which dominates the CLI's time on a busy machine).
+ENGINE: dict[str, Callable[[QueryEngine], object]] = {
+    "status --since 30d": lambda q: q.stats(since_ms=DAYS_30),
+    "slow --since 30d": lambda q: q.slow(since_ms=DAYS_30),
+    "slow --threshold 50ms --since 30d": lambda q: q.slow(threshold_us=50_000,
+                                                          since_ms=DAYS_30),
+    "schema": lambda q: (q.schema_status(), q.schema_snapshots(), q.schema_changes(),
+                         q.schema_tool_usage()),
+    "db stats": lambda q: q.db_stats(),
+    "logs --since 30d": lambda q: q.logs(since_ms=DAYS_30),
+    "sessions --since 30d": lambda q: q.sessions(since_ms=DAYS_30),
+    "clients --since 30d": lambda q: q.clients(since_ms=DAYS_30),
 }
 
 
@@ -172,9 +190,23 @@ def section_queries(store: Built, runs: int) -> dict[str, float]:
     return times
 
 
+def section_engine(store: Built, runs: int) -> dict[str, float]:
+    """Seconds per query inside one process (``QueryEngine``), median of ``runs``, warm."""
+
+    def timed(call: Callable[[QueryEngine], object], q: QueryEngine) -> float:
+        started = time.perf_counter()
+        call(q)
+        return time.perf_counter() - started
+
+    with QueryEngine.open(store.database) as q:
+        return {name: _median(lambda c=call: timed(c, q), runs)  # type: ignore[misc]
+                for name, call in ENGINE.items()}
+
+
 #: (key in the results, what it measures); each run of a store calls every one.
 SECTIONS: list[tuple[str, Callable[[Built, int], dict[str, float]]]] = [
     ("queries", section_queries),
+    ("engine", section_engine),
 ]
 
 
@@ -191,13 +223,20 @@ def _render_queries(results: dict[str, Any]) -> list[str]:
     head = " | ".join(f"{runs[k]['backend']} {runs[k]['rows']:,}" for k in columns)
     lines = [f"| query | {head} |", "|---|" + "--:|" * len(columns)]
     for name in names:
-        cells = [f"{runs[k]['queries'][name]:.2f}" if name in runs[k]["queries"] else "-"
-                 for k in columns]
+        cells = [_cell(runs[k], name) for k in columns]
         lines.append(f"| `{name}` | {' | '.join(cells)} |")
     lines.append("| build the rollups from the rows (the writer's one-off open of a database "
                  "without them) | " + " | ".join(f"{runs[k]['rollups_s']:.1f}" for k in columns)
                  + " |")
     return lines
+
+
+def _cell(run: dict[str, Any], name: str) -> str:
+    """CLI seconds, and the engine's own in brackets where measured."""
+    cli = run["queries"].get(name)
+    engine = run.get("engine", {}).get(name)
+    text = "-" if cli is None else f"{cli:.2f}"
+    return text if engine is None else f"{text} ({engine:.3f})"
 
 
 RENDERERS: list[Callable[[dict[str, Any]], list[str]]] = [_render_queries]
@@ -237,7 +276,8 @@ def _write_docs(results: dict[str, Any], command: str) -> None:
     body = [BEGIN, "", f"Measured with `{command}` on {os.cpu_count()} cores (shared with "
             "other work: read the ratio to the COUNT(*) baseline as much as the seconds). "
             "Seconds of `mcpr-store` wall time, median of the runs after one warm-up, "
-            "interpreter start included.", ""]
+            "interpreter start included; in brackets the query alone (`QueryEngine` in one "
+            "process, median, warm).", ""]
     for render in RENDERERS:
         body += [*render(results), ""]
     body += ["![query time against rows](bench_scale.png)", "", END]

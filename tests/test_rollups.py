@@ -213,3 +213,20 @@ def test_the_original_reads__a_database_with_rollups(tmp_path: Path) -> None:
             "AND sql IS NOT NULL")}
     assert indexes == {"idx_requests_ts", "idx_requests_proxy", "idx_requests_tool",
                        "idx_requests_session", "idx_requests_status", "idx_requests_slow"}
+
+
+def test_slow__over_a_wide_window_the_same_rows_per_proxy(
+        database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk down each proxy's slowest rows answers what the plain query answers."""
+    from mcpr_store.query import _logs
+
+    store(database, rows(3000, seed=9, start=now_ms() - 5 * HOUR, span=5 * HOUR, prefix="w"))
+    with QueryEngine.open(database) as q:
+        for ask in ({"since_ms": 4 * HOUR, "threshold_us": 50_000},
+                    {"since_ms": None, "threshold_us": 0, "limit": 7},
+                    {"since_ms": 2 * HOUR, "threshold_us": 1000, "proxy": "proxy1"},
+                    {"since_ms": 3 * HOUR, "threshold_us": 10, "tool": "fetch", "limit": 50}):
+            monkeypatch.setattr(_logs, "WIDE_ROWS", -1)
+            wide = q.slow(**ask)
+            monkeypatch.setattr(_logs, "WIDE_ROWS", 10**12)
+            assert wide == q.slow(**ask) and wide, ask
