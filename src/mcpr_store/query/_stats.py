@@ -24,7 +24,7 @@ from ._backend import Conn
 from ._filters import Where
 from ._types import StatsReport, ToolStats
 
-__all__ = ["ERRORS", "EXACT_ROWS", "error_pct", "stats"]
+__all__ = ["ERRORS", "EXACT_ROWS", "error_pct", "stats", "window_parts"]
 
 #: A window of at most this many requests is answered from its rows, percentiles exact
 #: (~0.15 s on SQLite, less on PostgreSQL); a larger one from the rollups.
@@ -81,7 +81,7 @@ def stats(conn: Conn, *, since_ts: int | None = None, proxy: str | None = None,
     False). A smaller window, or a database without rollups, is read from its rows."""
     found = _rollups.watermark(conn)
     if found is not None:
-        parts = _parts(conn, found, since_ts, proxy, tool)
+        parts = window_parts(conn, found, since_ts, proxy, tool)
         if sum(part[2] for part in parts) > EXACT_ROWS:
             return _from_parts(parts)
     return _exact(conn, since_ts=since_ts, proxy=proxy, tool=tool)
@@ -133,7 +133,7 @@ _RAW_PART = (f"SELECT method, {_rollups.TOOL_KEY_SQL} AS tool_key, {_rollups.BUC
              "SUM(bytes_in), SUM(bytes_out) FROM requests{where} GROUP BY 1, 2, 3")
 
 
-def _parts(conn: Conn, found: int, since_ts: int | None, proxy: str | None,
+def window_parts(conn: Conn, found: int, since_ts: int | None, proxy: str | None,
            tool: str | None) -> list[tuple[Any, ...]]:
     """The window as rollup rows and grouped raw rows: rows of the partial minute at its
     start (``since_ts`` up to the next whole minute), minutes up to the next whole hour,
@@ -182,7 +182,7 @@ def _number(value: Any) -> Any:
 
 
 def _from_parts(parts: list[tuple[Any, ...]]) -> StatsReport:
-    """The report from ``_parts``: sums exact, percentiles from the merged histograms."""
+    """The report from ``window_parts``: sums exact, percentiles from the merged histograms."""
     by_label: dict[str, list[Any]] = {}
     for method, key, calls, errors, total, low, high, b_in, b_out, histogram in parts:
         label = key[1:] if key else f"<{method}>"
