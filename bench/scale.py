@@ -270,11 +270,13 @@ def _chart(results: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _write_docs(results: dict[str, Any], command: str) -> None:
+def _write_docs(results: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     _chart(results)
-    body = [BEGIN, "", f"Measured with `{command}` on {os.cpu_count()} cores (shared with "
-            "other work: read the ratio to the COUNT(*) baseline as much as the seconds). "
+    commands = sorted({f"`{run['command']}`" for run in results["runs"].values()})
+    body = [BEGIN, "", f"Measured with {', '.join(commands)} on {os.cpu_count()} cores "
+            "(shared with other work: read the ratio to the COUNT(*) baseline and to the "
+            "start floor as much as the seconds). "
             "Seconds of `mcpr-store` wall time, median of the runs after one warm-up, "
             "interpreter start included; in brackets the query alone (`QueryEngine` in one "
             "process, median, warm).", ""]
@@ -296,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sizes", nargs="*", type=int, default=[1_000_000])
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the docs from docs/scale.json")
     args = parser.parse_args(argv)
+    command = "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        _write_docs(_load())
+        return 0
     backends = args.backends.split(",")
     results = _load()
     server = None
@@ -313,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{backend} {rows:,}: built in {store.build_s:.1f} s, rollups "
                           f"{store.rollups_s:.1f} s", file=sys.stderr)
                     entry: dict[str, Any] = {"backend": backend, "rows": rows,
+                                             "command": command,
                                              "build_s": store.build_s,
                                              "rollups_s": store.rollups_s}
                     for key, section in SECTIONS:
@@ -326,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
-    _write_docs(results, "python -m bench.scale " + " ".join(argv or sys.argv[1:]))
+    _write_docs(results)
     return 0
 
 

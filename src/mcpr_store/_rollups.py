@@ -362,7 +362,10 @@ def delete_requests(db: Conn, where: str, params: Sequence[Any], *,
     placeholders) and the rollups kept right: the periods holding deleted rows are
     recomputed from the rows left. Inside the caller's transaction; returns the rows
     deleted. Vacuum's one call per range it deletes (a chunked vacuum calls it per chunk:
-    it then recomputes at most the chunk's periods)."""
+    it then recomputes at most the chunk's periods, an hour of rows at most for a chunk of
+    consecutive ts). On PostgreSQL a writer committing a row into a recomputed period while
+    this runs would have its row's share replaced by the recount; only rows older than the
+    cutoff's hour can be there, which a proxy recording now does not write."""
     found = watermark(db)
     if found is None:
         return int(db.execute(f"DELETE FROM requests{where}", tuple(params)).rowcount)
