@@ -123,13 +123,13 @@ def _upsert(least: str, greatest: str, merged: str, rows: str) -> str:
         f"histogram = {merged}")
 
 
-# Histograms are merged inside the upsert, so concurrent PostgreSQL writers add to the same
-# row under its row lock (a read-modify-write in Python would lose one writer's counts).
-_SQLITE_UPSERT: Final = _upsert("MIN", "MAX", (
+# Histograms merged inside an upsert: on PostgreSQL the writer's path (concurrent writers
+# add to one row under its lock; a read-modify-write in Python would lose one writer's
+# counts); on SQLite the fold of rows summed by SQL (``_fold_range``).
+_SQLITE_MERGE: Final = (
     "(SELECT json_group_object(key, n) FROM (SELECT key, SUM(value) AS n FROM ("
     f"SELECT key, value FROM json_each({TABLE}.histogram) UNION ALL "
-    "SELECT key, value FROM json_each(excluded.histogram)) GROUP BY key))"),
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    "SELECT key, value FROM json_each(excluded.histogram)) GROUP BY key))")
 _POSTGRES_UPSERT: Final = _upsert("LEAST", "GREATEST", (
     "(SELECT CAST(json_object_agg(key, n) AS TEXT) FROM (SELECT key, SUM(CAST(value AS "
     f"BIGINT)) AS n FROM (SELECT * FROM json_each_text(CAST({TABLE}.histogram AS JSON)) "
@@ -254,10 +254,9 @@ def _fold_range(db: Conn, after_id: int, upto_id: int) -> None:
     """Fold the rows with ``after_id < id <= upto_id`` (SQLite), summed inside SQLite."""
     for period in PERIODS:
         # "WHERE true": SQLite's parser needs it between a SELECT and ON CONFLICT.
-        db.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT * FROM ("
-                   + _aggregate(period, "json_group_object", "id > ? AND id <= ?")
-                   + ") WHERE true" + _SQLITE_UPSERT[_SQLITE_UPSERT.index(" ON CONFLICT"):],
-                   (after_id, upto_id))
+        rows = ("SELECT * FROM (" + _aggregate(period, "json_group_object",
+                                               "id > ? AND id <= ?") + ") WHERE true")
+        db.execute(_upsert("MIN", "MAX", _SQLITE_MERGE, rows), (after_id, upto_id))
 
 
 def _deltas(rows: Iterable[Sequence[Any]]) -> dict[tuple[Any, ...], list[Any]]:
