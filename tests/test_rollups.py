@@ -8,8 +8,10 @@ migration that builds them, and after ``db vacuum``.
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +86,17 @@ def assert_same(rolled: StatsReport, exact: StatsReport) -> None:
         exact.bytes_in, exact.bytes_out)
 
 
+def stored_rollups(database: str) -> list[tuple[Any, ...]]:
+    sql = f"SELECT period, start, calls, histogram FROM {_rollups.TABLE}"
+    if database.startswith("postgresql://"):
+        return pg_query(database, sql)
+    with sqlite3.connect(database) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def assert_all_windows(database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for period, start, calls, histogram in stored_rollups(database):
+        assert sum(json.loads(histogram).values()) == calls, (period, start)
     with QueryEngine.open(database) as q:
         for window in ({"since_ms": None}, {"since_ms": 3 * HOUR + 17_123},
                        {"since_ms": 41 * MIN + 5}, {"since_ms": None, "proxy": "proxy1"},
@@ -230,3 +242,25 @@ def test_slow__over_a_wide_window_the_same_rows_per_proxy(
             wide = q.slow(**ask)
             monkeypatch.setattr(_logs, "WIDE_ROWS", 10**12)
             assert wide == q.slow(**ask) and wide, ask
+
+
+def test_concurrent_postgresql_writers__lose_no_count(pg_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four writers adding to the same rollup rows at once (one minute, one hour)."""
+    start = now_ms() - 30 * MIN
+    open_target(pg_url, "test").close()
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            store(pg_url, rows(2000, seed=20 + k, start=start, span=50_000, prefix=f"c{k}-"))
+        except BaseException as exc:  # reported by the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert_all_windows(pg_url, monkeypatch)
