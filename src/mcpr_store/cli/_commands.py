@@ -230,9 +230,9 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     out.table([Col("tool", cut=True), *numbers, *extremes], rows,
               styles=[None] * len(report.tools) + ["bold"])
     how = ("" if report.percentiles_exact else
-           f", from histograms, within {RELATIVE_ERROR:.1%} (over {EXACT_ROWS:,} requests)")
-    out.line(f"in the last {duration(args.since)}; percentiles are per tool (nearest rank"
-             f"{how})")
+           f"; more than {EXACT_ROWS:,} requests: from histograms, within {RELATIVE_ERROR:.1%}")
+    out.line(f"in the last {duration(args.since)}; percentiles are per tool (nearest rank)"
+             f"{how}")
     return 0
 
 
