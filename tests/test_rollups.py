@@ -264,3 +264,17 @@ def test_concurrent_postgresql_writers__lose_no_count(pg_url: str,
         thread.join(timeout=120)
     assert not errors and not any(t.is_alive() for t in threads)
     assert_all_windows(pg_url, monkeypatch)
+
+
+def test_status__says_when_percentiles_come_from_histograms(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from mcpr_store.cli.main import run
+
+    path = str(tmp_path / "store.db")
+    store(path, rows(300, seed=10, start=now_ms() - HOUR, span=HOUR, prefix="f"))
+    assert run(["--db", path, "status", "--since", "1d"]) == 0
+    assert "histograms" not in capsys.readouterr().out
+    monkeypatch.setattr(_stats, "EXACT_ROWS", 0)
+    assert run(["--db", path, "status", "--since", "1d"]) == 0
+    assert "more than 0 requests: from histograms, within 0.5%" in capsys.readouterr().out
