@@ -47,8 +47,8 @@ from mcpr_store import _rollups  # noqa: E402
 from mcpr_store.query import QueryEngine  # noqa: E402
 
 DOCS = ROOT / "docs"
-RESULTS = DOCS / "scale.json"
-CHART = DOCS / "bench_scale.png"
+#: In the docs folder (``--out``): the figures of every run, the chart, the page.
+RESULTS, CHART, PAGE = "scale.json", "bench_scale.png", "benchmarks.md"
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 #: Raw baselines, timed in the same run: the database's own count of every row (a process
 #: of plain Python and the driver), and the floor of any query (``mcpr-store --help``:
@@ -210,9 +210,9 @@ SECTIONS: list[tuple[str, Callable[[Built, int], dict[str, float]]]] = [
 ]
 
 
-def _load() -> dict[str, Any]:
-    if RESULTS.exists():
-        return dict(json.loads(RESULTS.read_text()))
+def _load(out: Path) -> dict[str, Any]:
+    if (out / RESULTS).exists():
+        return dict(json.loads((out / RESULTS).read_text()))
     return {"runs": {}}
 
 
@@ -242,7 +242,7 @@ def _cell(run: dict[str, Any], name: str) -> str:
 RENDERERS: list[Callable[[dict[str, Any]], list[str]]] = [_render_queries]
 
 
-def _chart(results: dict[str, Any]) -> None:
+def _chart(results: dict[str, Any], out: Path) -> None:
     """Two panels against rows: the CLI's wall time (what a user waits, start included) and
     the query alone (log scale); a colour per query, solid SQLite, dashed PostgreSQL."""
     import matplotlib
@@ -272,13 +272,13 @@ def _chart(results: dict[str, Any]) -> None:
         ax.set_xlabel("request rows (solid SQLite, dashed PostgreSQL)")
     cli.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(CHART, dpi=110)
+    fig.savefig(out / CHART, dpi=110)
     plt.close(fig)
 
 
-def _write_docs(results: dict[str, Any]) -> None:
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    _chart(results)
+def _write_docs(results: dict[str, Any], out: Path) -> None:
+    (out / RESULTS).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    _chart(results, out)
     commands = sorted({f"`{run.get('command', 'python -m bench.scale')}`"
                        for run in results["runs"].values()})
     body = [BEGIN, "", f"Measured with {', '.join(commands)} on {os.cpu_count()} cores "
@@ -290,8 +290,8 @@ def _write_docs(results: dict[str, Any]) -> None:
     for render in RENDERERS:
         body += [*render(results), ""]
     body += ["![query time against rows](bench_scale.png)", "", END]
-    doc = DOCS / "benchmarks.md"
-    text = doc.read_text()
+    doc = out / PAGE
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     if BEGIN in text:
         text = text[:text.index(BEGIN)] + "\n".join(body) + text[text.index(END) + len(END):]
     else:
@@ -305,15 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sizes", nargs="*", type=int, default=[1_000_000])
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DOCS,
+                        help="the folder of benchmarks.md, scale.json and the chart")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the docs from docs/scale.json")
     args = parser.parse_args(argv)
     command = "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.render:
-        _write_docs(_load())
+        _write_docs(_load(args.out), args.out)
         return 0
     backends = args.backends.split(",")
-    results = _load()
+    results = _load(args.out)
     server = None
     try:
         with tempfile.TemporaryDirectory(prefix="mcpr-bench-scale-") as tmp:
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
-    _write_docs(results)
+    _write_docs(results, args.out)
     return 0
 
 
