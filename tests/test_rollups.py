@@ -278,3 +278,27 @@ def test_status__says_when_percentiles_come_from_histograms(
     monkeypatch.setattr(_stats, "EXACT_ROWS", 0)
     assert run(["--db", path, "status", "--since", "1d"]) == 0
     assert "requests: from histograms, within 0.5%" in capsys.readouterr().out
+
+
+def test_latencies_near_2_to_the_63__do_not_stop_the_rollups(tmp_path: Path) -> None:
+    """SQLite's SUM raises on a 64-bit overflow: the rebuild at open, the fold of the
+    original's rows and a vacuum's recount must not (the store would not open)."""
+    path = tmp_path / "huge.db"
+    old, recent = now_ms() - 2 * HOUR, now_ms() - 30 * MIN
+    huge = [(f"h{i}", (old if i < 2 else recent) + i, "p", None, "tools/call", "t", None,
+             None, 2**63 - 1 - i, "ok", None, None, 2**62, None) for i in range(4)]
+    writer = open_target(str(path), "test")
+    try:
+        store(str(path), huge[:2], writer)
+        insert_as_the_original(str(path), huge[2:])
+        store(str(path), rows(10, seed=11, start=recent, span=MIN, prefix="n"), writer)
+    finally:
+        writer.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"DROP TABLE {_rollups.TABLE}")
+        conn.execute("DELETE FROM meta WHERE key = ?", (_rollups.KEY,))
+    open_sqlite(path, "test")  # the rebuild
+    with QueryEngine.open(path) as q:
+        assert q.db_stats().requests == 14
+        assert q.vacuum(before_ms=HOUR).requests_deleted == 2
+        assert q.db_stats().requests == 12

@@ -142,16 +142,29 @@ _POSTGRES_UPSERT: Final = _upsert("LEAST", "GREATEST", (
     "CAST(? AS NUMERIC[]), CAST(? AS TEXT[]))")
 
 
-def _aggregate(period: int, object_agg: str, rows: str) -> str:
+def _sum(column: str, postgres: bool) -> str:
+    """A sum that cannot fail: PostgreSQL's SUM of a BIGINT is a NUMERIC; SQLite's SUM
+    raises on a 64-bit overflow (a few latencies near 2**63 would make the store
+    unopenable), so there it is TOTAL, a float (exact below 2**53), NULL when no value is
+    known, as SUM's."""
+    if postgres:
+        return f"SUM({column})"
+    return f"(CASE WHEN COUNT({column}) = 0 THEN NULL ELSE TOTAL({column}) END)"
+
+
+def _aggregate(period: int, rows: str, *, postgres: bool) -> str:
     """The rollup rows of ``period`` summed from the ``requests`` rows matching ``rows`` (a
     condition with placeholders), as a SELECT in ``_COLUMNS`` order."""
+    histogram = ("CAST(json_object_agg(CAST(b AS TEXT), n) AS TEXT)" if postgres
+                 else "json_group_object(CAST(b AS TEXT), n)")
     return (
-        f"SELECT {period}, start, proxy, method, tool_key, SUM(n), SUM(e), SUM(s), MIN(lo), "
-        f"MAX(hi), SUM(bi), SUM(bo), {object_agg}(CAST(b AS TEXT), n) FROM ("
+        f"SELECT {period}, start, proxy, method, tool_key, SUM(n), SUM(e), "
+        f"{_sum('s', postgres)}, MIN(lo), MAX(hi), {_sum('bi', postgres)}, "
+        f"{_sum('bo', postgres)}, {histogram} FROM ("
         f"SELECT {_start_sql(period)} AS start, proxy, method, {TOOL_KEY_SQL} AS tool_key, "
         f"{BUCKET_SQL} AS b, COUNT(*) AS n, COUNT(CASE WHEN status <> 'ok' THEN 1 END) AS e, "
-        "SUM(latency_us) AS s, MIN(latency_us) AS lo, MAX(latency_us) AS hi, "
-        "SUM(bytes_in) AS bi, SUM(bytes_out) AS bo "
+        f"{_sum('latency_us', postgres)} AS s, MIN(latency_us) AS lo, MAX(latency_us) AS hi, "
+        f"{_sum('bytes_in', postgres)} AS bi, {_sum('bytes_out', postgres)} AS bo "
         f"FROM requests WHERE {rows} "
         "GROUP BY 1, 2, 3, 4, 5) AS g GROUP BY start, proxy, method, tool_key")
 
@@ -254,8 +267,8 @@ def _fold_range(db: Conn, after_id: int, upto_id: int) -> None:
     """Fold the rows with ``after_id < id <= upto_id`` (SQLite), summed inside SQLite."""
     for period in PERIODS:
         # "WHERE true": SQLite's parser needs it between a SELECT and ON CONFLICT.
-        rows = ("SELECT * FROM (" + _aggregate(period, "json_group_object",
-                                               "id > ? AND id <= ?") + ") WHERE true")
+        rows = ("SELECT * FROM (" + _aggregate(period, "id > ? AND id <= ?", postgres=False)
+                + ") WHERE true")
         db.execute(_upsert("MIN", "MAX", _SQLITE_MERGE, rows), (after_id, upto_id))
 
 
@@ -391,19 +404,15 @@ def _recompute(db: Conn, low: int | None, high: int | None, upto_id: int | None,
                postgres: bool) -> None:
     """Replace the rollup rows of every period overlapping ts [low, high] with the sums of
     the rows stored there (on SQLite only those the rollups hold: id <= ``upto_id``)."""
-    agg = "json_object_agg" if postgres else "json_group_object"
     for period in PERIODS:
         first = -_FAR if low is None else low - low % period
         end = _FAR if high is None else high - high % period + period
         db.execute(f"DELETE FROM {TABLE} WHERE period = ? AND start >= ? AND start < ?",
                    (period, first, end))
         rows = "ts >= ? AND ts < ?" + ("" if upto_id is None else " AND id <= ?")
-        sql = f"INSERT INTO {TABLE} ({_COLUMNS}) " + _aggregate(period, agg, rows)
-        if postgres:
-            sql = sql.replace(f"{agg}(CAST(b AS TEXT), n)",
-                              f"CAST({agg}(CAST(b AS TEXT), n) AS TEXT)")
-        params = (first, end) if upto_id is None else (first, end, upto_id)
-        db.execute(sql, params)
+        db.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) "
+                   + _aggregate(period, rows, postgres=postgres),
+                   (first, end) if upto_id is None else (first, end, upto_id))
 
 
 def delete_requests(db: Conn, where: str, params: Sequence[Any], *,
