@@ -302,3 +302,17 @@ def test_latencies_near_2_to_the_63__do_not_stop_the_rollups(tmp_path: Path) -> 
         assert q.db_stats().requests == 14
         assert q.vacuum(before_ms=HOUR).requests_deleted == 2
         assert q.db_stats().requests == 12
+
+
+def test_latencies_near_2_to_the_63__through_the_writer(database: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    recent = now_ms() - 30 * MIN
+    huge = [(f"h{i}", recent + i, "p", None, "tools/call", "t", None, None, 2**63 - 1 - i,
+             "ok", None, None, 2**62, 2**63 - 1) for i in range(600)]
+    store(database, huge)
+    with QueryEngine.open(database) as q:
+        assert q.db_stats().requests == 600
+        monkeypatch.setattr(_stats, "EXACT_ROWS", 0)
+        report = q.stats(since_ms=HOUR)
+    assert report.total_calls == 600 and report.max_us == 2**63 - 1
+    assert report.tools[0].p99_us == 2**63 - 1  # clamped to the exact max
