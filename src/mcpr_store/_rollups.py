@@ -19,11 +19,14 @@ rows runs inside either database and agrees with Python's ``bucket``.
 The original neither reads nor writes this table (it ignores tables it does not know), so
 ``meta.schema_version`` stays 5. Its writer does not fold: on SQLite ``meta`` key
 ``mcpr-store.rollups`` holds the highest request id folded (ids grow in commit order there),
-every batch first folds rows above it that someone else inserted, and the read side adds
-rows above it from ``requests``. PostgreSQL is written only by us, in concurrent
+a batch that finds rows above it it did not insert folds them too (summed by SQL), and the
+read side adds rows above it from ``requests``. PostgreSQL is written only by us, in concurrent
 transactions whose ids do not follow commit order: there every writer folds its own rows
 and the key says ``all``. A database without the key (the original's, or one from before
 rollups) is read from rows alone until our writer opens it and rebuilds them (``ensure``).
+
+Everything here runs inside the caller's transaction and never commits: rollups and rows
+commit or roll back together.
 """
 
 from __future__ import annotations
