@@ -36,7 +36,7 @@ from typing import Any, Final, Protocol
 
 __all__ = ["BUCKET_SQL", "KEY", "PERIODS", "RELATIVE_ERROR", "TABLE", "bucket",
            "bucket_value", "delete_requests", "ensure", "fold", "merge_histograms",
-           "percentile", "watermark"]
+           "percentile", "recount", "watermark"]
 
 TABLE: Final = "request_rollups"
 #: ``meta`` key: the highest request id folded (SQLite), or ``all`` (PostgreSQL).
@@ -435,5 +435,15 @@ def delete_requests(db: Conn, where: str, params: Sequence[Any], *,
                            tuple(params)).fetchone()
     deleted = int(db.execute(f"DELETE FROM requests{where}", tuple(params)).rowcount)
     if deleted:
-        _recompute(db, int(low), int(high), None if postgres else found, postgres=postgres)
+        recount(db, int(low), int(high), postgres=postgres)
     return deleted
+
+
+def recount(db: Conn, low_ts: int, high_ts: int, *, postgres: bool) -> None:
+    """Recompute the rollups of every period overlapping ts [``low_ts``, ``high_ts``] from
+    the rows stored there now, inside the caller's transaction: for rows removed other than
+    by ``delete_requests`` (a PostgreSQL partition dropped, say). Does nothing without
+    rollups."""
+    found = watermark(db)
+    if found is not None:
+        _recompute(db, low_ts, high_ts, None if postgres else found, postgres=postgres)
