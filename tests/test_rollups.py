@@ -23,7 +23,7 @@ from pghelpers import pg_query
 from mcpr_store import _rollups
 from mcpr_store._batch import Batch, Target, open_target
 from mcpr_store._db import open_database as open_sqlite
-from mcpr_store.query import QueryEngine, StatsReport, _stats
+from mcpr_store.query import QueryEngine, StatsReport, _engine, _stats
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -97,6 +97,9 @@ def stored_rollups(database: str) -> list[tuple[Any, ...]]:
 def assert_all_windows(database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for period, start, calls, histogram in stored_rollups(database):
         assert sum(json.loads(histogram).values()) == calls, (period, start)
+    # One "now" for both answers: a row crossing a window's edge between them is no bug.
+    frozen = now_ms()
+    monkeypatch.setattr(_engine, "_now_ms", lambda: frozen)
     with QueryEngine.open(database) as q:
         for window in ({"since_ms": None}, {"since_ms": 3 * HOUR + 17_123},
                        {"since_ms": 41 * MIN + 5}, {"since_ms": None, "proxy": "proxy1"},
@@ -233,6 +236,8 @@ def test_slow__over_a_wide_window_the_same_rows_per_proxy(
     from mcpr_store.query import _logs
 
     store(database, rows(3000, seed=9, start=now_ms() - 5 * HOUR, span=5 * HOUR, prefix="w"))
+    frozen = now_ms()  # one "now" for both answers
+    monkeypatch.setattr(_engine, "_now_ms", lambda: frozen)
     with QueryEngine.open(database) as q:
         for ask in ({"since_ms": 4 * HOUR, "threshold_us": 50_000},
                     {"since_ms": None, "threshold_us": 0, "limit": 7},
@@ -316,3 +321,14 @@ def test_latencies_near_2_to_the_63__through_the_writer(database: str,
         report = q.stats(since_ms=HOUR)
     assert report.total_calls == 600 and report.max_us == 2**63 - 1
     assert report.tools[0].p99_us == 2**63 - 1  # clamped to the exact max
+
+
+def test_the_originals_vacuum__is_recounted_at_our_next_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "store.db"
+    store(str(path), rows(3000, seed=12, start=now_ms() - 5 * HOUR, span=5 * HOUR, prefix="x"))
+    with sqlite3.connect(path) as conn:  # the original's store vacuum: rows only
+        assert conn.execute("DELETE FROM requests WHERE ts < ?",
+                            (now_ms() - 3 * HOUR - 17 * MIN,)).rowcount
+    open_sqlite(path, "test")
+    assert_all_windows(str(path), monkeypatch)

@@ -385,7 +385,8 @@ def ensure(conn: Any, *, postgres: bool = False) -> bool:
     db: Conn = _Postgres(conn) if postgres else conn
     found = watermark(db)
     if found is not None:
-        if found >= 0:  # SQLite: rows written since by another program, folded now
+        if found >= 0:  # SQLite: what another program did since, caught up now
+            _recount_deleted_behind_us(db, found)
             top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])
             if top > found:
                 _fold_range(db, found, top)
@@ -401,6 +402,20 @@ def ensure(conn: Any, *, postgres: bool = False) -> bool:
 
 
 _FAR: Final = 2**62  # beyond any ts: a range with no end
+
+
+def _recount_deleted_behind_us(db: Conn, found: int) -> None:
+    """The original's ``store vacuum`` deletes its oldest rows without touching the
+    rollups: hours held before the oldest row left (and that row's own hour) are recounted
+    from the rows. Two index probes when nothing was deleted."""
+    first = db.execute(f"SELECT MIN(start) FROM {TABLE} WHERE period = ?",
+                       (HOUR,)).fetchone()[0]
+    if first is None:
+        return
+    oldest = db.execute("SELECT MIN(ts) FROM requests").fetchone()[0]
+    if oldest is None or oldest - oldest % HOUR > first:
+        _recompute(db, int(first), _FAR - 1 if oldest is None else int(oldest), found,
+                   postgres=False)
 
 
 def _recompute(db: Conn, low: int | None, high: int | None, upto_id: int | None, *,
