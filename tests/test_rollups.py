@@ -332,3 +332,15 @@ def test_the_originals_vacuum__is_recounted_at_our_next_open(
                             (now_ms() - 3 * HOUR - 17 * MIN,)).rowcount
     open_sqlite(path, "test")
     assert_all_windows(str(path), monkeypatch)
+
+
+def test_db_export__the_copy_has_its_rollups(tmp_path: Path, pg_url: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpr_store.pg import export_sqlite
+
+    path = tmp_path / "store.db"
+    store(str(path), rows(2500, seed=13, start=now_ms() - 5 * HOUR, span=5 * HOUR, prefix="e"))
+    result = export_sqlite(path, pg_url, mcpr_version="test", chunk_rows=700)
+    assert result.copied["requests"] == 2500
+    export_sqlite(path, pg_url, mcpr_version="test")  # again: nothing copied, nothing added
+    assert_all_windows(pg_url, monkeypatch)
