@@ -1,4 +1,5 @@
-"""Per-tool statistics with nearest-rank percentiles, computed inside the database.
+"""Per-tool statistics with nearest-rank percentiles, computed inside the database, or read
+from the rollups (``_rollups``) when the window holds more than ``EXACT_ROWS`` requests.
 
 The original loads every latency into memory to sort it. Here a window function numbers
 each label's rows by latency inside the database and only the rows at the percentile ranks
@@ -134,7 +135,7 @@ _RAW_PART = (f"SELECT method, {_rollups.TOOL_KEY_SQL} AS tool_key, {_rollups.BUC
 
 
 def window_parts(conn: Conn, found: int, since_ts: int | None, proxy: str | None,
-           tool: str | None) -> list[tuple[Any, ...]]:
+                 tool: str | None) -> list[tuple[Any, ...]]:
     """The window as rollup rows and grouped raw rows: rows of the partial minute at its
     start (``since_ts`` up to the next whole minute), minutes up to the next whole hour,
     hours from there on, and rows the rollups do not hold yet (ids above ``found``, written
