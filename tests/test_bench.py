@@ -79,6 +79,20 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
     assert (tmp_path / "again" / "benchmarks.md").read_text() == report
 
 
+
+@pytest.mark.timeout(120)
+def test_scale__a_small_run_times_every_query_and_writes_its_section(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.scale", "20000", "--backends", "sqlite",
+                           "--runs", "1", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((tmp_path / "scale.json").read_text())["runs"]["sqlite-20000"]
+    assert len(run["engine"]) == 8 and set(run["engine"]) < set(run["queries"])
+    assert all(seconds > 0 for seconds in run["queries"].values())
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "## Scale" in page and "| `status --since 30d` |" in page and "sqlite 20,000" in page
+
+
 @pytest.mark.parametrize("args", [["--runs", "0"], ["--designs", "none,nosuch"],
                                   ["--work-us", "-1"], ["--backlog-events", "0"],
                                   ["--replot", "/nonexistent.json"]])

@@ -79,7 +79,8 @@ def test_open_database__again_keeps_rows_and_created_at_and_restamps_version(
                      "VALUES ('s', 'p', 1, 1) RETURNING 1")
     assert open_database(pg_url, "2.0") == 5
     assert dict(pg_query(pg_url, "SELECT key, value FROM meta")) == {
-        "schema_version": "5", "created_at": created, "mcpr_version": "2.0"}
+        "schema_version": "5", "created_at": created, "mcpr_version": "2.0",
+        "mcpr-store.rollups": "all"}
     assert pg_scalar(pg_url, "SELECT COUNT(*) FROM sessions") == 1
 
 

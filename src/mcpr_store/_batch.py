@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from . import _db, _server_schema
+from . import _db, _rollups, _server_schema
 
 __all__ = ["Batch", "SqliteTarget", "Stored", "Target", "books_key", "open_target",
            "read_books", "store_batch"]
@@ -163,6 +163,7 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, i
         _together_or_each(conn, stored, "session", batch.sessions, _store_sessions)
         inserted = _insert_requests(conn, batch.requests, stored)
         _count_requests(conn, inserted)
+        _rollups.fold(conn, inserted)
         stored.committed += len(inserted)
         _together_or_each(conn, stored, "close", batch.closes, _close_sessions)
         for row in batch.schemas:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+from . import _rollups
 from ._errors import StoreIOError, StoreSQLiteError
 from ._migrations import MIGRATIONS, SCHEMA_VERSION, TABLES_SINCE
 
@@ -484,6 +485,7 @@ def migrate(conn: sqlite3.Connection, path: Path, mcpr_version: str) -> int:
         raise StoreSQLiteError(f"cannot read database {path}: {exc}") from exc
     for version, script in MIGRATIONS:
         _run_step(conn, path, version, script)
+    _build_rollups(conn, path)
     try:
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('mcpr_version', ?) "
@@ -493,6 +495,25 @@ def migrate(conn: sqlite3.Connection, path: Path, mcpr_version: str) -> int:
     except sqlite3.Error as exc:
         raise StoreSQLiteError(f"failed to stamp mcpr_version in {path}: {exc}") from exc
     return found
+
+
+def _build_rollups(conn: sqlite3.Connection, path: Path) -> None:
+    """Create and fill the rollups (``_rollups.ensure``) once, in a step of their own: not a
+    schema version (the original's numbering is not ours to extend), an extra table the
+    original ignores."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        _ours(conn, path)
+        _rollups.ensure(conn)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreSQLiteError(f"building the rollups of {path} failed: {exc}") from exc
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _ours(conn: sqlite3.Connection, path: Path) -> DatabaseFile:

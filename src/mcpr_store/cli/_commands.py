@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._config import Database, FileConfig, resolve_db_path
+from .._rollups import RELATIVE_ERROR
 from ..query import LogRow, QueryEngine, QueryError, SessionRow, StatsReport
+from ..query._stats import EXACT_ROWS
 from ._format import (
     Col,
     Layout,
@@ -227,7 +229,10 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
                 Col("in", right=True, drop=4), Col("out", right=True, drop=3)]
     out.table([Col("tool", cut=True), *numbers, *extremes], rows,
               styles=[None] * len(report.tools) + ["bold"])
-    out.line(f"in the last {duration(args.since)}; percentiles are per tool (nearest rank)")
+    how = ("" if report.percentiles_exact else
+           f"; more than {EXACT_ROWS:,} requests: from histograms, within {RELATIVE_ERROR:.1%}")
+    out.line(f"in the last {duration(args.since)}; percentiles are per tool (nearest rank)"
+             f"{how}")
     return 0
 
 

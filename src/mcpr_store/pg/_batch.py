@@ -38,6 +38,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import psycopg
 
+from .. import _rollups
 from .._batch import Stored, books_key, books_value, parse_books
 from .._errors import StorePostgresError
 from .._events import RequestEvent
@@ -297,6 +298,7 @@ def _write(conn: Connection, batch: BatchRows, ours: Container[str], *,
     stored.committed += len(inserted)
     written.inserted.extend(row[0] for row in inserted)
     _count_requests(conn, inserted)
+    _rollups.fold(conn, inserted, postgres=True)
     _close_sessions(conn, batch.closes, written, careful=careful)
     for row in batch.schemas:
         _each(conn, careful, written, partial(_store_schema, conn, row),

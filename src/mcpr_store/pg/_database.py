@@ -22,6 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from .. import _rollups
 from .._errors import StorePostgresError
 from ._tables import MIGRATIONS, SCHEMA_VERSION
 from ._url import mask_url, scrub
@@ -104,6 +105,7 @@ def migrate(conn: Connection, url: str, mcpr_version: str) -> int:
             for version, script in MIGRATIONS:
                 if found < version:
                     _run_step(conn, schema, version, script)
+            _rollups.ensure(conn, postgres=True)
             conn.execute(
                 sql.SQL("INSERT INTO {}.meta (key, value) VALUES ('mcpr_version', %s) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value")

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from .. import _db
+from .. import _db, _rollups
 from .._errors import StorePostgresError, StoreSQLiteError
 from .._events import RequestEvent
 from ._batch import ROW_ERRORS, RowRefused, insert_requests, prepare_connection
@@ -211,8 +211,10 @@ def _write_chunk(target: Connection, table: str, rows: list[tuple[Any, ...]],
         refused.append(f"{table} row {_describe(table, row)} refused by PostgreSQL: {why}")
 
     if table == "requests":
-        copied = len(insert_requests(target, rows, careful=careful, duplicate=duplicate,
-                                     refused=refuse))
+        inserted = insert_requests(target, rows, careful=careful, duplicate=duplicate,
+                                   refused=refuse)
+        _rollups.fold(target, inserted, postgres=True)
+        copied = len(inserted)
     else:
         statement, params = _ROW_STATEMENTS[table]
         for row in rows:

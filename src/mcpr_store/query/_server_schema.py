@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import _rollups
+from . import _stats
 from ._backend import Conn
 from ._filters import Where
+from ._maintenance import proxies
 from ._stats import ERRORS
 from ._types import SchemaChange, SchemaSnapshot, ToolUsage, UpstreamStatus
 
@@ -84,13 +87,27 @@ def upstream_status(conn: Conn, *,
             capabilities=sorted(caps) if isinstance(caps, dict) else [],
             last_captured_at=max(s.captured_at for s in snaps)))
     captured = {p for p, _ in by_upstream}
-    where = Where().equals("proxy", proxy)
-    for (name,) in conn.execute(
-            f"SELECT DISTINCT proxy FROM requests{where.sql()} ORDER BY proxy", where.params):
+    for name in proxies(conn, proxy):
         if name not in captured:
             result.append(UpstreamStatus(proxy=name, upstream_url="", status="unknown",
                                          methods=[]))
     return result
+
+
+def _calls_and_errors(conn: Conn, proxy: str, tool: str,
+                      since_ts: int | None) -> tuple[int, int]:
+    """A tool's calls and errors on a proxy in the window: from the rollups where there are
+    (exact, without counting its rows), else from the rows."""
+    found = _rollups.watermark(conn)
+    if found is not None:
+        parts = _stats.window_parts(conn, found, since_ts, proxy, tool)
+        return sum(p[2] for p in parts), sum(p[3] for p in parts)
+    where = Where().equals("tool", tool).equals("proxy", proxy)
+    if since_ts is not None:
+        where.add("ts >= ?", since_ts)
+    calls, errors = conn.execute(f"SELECT COUNT(*), {ERRORS} FROM requests{where.sql()}",
+                                 where.params).fetchone()
+    return int(calls), int(errors)
 
 
 def tool_usage(conn: Conn, *, proxy: str | None = None,
@@ -113,9 +130,9 @@ def tool_usage(conn: Conn, *, proxy: str | None = None,
         where = Where().equals("tool", name).equals("proxy", proxy_name)
         if since_ts is not None:
             where.add("ts >= ?", since_ts)
-        calls, errors, last = conn.execute(
-            f"SELECT COUNT(*), {ERRORS}, MAX(ts) FROM requests"
-            f"{where.sql()}", where.params).fetchone()
+        calls, errors = _calls_and_errors(conn, proxy_name, name, since_ts)
+        last = conn.execute(f"SELECT MAX(ts) FROM requests{where.sql()}",
+                            where.params).fetchone()[0]
         result.append(ToolUsage(proxy=proxy_name, tool=name, upstreams=sorted(upstreams),
                                 calls=calls, errors=errors, last_call=last))
     result.sort(key=lambda u: (u.calls > 0, -u.calls, u.tool, u.proxy))

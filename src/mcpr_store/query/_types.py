@@ -73,6 +73,10 @@ class StatsReport(_Row):
     max_us: int | None = None
     bytes_in: int | None = None  # the sum of the known sizes; None when none is known
     bytes_out: int | None = None
+    # False when the percentiles come from the rollups' histograms: each then within
+    # ``_rollups.RELATIVE_ERROR`` (0.5 %) of the exact nearest-rank value; every other
+    # figure is exact either way
+    percentiles_exact: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""What the rollups cost the writer: committed events/s of the writer's batch path with and
+without ``_rollups.fold``, on SQLite and PostgreSQL, in one run.
+
+    python -m bench.rollup_cost [--events 100000] [--runs 3]
+
+The same realistic events (``bench.traffic``: a session per 50 requests) go through the
+writer's own ``Target.store`` in batches of 500 (the writer's batch size), into a fresh
+database each time; "without" replaces ``fold`` by a no-op for that run. Runs alternate
+with and without, and each figure is the median of ``--runs``; the ratio is what to read
+on a shared machine. The queue and the writer loop are left out on purpose: they cost the
+same either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from pgserver import PgServer
+
+from bench.traffic import Traffic
+from mcpr_store import RequestEvent, _rollups
+from mcpr_store._batch import Batch, open_target
+
+BATCH = 500
+
+
+def _batches(n: int) -> list[Batch]:
+    batches = []
+    events = Traffic(7).take(n)
+    for i in range(0, n, BATCH):
+        batch = Batch()
+        for event in events[i:i + BATCH]:
+            (batch.requests if isinstance(event, RequestEvent) else batch.sessions).append(
+                tuple(event))
+        batches.append(batch)
+    return batches
+
+
+def _rate(database: str, batches: list[Batch], *, rollups: bool) -> float:
+    fold = _rollups.fold
+    if not rollups:
+        _rollups.fold = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        target = open_target(database, "bench")
+        try:
+            started = time.perf_counter()
+            for batch in batches:
+                target.store(batch, ("bench", 0, 0))
+            took = time.perf_counter() - started
+        finally:
+            target.close()
+    finally:
+        _rollups.fold = fold
+    return sum(len(b) for b in batches) / took
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rollup_cost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    batches = _batches(args.events)
+    rates: dict[str, list[float]] = {}
+    server = PgServer()
+    server.init()
+    server.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mcpr-bench-rollups-") as tmp:
+            for run in range(args.runs):
+                for rollups in (True, False):
+                    tag = "with" if rollups else "without"
+                    path = str(Path(tmp) / f"{tag}{run}.db")
+                    rates.setdefault(f"sqlite {tag}", []).append(
+                        _rate(path, batches, rollups=rollups))
+                    url = server.url(server.create_database())
+                    rates.setdefault(f"postgresql {tag}", []).append(
+                        _rate(url, batches, rollups=rollups))
+    finally:
+        server.close()
+    median: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"committed events/s through Target.store, {args.events:,} events, batches of "
+          f"{BATCH}, median of {args.runs}")
+    for backend in ("sqlite", "postgresql"):
+        with_, without = median[f"{backend} with"], median[f"{backend} without"]
+        print(f"| {backend} | {with_:,.0f} | {without:,.0f} | {with_ / without:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
