@@ -271,12 +271,19 @@ class _Answers(Exchange):
         self.sse: SSEData | None = None
         self.json: bytearray | None = None
         self._later: asyncio.Task[None] | None = None
+        self._inside = False  # a queued step is running
+        self._nested: list[Awaitable[None]] = []
 
     # --- steps, in order ---------------------------------------------------------------
 
     def _step(self, step: Callable[[], Awaitable[None] | None], big: bool = False) -> None:
-        """Run ``step`` now, or after the steps already queued (a coroutine step always
-        runs in a task)."""
+        """Run ``step`` now, or after the steps already queued (a step that returns a
+        coroutine runs in a task). A step queued by a step runs within it, in order."""
+        if self._inside:
+            result = step()
+            if result is not None:
+                self._nested.append(result)
+            return
         if self._later is None and not big:
             result = step()
             if result is not None:  # pragma: no cover (big steps are queued)
@@ -296,15 +303,20 @@ class _Answers(Exchange):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    @staticmethod
-    async def _after(before: asyncio.Task[None] | None,
+    async def _after(self, before: asyncio.Task[None] | None,
                      step: Callable[[], Awaitable[None] | None]) -> None:
         if before is not None:
             await asyncio.wait([before])
         try:
-            result = step()
+            self._inside = True
+            try:
+                result = step()
+            finally:
+                self._inside = False
             if result is not None:
                 await result
+            while self._nested:
+                await self._nested.pop(0)
         except Exception:
             log.exception("mcpr-store: recording failed (the traffic is not affected)")
 
