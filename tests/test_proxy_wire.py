@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import select
 import signal
 import socket
@@ -96,14 +97,24 @@ def _echo_ok(sock: socket.socket, head: bytes, body: bytes) -> None:
 
 @contextmanager
 def _proxy(db_path: Path, handler: Handler) -> Iterator[tuple[RawUpstream, int]]:
+    """The proxy in front of a raw upstream; stopped by SIGTERM, its last stderr line the
+    store's totals."""
     upstream = RawUpstream(handler)
-    proxy, url = start_proxy(upstream.url(), str(db_path), "wire", workers=1)
+    log = db_path.with_suffix(".stderr")
+    with log.open("wb") as stderr:
+        proxy, url = start_proxy(upstream.url(), str(db_path), "wire", workers=1,
+                                 stderr=stderr)
     try:
         yield upstream, int(url.split(":")[2].split("/")[0])
     finally:
         proxy.send_signal(signal.SIGTERM)
         assert proxy.wait(timeout=60) == 0
         upstream.listener.close()
+    (rows,), = query(db_path, "SELECT COUNT(*) FROM requests")
+    totals = re.fullmatch(r"mcpr-store proxy: stopped: recorded ([\d,]+), committed ([\d,]+), "
+                          r"rejected 0, dropped 0, lost 0", log.read_text().splitlines()[-1])
+    assert totals is not None and totals[1] == totals[2]
+    assert int(totals[1].replace(",", "")) >= rows  # (sessions closed are events too)
 
 
 def _post(sock: socket.socket, body: bytes, extra: bytes = b"",
