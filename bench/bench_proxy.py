@@ -64,6 +64,7 @@ def serve_upstream(port: int) -> None:
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
             self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
 
         def data_received(self, data: bytes) -> None:
             try:
@@ -71,8 +72,19 @@ def serve_upstream(port: int) -> None:
             except httptools.HttpParserError:
                 self.transport.close()
 
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
         def on_message_complete(self) -> None:
-            self.transport.write(answer)
+            body, self.body = b"".join(self.body), []
+            if not body.startswith(b"["):
+                self.transport.write(answer)
+                return
+            # The big-batch poster's requests, answered in C time: parsing 600,000 requests
+            # here would stall this one-threaded upstream for everyone, probe included.
+            out = body.replace(b'"method":"p"', b'"result":{}')
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%b" % (len(out), out))
 
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(Upstream, "127.0.0.1", port)
@@ -224,6 +236,65 @@ def measure_client(url: str, requests: int, duration: float) -> Figures:
                    _percentile(single, 0.99), rps)
 
 
+def post_batches(port: int, entries: int) -> None:
+    """Post a batch of ``entries`` requests again and again until killed (the load beside
+    the probe in the big-batch scenario)."""
+    batch = ("[" + ",".join(f'{{"id":{i % 100_000},"method":"p"}}' for i in range(entries))
+             + "]").encode()
+    head = (f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(batch)}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        buffer = b""
+        while True:
+            sock.sendall(head.encode() + batch)
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(1 << 20)
+            end = buffer.index(b"\r\n\r\n")
+            size = int(buffer[:end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(buffer) < end + 4 + size:
+                buffer += sock.recv(1 << 20)
+            buffer = buffer[end + 4 + size:]
+            print("batch answered", flush=True)
+
+
+def big_batch(requests: int, entries: int, workers: int) -> dict[str, Any]:
+    """A probe client's latency through the proxy alone, then beside a client posting
+    ``entries``-request batches; the p99 ratio (target: at most 2)."""
+    import uvloop
+
+    from mcpr_store.proxy._demo import start_proxy
+
+    upstream, up_port = _spawn("--serve-upstream")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            proxy, url = start_proxy(f"http://127.0.0.1:{up_port}/mcp",
+                                     str(Path(tmp) / "bench.db"), "bench", workers)
+            port = int(url.split(":")[2].split("/")[0])
+            try:
+                uvloop.run(_load(url, 1, 200, 60))
+                alone = uvloop.run(_load(url, 1, requests, 600))
+                poster = subprocess.Popen([sys.executable, str(HERE), "--post-batches",
+                                           str(port), str(entries)], stdout=subprocess.PIPE)
+                try:
+                    time.sleep(1.0)  # the first batch is on its way
+                    beside = uvloop.run(_load(url, 1, requests, 600))
+                finally:
+                    poster.kill()
+                    out = poster.communicate()[0]
+            finally:
+                _stop(proxy)
+    finally:
+        _stop(upstream)
+    result = {"p99_alone": round(_percentile(alone, 0.99)),
+              "p99_beside": round(_percentile(beside, 0.99)),
+              "p50_alone": round(_percentile(alone, 0.5)),
+              "p50_beside": round(_percentile(beside, 0.5)),
+              "batches_answered": out.count(b"answered")}
+    result["p99_ratio"] = round(result["p99_beside"] / max(1, result["p99_alone"]), 2)
+    print(f"\nbig batch ({entries:,} requests per POST) beside a probe client: {result}")
+    return result
+
+
 # --- the run -------------------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -343,7 +414,12 @@ def main() -> None:
     parser.add_argument("--serve-upstream", type=int, metavar="PORT")
     parser.add_argument("--serve-control", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-sdk", type=int, metavar="PORT")
+    parser.add_argument("--post-batches", nargs=2, type=int, metavar=("PORT", "ENTRIES"))
+    parser.add_argument("--batch", type=int, default=600_000,
+                        help="requests per batch in the big-batch scenario (0: skip it)")
     args = parser.parse_args()
+    if args.post_batches:
+        return post_batches(*args.post_batches)
     if args.serve_upstream:
         return serve_upstream(args.serve_upstream)
     if args.serve_control:
@@ -351,10 +427,12 @@ def main() -> None:
     if args.serve_sdk:
         return serve_sdk(args.serve_sdk)
     results = {}
-    for kind in args.upstreams.split(","):
+    for kind in filter(None, args.upstreams.split(",")):
         runs = [run_once(kind, args.requests, args.duration, args.workers)
                 for _ in range(args.runs)]
         results[kind] = report(runs, kind)
+    if args.batch:
+        results["big_batch"] = big_batch(args.requests, args.batch, args.workers)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     sys.stdout.flush()

@@ -35,8 +35,10 @@ saw an answer can count on its row.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
@@ -55,6 +57,8 @@ Headers = Mapping[bytes, bytes]
 SLICE_BYTES: Final = 64 * 1024
 #: Elements of a batch read between two yields to the event loop (~1 ms).
 SLICE_ITEMS: Final = 256
+#: Seconds between two warnings of a batch passing unrecorded.
+_SKIP_LOG_EVERY: Final = 10.0
 
 _WHITESPACE: Final = " \t\n\r"
 
@@ -108,6 +112,14 @@ def _decode_items(data: bytes | bytearray) -> Iterator[Any]:
             return
         else:
             raise ValueError(f"expected , or ] at {at}")
+
+
+def _slices(items: list[Any]) -> Iterator[list[Any]]:
+    """``items`` in slices of ``SLICE_ITEMS``, each let go as the next is taken (freeing
+    600,000 objects at once would hold the loop for a tenth of a second)."""
+    items.reverse()
+    while items:
+        yield [items.pop() for _ in range(min(SLICE_ITEMS, len(items)))]
 
 
 class _Inflate:
@@ -179,6 +191,34 @@ class Exchanges:
         self.max_message = max_message
         #: Slice tasks still running (``drain()`` waits for them).
         self.tasks: set[asyncio.Task[None]] = set()
+        self.batch_reading = False  # a big request body is being read (one at a time)
+        self._gc_was_enabled = False
+        self._skipped_at = -_SKIP_LOG_EVERY
+
+    def begin_batch(self) -> bool:
+        """Take the one place for reading a big request body; False if it is taken (the
+        body then goes through unrecorded, and a rate-limited warning says so).
+
+        While it is read the cyclic garbage collector is paused: reading a 600,000-request
+        batch makes millions of objects, every one freed by reference counting, and the
+        full collections their number triggers were most of the event loop's stalls."""
+        if self.batch_reading:
+            now = time.monotonic()
+            if now - self._skipped_at >= _SKIP_LOG_EVERY:
+                self._skipped_at = now
+                log.warning("mcpr-store: a batch of more than %d bytes passes unrecorded: "
+                            "another is being read in this process", SLICE_BYTES)
+            return False
+        self.batch_reading = True
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
+        return True
+
+    def end_batch(self) -> None:
+        if self.batch_reading:
+            self.batch_reading = False
+            if self._gc_was_enabled:
+                gc.enable()
 
     def start(self, method: str, path: str, headers: Headers) -> Exchange | None:
         """The exchange to feed for a request, or ``None`` when it is not read. Never
@@ -378,8 +418,8 @@ class _Answers(Exchange):
         except _UNREADABLE:
             self.unread = True
             return
-        for start in range(0, len(items), SLICE_ITEMS):
-            for item in items[start:start + SLICE_ITEMS]:
+        for part in _slices(items):
+            for item in part:
                 self._item(item)
             await asyncio.sleep(0)
 
@@ -425,6 +465,7 @@ class _Post(_Answers):
         self.gone = False
         self.status: int | None = None
         self.ended = False
+        self.batch = False  # this exchange holds the owner's batch reading
 
     @_guarded
     def request_body(self, chunk: bytes, more: bool) -> None:
@@ -448,7 +489,9 @@ class _Post(_Answers):
         self.body = None
         size = self.received
         if len(body) > SLICE_BYTES:
-            self._step(lambda: self._open_sliced(body, size), big=True)
+            if self.owner.begin_batch():
+                self.batch = True
+                self._step(lambda: self._open_sliced(body, size), big=True)
         else:
             self._step(lambda: self._open_now(body, size))
 
@@ -477,9 +520,8 @@ class _Post(_Answers):
         if body.lstrip(_WHITESPACE.encode())[:1] != b"[":  # one message, large on its own
             self._open_now_decoded(items[0], size)
             return
-        for start in range(0, len(items), SLICE_ITEMS):
-            for call in self.traffic.open_calls(items[start:start + SLICE_ITEMS],
-                                                session_id=self.session_id):
+        for part in _slices(items):
+            for call in self.traffic.open_calls(part, session_id=self.session_id):
                 self.add(call)
             await asyncio.sleep(0)
 
@@ -546,19 +588,29 @@ class _Post(_Answers):
     def _settle(self) -> Awaitable[None] | None:
         """The exchange is over: settle the calls no answer reached."""
         if not self.waiting:
+            self._end_batch()
             return None
         calls = self.take_all()
         if len(calls) <= SLICE_ITEMS or self._later is None:
             for call in calls:
                 self._settle_one(call)
+            self._end_batch()
             return None
         return self._settle_sliced(calls)
 
+    def _end_batch(self) -> None:
+        if self.batch:
+            self.batch = False
+            self.owner.end_batch()
+
     async def _settle_sliced(self, calls: list[Call]) -> None:
-        for start in range(0, len(calls), SLICE_ITEMS):
-            for call in calls[start:start + SLICE_ITEMS]:
-                self._settle_one(call)
-            await asyncio.sleep(0)
+        try:
+            for part in _slices(calls):
+                for call in part:
+                    self._settle_one(call)
+                await asyncio.sleep(0)
+        finally:
+            self._end_batch()
 
     def _settle_one(self, call: Call) -> None:
         status = self.status

@@ -628,6 +628,4 @@ class Forwarder:
         for connection in list(self.connections):
             connection.transport.close()
         self.upstream.close()
-        if self.exchanges is not None:
-            await self.exchanges.drain()
 

@@ -76,6 +76,17 @@ class ProxyWorker(Worker):  # type: ignore[misc]
     def run(self) -> None:
         uvloop.run(self._serve())
 
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Tell gunicorn this worker lives (also while it drains: gunicorn aborts a worker
+        silent for ``timeout`` seconds, stopping or not); a worker whose main process is
+        gone stops."""
+        parent = self.ppid
+        while True:
+            self.notify()
+            if os.getppid() != parent:
+                stop.set()
+            await asyncio.sleep(max(0.5, self.timeout / 4))
+
     async def _serve(self) -> None:
         plan = self.wsgi
         loop = asyncio.get_running_loop()
@@ -100,20 +111,22 @@ class ProxyWorker(Worker):  # type: ignore[misc]
                                  fileno=os.dup(listener.fileno()))
             servers.append(await loop.create_server(forwarder.protocol, sock=sock,
                                                     backlog=self.cfg.backlog))
-        parent = self.ppid
-        while not stop.is_set():
-            self.notify()
-            if os.getppid() != parent:
-                break  # the main process is gone: stop
-            try:
-                async with asyncio.timeout(max(0.5, self.timeout / 4)):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+        heartbeat = loop.create_task(self._heartbeat(stop))
+        await stop.wait()
         for server in servers:
             server.close()
+        deadline = loop.time() + (0 if quick.is_set() else DRAIN_SECONDS)
         await forwarder.stop(0 if quick.is_set() else DRAIN_SECONDS)
+        try:  # recording still in progress (a big batch) gets what is left of the drain time
+            async with asyncio.timeout_at(deadline):
+                await exchanges.drain()
+        except TimeoutError:
+            for task in list(exchanges.tasks):
+                task.cancel()
+            log.warning("mcpr-store proxy: recording of %d big messages cut short by the stop",
+                        len(exchanges.tasks))
         exchanges.traffic.close()
+        heartbeat.cancel()
         if not plan.store.is_owner:
             plan.store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)
 
