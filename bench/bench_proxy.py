@@ -216,6 +216,7 @@ class Figures:
     p90: float
     p99: float
     rps8: float
+    answered: int  # requests answered in all (warm-up included)
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -227,13 +228,13 @@ def measure_client(url: str, requests: int, duration: float) -> Figures:
     """Latency at 1 connection, then req/s at 8 (after a short warm-up), in this process."""
     import uvloop
 
-    uvloop.run(_load(url, 1, 200, 60))  # warm-up: connections, caches, the JIT-less paths
+    warm = uvloop.run(_load(url, 1, 200, 60))  # warm-up: connections, caches
     single = uvloop.run(_load(url, 1, requests, 600))
     start = time.perf_counter()
     many = uvloop.run(_load(url, 8, 10**9, duration))
     rps = len(many) / (time.perf_counter() - start)
     return Figures(_percentile(single, 0.5), _percentile(single, 0.9),
-                   _percentile(single, 0.99), rps)
+                   _percentile(single, 0.99), rps, len(warm) + len(single) + len(many))
 
 
 def post_batches(port: int, entries: int) -> None:
@@ -362,8 +363,8 @@ def run_once(upstream_kind: str, requests: int, duration: float,
             finally:
                 code = _stop(proxy)
             result["proxy"] = figures
-            answered = 200 + requests + round(figures.rps8 * duration)
-            result["recorded"] = {"rows": _rows(db), "exit_code": code, "answered~": answered}
+            result["recorded"] = {"rows": _rows(db), "answered": figures.answered,
+                                  "exit_code": code}
     finally:
         _stop(upstream)
     return result
@@ -403,6 +404,37 @@ def report(runs: list[dict[str, Any]], upstream_kind: str) -> dict[str, Any]:
     return table
 
 
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Added p50/p99 at 1 connection and req/s at 8, per upstream, control beside proxy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [kind for kind in ("fast", "sdk") if kind in results]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.2
+    for i, kind in enumerate(kinds):
+        table = results[kind]
+        for j, (way, field) in enumerate([("control", "added_p50"), ("proxy", "added_p50"),
+                                          ("control", "added_p99"), ("proxy", "added_p99")]):
+            axes[0].bar(i + (j - 1.5) * width, max(1.0, table[way][field]), width,
+                        color=("#999", "#2a7", "#ccc", "#8d8")[j],
+                        label=f"{way} {field[6:]}" if i == 0 else None)
+        for j, way in enumerate(WAYS):
+            axes[1].bar(i + (j - 1) * 0.25, table[way]["rps8"], 0.25,
+                        color=("#48c", "#999", "#2a7")[j], label=way if i == 0 else None)
+    for ax, title in zip(axes, ("added latency, 1 connection (µs)", "req/s, 8 connections"),
+                         strict=True):
+        ax.set_xticks(range(len(kinds)), [f"{k} upstream" for k in kinds])
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -411,6 +443,8 @@ def main() -> None:
     parser.add_argument("--upstreams", default="fast,sdk")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the medians here")
+    parser.add_argument("--chart", type=Path, help="also draw the chart of docs/benchmarks.md")
+    parser.add_argument("--from-json", type=Path, help="only draw --chart from these results")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT")
     parser.add_argument("--serve-control", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-sdk", type=int, metavar="PORT")
@@ -420,6 +454,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.post_batches:
         return post_batches(*args.post_batches)
+    if args.from_json:
+        return chart(json.loads(args.from_json.read_text()), args.chart)
     if args.serve_upstream:
         return serve_upstream(args.serve_upstream)
     if args.serve_control:
@@ -435,6 +471,8 @@ def main() -> None:
         results["big_batch"] = big_batch(args.requests, args.batch, args.workers)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.chart:
+        chart(results, args.chart)
     sys.stdout.flush()
 
 
