@@ -143,7 +143,10 @@ class _Inflate:
         """The decoded bytes of ``chunk``; raises ``ValueError`` past ``limit`` or on bad
         data."""
         if self.brotli is not None:
-            out = bytes(self.brotli.process(chunk))
+            try:
+                out = bytes(self.brotli.process(chunk))
+            except Exception as exc:  # brotli.error: not a ValueError
+                raise ValueError(str(exc)) from None
         else:
             if self.zlib is None:
                 raw = not chunk or (chunk[0] & 0x0F) != 8
