@@ -31,6 +31,8 @@ def _read_message(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]
         buffer += data
     end = buffer.index(b"\r\n\r\n")
     head = bytes(buffer[:end + 4])
+    if b"transfer-encoding: chunked" in head.lower():
+        return _read_chunked(sock, buffer, head)
     size = 0
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
@@ -43,6 +45,22 @@ def _read_message(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]
     body = bytes(buffer[end + 4:end + 4 + size])
     del buffer[:end + 4 + size]
     return head, body
+
+
+def _read_chunked(sock: socket.socket, buffer: bytearray, head: bytes) -> tuple[bytes, bytes]:
+    del buffer[:len(head)]
+    body = b""
+    while True:
+        while b"\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        line_end = buffer.index(b"\r\n")
+        size = int(buffer[:line_end], 16)
+        while len(buffer) < line_end + 2 + size + 2:
+            buffer += sock.recv(65536)
+        body += buffer[line_end + 2:line_end + 2 + size]
+        del buffer[:line_end + 2 + size + 2]
+        if size == 0:
+            return head, body
 
 
 class RawUpstream:
@@ -255,3 +273,40 @@ def test_proxy_wire__a_get_stream_ends_before_its_delete_is_answered(db_path):
         # the stream's end was already there when the DELETE's answer came
         assert select.select([get], [], [], 0)[0], "GET stream still open"
         assert get.recv(65536).endswith(b"0\r\n\r\n")
+
+
+def test_proxy_wire__pipelined_and_chunked_requests_go_up_in_order(db_path):
+    with _proxy(db_path, _echo_ok) as (upstream, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        first = json.dumps(_call(1)).encode()
+        second = json.dumps(_call(2)).encode()
+        client.sendall(  # a chunked body, then a pipelined request, in one write
+            b"POST /mcp HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n"
+            % (10, first[:10], len(first) - 10, first[10:])
+            + b"POST /mcp HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(second), second))
+        buffer = bytearray()
+        answers = [json.loads((_read_message(client, buffer) or (b"", b"{}"))[1])["id"]
+                   for _ in range(2)]
+    assert answers == [1, 2]
+    assert [body for _, body in upstream.received] == [first, second]
+    assert upstream.received[0][0].endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert query(db_path, "SELECT status, COUNT(*) FROM requests GROUP BY status") == [("ok", 2)]
+
+
+def test_proxy_wire__an_unreachable_upstream_is_a_502_and_a_failed_call(db_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        dead = taken.getsockname()[1]  # closed again when the proxy starts: nothing listens
+    proxy, url = start_proxy(f"http://127.0.0.1:{dead}/mcp", str(db_path), "wire", workers=1)
+    try:
+        port = int(url.split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            _post(client, json.dumps(_call(1)).encode())
+            head, body = _read_message(client, bytearray()) or (b"", b"")
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(timeout=60) == 0
+    assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert body.startswith(b"mcpr-store proxy: upstream unavailable")
+    assert query(db_path, "SELECT status, error_msg FROM requests") == [("error", "HTTP 502")]
