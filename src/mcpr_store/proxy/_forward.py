@@ -159,8 +159,11 @@ class _UpstreamConnection(asyncio.Protocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        request = self.exchange
         try:
             self.parser.feed_data(data)
+            if request is not None:
+                request.flush()  # before any other upstream's bytes: their order is kept
         except httptools.HttpParserUpgrade:
             self.broken = True
         except httptools.HttpParserError as exc:
@@ -243,6 +246,7 @@ class _Request:
         self.close_after = not keep_alive
         self.left: int | None = None  # response body bytes still due (content-length)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.out: list[bytes] = []  # bytes for the client, written at ``flush()``
         self.interim = False
         self.close_delimited = False  # the upstream ends the body by closing
         self.started = time.perf_counter()
@@ -319,8 +323,7 @@ class _Request:
         if self.exchange is not None:
             self.exchange.response_start(status, lower)
         self.head_sent = True
-        if not client.lost:
-            client.transport.write(b"".join(lines))
+        self.out.append(b"".join(lines))
         if self.method == b"HEAD":
             self.upstream_reusable = False  # httptools would wait for the announced body
             self.response_complete()
@@ -343,10 +346,7 @@ class _Request:
         client = self.client
         if client.lost:
             return
-        if self.chunked_down:
-            client.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            client.transport.write(chunk)
+        self.out.append(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_down else chunk)
 
     def response_complete(self) -> None:
         if self.interim:
@@ -358,15 +358,26 @@ class _Request:
             if self.left is None:
                 self.exchange.response_body(b"", False)
             self.exchange.end()
-        if self.chunked_down and not self.client.lost:
-            self.client.transport.write(b"0\r\n\r\n")
+        if self.chunked_down:
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
         self.done.set_result(None)
+
+    def flush(self) -> None:
+        """Write what the upstream's last bytes made for the client, in one piece (one
+        system call for a head and its body)."""
+        out = self.out
+        if out:
+            if not self.client.lost:
+                self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def upstream_failed(self, reason: str) -> None:
         """The upstream connection broke (or sent what cannot be parsed)."""
         self.upstream_reusable = False
         if self.done.done():
             return
+        self.flush()  # a body cut short: what came goes on, then the connection closes
         client = self.client
         if not self.head_sent:
             if self.exchange is not None:
@@ -381,8 +392,9 @@ class _Request:
         if self.done.done():
             return
         self.upstream_reusable = False
-        if self.chunked_down and not self.client.lost:
-            self.client.transport.write(b"0\r\n\r\n")
+        if self.chunked_down:
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
         self.close_after = True
         self.done.set_result(None)
 
