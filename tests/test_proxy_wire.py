@@ -310,3 +310,24 @@ def test_proxy_wire__an_unreachable_upstream_is_a_502_and_a_failed_call(db_path)
     assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
     assert body.startswith(b"mcpr-store proxy: upstream unavailable")
     assert query(db_path, "SELECT status, error_msg FROM requests") == [("error", "HTTP 502")]
+
+
+def test_proxy_wire__an_endless_head_is_refused_and_others_go_on(db_path):
+    with _proxy(db_path, _echo_ok) as (upstream, port):
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(20)
+            answer = b""
+            try:
+                client.sendall(b"POST /mcp HTTP/1.1\r\nX-Big: ")
+                for _ in range(64):  # 4 MiB of one header value, never ended
+                    client.sendall(b"a" * 65536)
+                while chunk := client.recv(65536):
+                    answer += chunk
+            except ConnectionError:
+                pass  # closed with our bytes unread: a reset may overtake the 431
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            _post(client, json.dumps(_call(1)).encode())
+            assert (_read_message(client, bytearray()) or (b"", b""))[0].startswith(
+                b"HTTP/1.1 200")
+    assert len(upstream.received) == 1  # nothing of the refused one went up

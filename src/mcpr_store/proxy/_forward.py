@@ -61,6 +61,9 @@ CONNECT_TIMEOUT: Final = 10.0
 POOL_SIZE: Final = 64
 #: Bytes buffered on one side before the other side's reading pauses.
 HIGH_WATER: Final = 256 * 1024
+#: Largest request target plus header lines a client may send (the parser has no limit of
+#: its own, so without one a client could fill the worker's memory with one header).
+MAX_HEAD: Final = 64 * 1024
 
 _CRLF: Final = b"\r\n"
 _NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -413,14 +416,22 @@ class _ClientConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.lost = False
         self.stopping = False
+        self.in_head = False  # between a request's first byte and the end of its headers
+        self.head_bytes = 0  # bytes of reads that were all head (a bound, not a count)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's: no subclass
         self.forwarder.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        in_head = self.in_head
         try:
             self.parser.feed_data(data)
+            if in_head and self.in_head:  # all of it was one head, and it goes on
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"request line and headers over {MAX_HEAD} bytes")
         except httptools.HttpParserUpgrade:
             self._refuse(501, "Not Implemented", "protocol upgrades are not forwarded")
         except httptools.HttpParserError as exc:
@@ -459,8 +470,11 @@ class _ClientConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -473,6 +487,7 @@ class _ClientConnection(asyncio.Protocol):
         request = _Request(self, parser.get_method(), self.url, self.headers,
                            parser.get_http_version(), parser.should_keep_alive())
         self.current = request
+        self.in_head = False
         self.queue.append(request)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._answer_all())
