@@ -27,7 +27,9 @@ DELETE, reaches the client first, as it does direct.
 An upstream that cannot be reached, or closes before its response starts, is answered
 ``502 Bad Gateway`` (a one-line text body: the proxy's own answer); one that fails in the
 middle of a body has the client's connection closed, which is how HTTP/1.1 says "truncated".
-A request the parser refuses is answered ``400`` and its connection closed. A client that
+A request the parser refuses is answered ``400``, a request line and headers over
+``MAX_HEAD`` bytes ``431``, and the connection closed. Not bounded: how long a client's
+idle keep-alive connection stays open (until it closes it, or the worker stops). A client that
 goes away closes its upstream connection, so a long stream does not outlive its client.
 """
 
@@ -617,7 +619,8 @@ class Forwarder:
 
     def finished(self, method: bytes, status: int, seconds: float) -> None:
         """The one place where a forwarded request's method, final status (0: no response)
-        and round trip (request headers in to response end, seconds) are known."""
+        and round trip (request headers in to response end, seconds) are known: the hook
+        for per-request metrics."""
 
     def _unreachable(self, request: _Request, exc: BaseException) -> None:
         reason = f"upstream unavailable: {type(exc).__name__}"
