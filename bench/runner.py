@@ -222,6 +222,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "designs": args.designs, "runs": runs, "failures": failures}
 
 
+#: In ``benchmarks.md``: what follows is written by other benchmarks, kept by this one.
+KEPT = "<!-- sections of other benchmarks, kept by python -m bench -->"
+
+
 def write(raw: dict[str, Any], out: Path) -> list[str]:
     """Write the report and charts of ``raw`` results into ``out``; return the files' names."""
     from . import charts, report
@@ -232,7 +236,12 @@ def write(raw: dict[str, Any], out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     images = charts.draw(summary, designs, out)
     text = report.render(summary, designs, params, raw["machine"], images, quick=raw["quick"])
-    (out / "benchmarks.md").write_text(text, encoding="utf-8")
+    page = out / "benchmarks.md"
+    # The sections other benchmarks write (bench.scale, bench_proxy, ...) follow KEPT and
+    # are kept as they are: this run rewrites only what it measured.
+    kept = page.read_text(encoding="utf-8").partition(KEPT)[2] if page.exists() else ""
+    page.write_text(text.rstrip("\n") + "\n\n" + KEPT + kept if kept else text,
+                    encoding="utf-8")
     if not raw["quick"] and out.resolve() == (ROOT / "docs").resolve():
         headline = report.readme_headline(summary, params, raw["machine"])
         readme = ROOT / "README.md"

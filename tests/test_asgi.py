@@ -162,3 +162,37 @@ def test_asgi_middleware__a_batch_unfolds_into_one_row_per_request(open_store, d
                           "FROM requests ORDER BY method") == [
         ("echo", "ok", None, None, None, None),
         ("tools/list", "error", "-32601", "Method not found", None, None)]
+
+
+async def _echo_body(scope: Any, receive: Any, send: Any) -> None:
+    """Answers every POST with its own body as a JSON-RPC result envelope's payload."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_asgi_middleware__hostile_bodies_pass_whole_and_are_not_misread(open_store, db_path):
+    store = open_store()
+    app = StoreMiddleware(_echo_body, store=store, proxy="asgi")
+    deep = b"[" * 30_000 + b"]" * 30_000  # read at once (under SLICE_BYTES)
+    hostile = [deep, b'{"jsonrpc":"2.0","id":NaN,"method":"tools/list"}',
+               b'{"jsonrpc":"2.0","id":1,"method":"tools/\xff\xfe"}',
+               b'{"jsonrpc":"2.0","id":' + b"9" * 5000 + b',"method":"tools/list"}']
+    good = b'{"jsonrpc":"2.0","id":2,"method":"tools/list","result":{"tools":[]}}'
+    with ServerThread(app) as server, httpx.Client() as client:
+        for body in [*hostile, good]:
+            response = client.post(server.url(), content=body,
+                                   headers={"content-type": "application/json"})
+            assert response.status_code == 200 and response.content == body
+    assert store.flush(10)
+    # only the well-formed one is a request (its echo, holding "method", is no answer)
+    assert query(db_path, "SELECT method, status, error_msg FROM requests") == [
+        ("tools/list", "error", "HTTP 200 without an answer")]

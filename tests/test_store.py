@@ -179,7 +179,7 @@ def test_open__script_without_main_guard_runs_once(tmp_path: Path) -> None:
 
 
 def test_stats__exact_accounting_with_drops_and_rejects(
-    open_store: Callable[..., Store], db_path: Path
+    open_store: Callable[..., Store], db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = open_store(buffer_events=50, batch_interval=30)
     # Fill the buffer faster than the sender can possibly empty it: some drops are certain.
@@ -198,6 +198,10 @@ def test_stats__exact_accounting_with_drops_and_rejects(
     assert scalar(db_path, "SELECT COUNT(*) FROM requests") == stats.committed
     assert query(db_path, "SELECT COUNT(*) FROM requests WHERE request_id IN ('r0', 'bad')") \
         == [(1,)]
+    # the drops are said: rate-limited warnings, and the rest at close, telling every one
+    said = [int(m.split("dropped ", 1)[1].split(" ", 1)[0].replace(",", ""))
+            for m in caplog.messages if "buffer was full" in m]
+    assert said and sum(said) == stats.dropped_by_reason["buffer_full"]
 
 
 def test_stats__reports_writer_health(open_store: Callable[..., Store]) -> None:

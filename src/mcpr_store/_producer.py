@@ -138,6 +138,7 @@ class Producer:
         self.retired = False  # the store is done with this thread
         self._final: bytes | None = None
         self._log_at: dict[str, float] = {}
+        self._full_said = 0  # buffer_full drops a warning has told of
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -253,6 +254,7 @@ class Producer:
 
     def _cycle(self) -> None:
         """One round: what was buffered before a flush request goes before its answer."""
+        self._say_drops()
         seq = 0
         while self.flush_requests:
             seq = max(seq, self.flush_requests.popleft())
@@ -381,6 +383,7 @@ class Producer:
         else:
             log.error("mcpr-store: could not put the %s message by the shutdown deadline",
                       "stop" if self.is_owner else "detach")
+        self._say_drops(at_close=True)
         self.done_closing = True
 
     @property
@@ -389,8 +392,24 @@ class Producer:
         the queue."""
         return self._final is not None
 
-    def _warn(self, key: str, message: str) -> None:
+    def _say_drops(self, at_close: bool = False) -> None:
+        """Warn of the events ``record()`` dropped for a full buffer since the last warning
+        (``record()`` only counts: it must not log). Rate-limited; the last ones are told
+        at close, whatever the rate."""
+        full = self.books.buffer_full
+        if full > self._full_said and self._warn(
+                "buffer_full", f"mcpr-store: dropped {full - self._full_said:,} events: this "
+                f"process's buffer was full ({full:,} dropped as buffer_full in all); the "
+                f"writer is not keeping up, or the buffer is too small for the bursts",
+                force=at_close):
+            self._full_said = full
+
+    def _warn(self, key: str, message: str, force: bool = False) -> bool:
+        """Log ``message`` unless one of ``key`` was logged in the last ``_LOG_EVERY``
+        seconds; whether it was logged."""
         now = time.monotonic()
-        if now - self._log_at.get(key, -_LOG_EVERY) >= _LOG_EVERY:
+        if force or now - self._log_at.get(key, -_LOG_EVERY) >= _LOG_EVERY:
             self._log_at[key] = now
             log.warning("%s", message)
+            return True
+        return False

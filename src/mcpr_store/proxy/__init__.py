@@ -1,13 +1,13 @@
 """The recording reverse proxy (``mcpr-store proxy``), for MCP servers in any language.
 
-``run_proxy`` serves it: pre-forked gunicorn workers running uvicorn, each forwarding
-streamable-HTTP traffic to the upstream with httpx (``_forward``) through
-``mcpr_store.asgi.StoreMiddleware``, all recording through the one writer of a store opened
-before they fork (``_serve``). ``_demo`` drives it for ``mcpr-store demo --real`` against
-the demo server of ``_demo_server``.
+``run_proxy`` serves it: pre-forked gunicorn workers, each a uvloop event loop forwarding
+HTTP/1.1 byte for byte to the upstream (``_forward``: asyncio protocols, httptools parsers)
+and reading copies of the streamable-HTTP exchanges (``mcpr_store._exchange``), all
+recording through the one writer of a store opened before they fork (``_serve``). ``_demo``
+drives it for ``mcpr-store demo --real`` against the demo server of ``_demo_server``.
 
-Needs the ``proxy`` extra (httpx, uvicorn, gunicorn, uvicorn-worker); the demo also needs
-the ``mcp`` extra. Names are loaded on first use (PEP 562), so importing the package costs
+Needs the ``proxy`` extra (uvloop, httptools, gunicorn, brotli); the demo also needs the
+``mcp`` extra. Names are loaded on first use (PEP 562), so importing the package costs
 nothing until one is.
 """
 

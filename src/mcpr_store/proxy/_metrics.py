@@ -10,8 +10,8 @@ and removes when the proxy stops.
 
 A forwarder reports each request with one call, ``ProxyMetrics.observe(method, status,
 seconds)`` (``seconds``: the upstream's round trip, from sending the request to its
-response's status line), or is wrapped by ``ProxyMetrics.around(app)``, an ASGI wrapper
-that makes that call when the response starts. ``observe`` never raises and never blocks.
+final status line; to the failure when there was none): ``_forward.Forwarder.finished``.
+``observe`` never raises and never blocks.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ..asgi import ASGIApp, Message, Receive, Scope, Send
 from ..metrics import StoreCollector
 
 __all__ = ["ProxyMetrics", "parse_bind"]
@@ -98,32 +96,6 @@ class ProxyMetrics:
             self.requests.labels(method, str(status)).inc()
             if status:
                 self.upstream.labels(method).observe(seconds)
-
-    def around(self, app: ASGIApp) -> ASGIApp:
-        """``app`` with every HTTP request it answers observed."""
-        observe = self.observe
-
-        async def observed(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            started = time.perf_counter()
-            status = 0
-
-            async def watch(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    observe(scope["method"], status, time.perf_counter() - started)
-                await send(message)
-
-            try:
-                await app(scope, receive, watch)
-            finally:
-                if not status:
-                    observe(scope["method"], 0, time.perf_counter() - started)
-
-        return observed
 
     def _forget_server(self) -> None:
         # A forked worker does not serve the page: close its copy of the listening socket.

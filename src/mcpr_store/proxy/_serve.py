@@ -1,75 +1,140 @@
 """``mcpr-store proxy``: the recording reverse proxy, served by pre-forked workers.
 
-The main process opens the store (it owns the one writer), builds the app
-(``asgi.StoreMiddleware`` around ``Forward``), binds the port and forks ``workers``
-gunicorn workers that serve the app with uvicorn (the ``uvicorn-worker`` package). Each
-worker records through the store handle it inherited: one writer for all of them.
+The main process opens the store (it owns the one writer), binds the port and forks
+``workers`` gunicorn workers (``ProxyWorker``); each runs a uvloop event loop serving the
+listening socket with ``_forward.Forwarder`` and records through the store handle it
+inherited: one writer for all of them.
 
 Stopping: SIGTERM and SIGINT both stop gracefully. The main process closes the listening
-socket and passes SIGTERM to the workers; each worker's uvicorn stops accepting, ends its
-GET streams, lets the requests in flight finish (for at most ``DRAIN_SECONDS``, then
-cancels the rest, whose calls are recorded as failed), and runs the app's lifespan
-shutdown: calls still open are settled, then the worker's store handle hands its buffered
-events to the writer and detaches. (This happens in the lifespan, not at process exit:
-uvicorn ends a signalled worker by re-raising the signal, which skips exit handlers.)
-Once every worker has exited, the main process shuts the store down: the writer commits
-everything and exits. A second SIGINT during that wait forces a quick stop (gunicorn's
-rule), as Ctrl-C twice does in most servers.
+socket and passes SIGTERM to the workers; each worker stops accepting, closes its idle
+connections, ends its GET streams, lets the requests in flight finish (for at most
+``DRAIN_SECONDS``, then closes them, and their calls are recorded as failed), waits for its
+recording to finish, settles the calls still open, and its store handle hands its buffered
+events to the writer and detaches. Once every worker has exited, the main process shuts the
+store down (the writer commits everything and exits) and logs the store's totals in one
+line. A second SIGINT during that wait forces a quick stop (gunicorn's rule), as Ctrl-C
+twice does in most servers.
 
-Why gunicorn, with its SIGINT remapped: gunicorn is the pre-fork supervisor (preload, worker
-restarts, graceful stop with a deadline) and uvicorn the ASGI server; uvicorn's own
-``--workers`` spawns fresh interpreters instead of forking, so they could not share a store
-opened before. Gunicorn treats SIGINT as a quick stop that cuts requests off; a supervisor
-(or Ctrl-C) must get the same clean stop as SIGTERM.
+Why gunicorn, with its SIGINT remapped: gunicorn is the pre-fork supervisor (worker
+restarts, graceful stop with a deadline) and a worker is ours; gunicorn treats SIGINT as a
+quick stop that cuts requests off, and a supervisor (or Ctrl-C) must get the same clean stop
+as SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import signal
 import socket
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+import uvloop
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from uvicorn_worker import UvicornWorker
+from gunicorn.workers.base import Worker
 
-from .. import Store, StoreConfig
-from ..asgi import Message, Receive, Scope, Send, StoreMiddleware
-from ._forward import Forward
+from .. import Store, StoreConfig, StoreStats
+from .._exchange import Exchanges
+from .._traffic import Traffic
+from ..asgi import DEFAULT_MAX_MESSAGE
+from ._forward import Forwarder, Upstream
 
 if TYPE_CHECKING:
     from ._metrics import ProxyMetrics
 
 __all__ = ["ProxyWorker", "run_proxy"]
 
-#: Seconds a stopping worker lets requests in flight finish before cancelling them. Below
+log = logging.getLogger("mcpr_store.proxy")
+
+#: Seconds a stopping worker lets requests in flight finish before closing them. Below
 #: gunicorn's ``graceful_timeout`` (GRACE_SECONDS), after which the main process kills a
 #: worker and whatever it still buffers would be lost.
 DRAIN_SECONDS: Final = 20
 GRACE_SECONDS: Final = 30
 
 
-class ProxyWorker(UvicornWorker):  # type: ignore[misc]
-    """A uvicorn worker with the lifespan on (the proxy's httpx client lives in it), no
-    access log (one line per request costs more than recording it), and TCP_NODELAY on its
-    connections."""
+class _Plan:
+    """What every worker serves: built in the main process before the fork."""
 
-    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012  (uvicorn-worker's own name and type)
-        "loop": "auto", "http": "auto", "lifespan": "on", "access_log": False,
-        "timeout_graceful_shutdown": DRAIN_SECONDS,
-    }
+    def __init__(self, upstream: Upstream, store: Store, name: str,
+                 metrics: ProxyMetrics | None) -> None:
+        self.upstream = upstream
+        self.store = store
+        self.name = name
+        self.metrics = metrics
+
+
+class ProxyWorker(Worker):  # type: ignore[misc]
+    """A gunicorn worker serving ``_forward.Forwarder`` on a uvloop event loop."""
+
     sockets: list[Any]  # gunicorn's listeners (set by gunicorn's Worker)
+    wsgi: _Plan  # the "app" gunicorn loaded: our plan
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(number, signal.SIG_DFL)  # the event loop's handlers take them
 
     def run(self) -> None:
-        # asyncio sets TCP_NODELAY only on connections accepted from a socket whose proto
-        # says TCP, and gunicorn's listeners say 0: without it a response written in two
-        # pieces (headers, then body) waits ~40 ms for the client's delayed ACK. Serve
-        # duplicates of the listeners that say TCP.
-        self.sockets = [socket.socket(listener.family, listener.type, socket.IPPROTO_TCP,
-                                      fileno=os.dup(listener.fileno()))
-                        for listener in self.sockets]
-        super().run()
+        uvloop.run(self._serve())
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Tell gunicorn this worker lives (also while it drains: gunicorn aborts a worker
+        silent for ``timeout`` seconds, stopping or not); a worker whose main process is
+        gone stops."""
+        parent = self.ppid
+        while True:
+            self.notify()
+            if os.getppid() != parent:
+                stop.set()
+            await asyncio.sleep(max(0.5, self.timeout / 4))
+
+    async def _serve(self) -> None:
+        plan = self.wsgi
+        loop = asyncio.get_running_loop()
+        exchanges = Exchanges(Traffic(plan.store, proxy=plan.name, upstream=plan.upstream.url),
+                              path=plan.upstream.path, max_message=DEFAULT_MAX_MESSAGE)
+        forwarder = Forwarder(plan.upstream, exchanges,
+                              observe=plan.metrics.observe if plan.metrics else None)
+        stop = asyncio.Event()
+        quick = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+        def stop_now() -> None:
+            quick.set()
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGQUIT, stop_now)
+        servers = []
+        for listener in self.sockets:
+            # TCP_NODELAY on accepted connections: asyncio sets it only when the listener's
+            # proto says TCP, and gunicorn's say 0. Serve duplicates that say TCP.
+            sock = socket.socket(listener.family, listener.type, socket.IPPROTO_TCP,
+                                 fileno=os.dup(listener.fileno()))
+            servers.append(await loop.create_server(forwarder.protocol, sock=sock,
+                                                    backlog=self.cfg.backlog))
+        heartbeat = loop.create_task(self._heartbeat(stop))
+        await stop.wait()
+        for server in servers:
+            server.close()
+        deadline = loop.time() + (0 if quick.is_set() else DRAIN_SECONDS)
+        await forwarder.stop(0 if quick.is_set() else DRAIN_SECONDS)
+        try:  # recording still in progress (a big batch) gets what is left of the drain time
+            async with asyncio.timeout_at(deadline):
+                await exchanges.drain()
+        except TimeoutError:
+            for task in list(exchanges.tasks):
+                task.cancel()
+            log.warning("mcpr-store proxy: recording of %d big messages cut short by the stop",
+                        len(exchanges.tasks))
+        exchanges.traffic.close()
+        heartbeat.cancel()
+        if not plan.store.is_owner:
+            plan.store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]
@@ -96,25 +161,16 @@ class _Application(BaseApplication):  # type: ignore[misc]
         _Arbiter(self).run()
 
 
-class _DetachOnShutdown:
-    """At the worker's lifespan shutdown (after the app's), the worker's store handle sends
-    what it holds and detaches."""
+def totals_line(stats: StoreStats) -> str:
+    """The store's books in one line, as the proxy logs them when it stops."""
+    def reasons(counts: dict[str, int]) -> str:
+        shown = ", ".join(f"{reason} {n:,}" for reason, n in counts.items() if n)
+        return f" ({shown})" if shown else ""
 
-    def __init__(self, app: StoreMiddleware, store: Store) -> None:
-        self.app = app
-        self.store = store
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def watch(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete" and not self.store.is_owner:
-                self.store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)
-            await send(message)
-
-        await self.app(scope, receive, watch)
+    return (f"mcpr-store proxy: stopped: recorded {stats.recorded:,}, committed "
+            f"{stats.committed:,}, rejected {stats.rejected:,}, dropped {stats.dropped:,}"
+            f"{reasons(stats.dropped_by_reason)}, lost {stats.lost:,}"
+            f"{reasons(stats.lost_by_reason)}")
 
 
 def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: StoreConfig,
@@ -124,47 +180,48 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     Blocks until the proxy has stopped and the store is shut down; returns the exit code
     (0 after a clean stop). ``announce`` is called once with one line, when the port is
     bound and the workers are starting (its real port, if ``port`` was 0). ``metrics``:
-    serve ``/metrics`` on this (host, port) (``_metrics``). Raises ``ValueError`` for a bad
-    upstream URL or a metrics address that cannot be bound, ``StoreError`` if the store
+    serve ``/metrics`` on this (host, port) (``_metrics``). When it stops, the store's
+    totals are written to stderr in one line (``totals_line``). Raises ``ValueError`` for a
+    bad upstream URL or a metrics address that cannot be bound, ``StoreError`` if the store
     cannot open.
     """
-    forward = Forward(upstream)  # validates the URL before anything starts
+    target = Upstream(upstream)  # validates the URL before anything starts
     store = Store.open(config)
     exporter = _exporter(metrics, store)
-    app = _DetachOnShutdown(StoreMiddleware(exporter.around(forward) if exporter else forward,
-                                            store=store, proxy=name,
-                                            upstream=upstream, path=forward.path), store)
+    plan = _Plan(target, store, name, exporter)
 
     def when_ready(server: Any) -> None:
         bound = server.LISTENERS[0].sock.getsockname()
-        announce(f"mcpr-store proxy: listening on http://{bound[0]}:{bound[1]}{forward.path} "
+        announce(f"mcpr-store proxy: listening on http://{bound[0]}:{bound[1]}{target.path} "
                  f"-> {upstream} ({workers} worker{'s' if workers != 1 else ''}, "
                  f"database {store.db_path}, proxy name {name!r})"
                  + (f"; metrics on {exporter.url}" if exporter else ""))
         sys.stdout.flush()
 
     def worker_exit(server: Any, worker: Any) -> None:
-        # Already detached at lifespan shutdown (then a no-op); this covers a worker whose
-        # lifespan never ran, such as one that failed to boot.
+        # Already detached by a worker that stopped normally (then a no-op); this covers a
+        # worker that failed to boot or died of an exception.
         store.shutdown(timeout=GRACE_SECONDS - DRAIN_SECONDS)
 
     options = {
         "bind": f"{host}:{port}", "workers": workers,
         "worker_class": f"{ProxyWorker.__module__}.{ProxyWorker.__qualname__}",
-        "preload_app": True, "graceful_timeout": GRACE_SECONDS, "keepalive": 5,
+        "preload_app": True, "graceful_timeout": GRACE_SECONDS,
         "control_socket_disable": True, "loglevel": "warning", "proc_name": f"mcpr-proxy {name}",
         "when_ready": when_ready, "worker_exit": worker_exit,
     }
     code = 0
     try:
-        _Application(app, options).run()
+        _Application(plan, options).run()
     except SystemExit as stop:  # gunicorn's main loop always ends in sys.exit
         code = stop.code if isinstance(stop.code, int) else 1
     finally:
         if not store.shutdown():
             code = code or 1
-        if exporter is not None:
-            exporter.close()
+        if store.is_owner:  # (a worker leaves gunicorn by SystemExit through here too)
+            print(totals_line(store.stats()), file=sys.stderr, flush=True)
+            if exporter is not None:
+                exporter.close()
     return code
 
 
