@@ -532,6 +532,9 @@ class PostgresTarget:
         """The writer's call (``_batch.Target``): ``store_batch`` with the store's books."""
         return self.store_batch(batch, books=books)
 
+    def idle(self) -> None:
+        """Nothing deferred here: each batch folds its own rows (``_rollups.fold``)."""
+
     def read_books(self, store_token: str) -> tuple[int, int] | None:
         """(committed, refused) the store wrote with its last transaction, if any."""
         try:
