@@ -476,3 +476,23 @@ def test_deferred_fold__writers_taking_turns_on_one_file(
         second.close()
     assert newest_and_watermark(path) == (4500, 4500)
     assert_all_windows(path, monkeypatch)
+
+
+def test_deferred_fold__as_many_rows_deleted_as_another_writer_added(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row count above the watermark matches a writer's own sums, yet other rows stand
+    there: its sums must not be used."""
+    path = str(tmp_path / "store.db")
+    old, recent = now_ms() - 5 * HOUR, now_ms() - HOUR
+    first, second = open_target(path, "test"), open_target(path, "test")
+    try:
+        store(path, rows(500, seed=51, start=old, span=HOUR, prefix="o"), first)
+        store(path, rows(500, seed=52, start=recent, span=HOUR, prefix="r"), second)
+        with QueryEngine.open(path) as q:
+            assert q.vacuum(before_ms=3 * HOUR).requests_deleted == 500
+        first.idle()
+        assert newest_and_watermark(path) == (1000, 1000)
+        assert_all_windows(path, monkeypatch)
+    finally:
+        first.close()
+        second.close()
