@@ -496,3 +496,28 @@ def test_deferred_fold__as_many_rows_deleted_as_another_writer_added(
     finally:
         first.close()
         second.close()
+
+
+def test_postgresql_deltas__read_beside_the_rollups_until_compacted(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch appends its sums; a compaction merges them; a vacuum meanwhile recounts
+    deltas and rollups alike. Every answer is the same before and after."""
+    def deltas() -> int:
+        return int(pg_query(pg_url, f"SELECT COUNT(*) FROM {_rollups.DELTAS}")[0][0])
+
+    writer = open_target(pg_url, "test")
+    try:
+        store(pg_url, rows(3000, seed=60, start=now_ms() - 5 * HOUR, span=5 * HOUR,
+                           prefix="p"), writer)
+        assert deltas() > 0
+        assert_all_windows(pg_url, monkeypatch)
+        with QueryEngine.open(pg_url) as q:
+            assert q.vacuum(before_ms=3 * HOUR + 31 * MIN + 11).requests_deleted
+        assert_all_windows(pg_url, monkeypatch)
+        store(pg_url, rows(1000, seed=61, start=now_ms() - 5 * HOUR, span=5 * HOUR,
+                           prefix="q"), writer)
+        writer.idle()
+        assert deltas() == 0
+        assert_all_windows(pg_url, monkeypatch)
+    finally:
+        writer.close()

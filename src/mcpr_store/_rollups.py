@@ -38,9 +38,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
-__all__ = ["BUCKET_SQL", "KEY", "PERIODS", "RELATIVE_ERROR", "TABLE", "Unfolded", "bucket",
-           "bucket_value", "delete_requests", "ensure", "fold", "fold_behind",
-           "merge_histograms", "percentile", "recount", "watermark"]
+__all__ = ["BUCKET_SQL", "DELTAS", "KEY", "PERIODS", "RELATIVE_ERROR", "TABLE", "Unfolded",
+           "bucket", "bucket_value", "compact", "delete_requests", "ensure", "fold", "fold_behind",
+           "merge_histograms", "percentile", "recount", "source", "watermark"]
 
 TABLE: Final = "request_rollups"
 #: ``meta`` key: the highest request id folded (SQLite), or ``all`` (PostgreSQL).
@@ -107,6 +107,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     PRIMARY KEY (period, start, proxy, method, tool_key)
 )"""
 
+#: PostgreSQL: each batch's sums, appended (COPY, no lock, no merge), until a writer
+#: compacts them into ``TABLE`` (``compact``); readers read both (``source``).
+DELTAS: Final = "request_rollup_deltas"
+_POSTGRES_DELTAS: Final = (
+    _POSTGRES_TABLE.replace(TABLE, DELTAS, 1)
+    .replace(",\n    PRIMARY KEY (period, start, proxy, method, tool_key)\n", "\n"))
+assert "PRIMARY KEY" not in _POSTGRES_DELTAS
+
 _COLUMNS: Final = ("period, start, proxy, method, tool_key, calls, errors, latency_sum, "
                    "latency_min, latency_max, bytes_in, bytes_out, histogram")
 
@@ -130,23 +138,18 @@ def _upsert(least: str, greatest: str, merged: str, rows: str) -> str:
         f"histogram = {merged}")
 
 
-# Histograms merged inside an upsert: on PostgreSQL the writer's path (concurrent writers
-# add to one row under its lock; a read-modify-write in Python would lose one writer's
-# counts); on SQLite the fold of rows summed by SQL (``_fold_range``).
+# Histograms merged inside an upsert: on PostgreSQL a compaction's (concurrent compactors
+# add to one row under its lock; a read-modify-write in Python would lose one's counts); on
+# SQLite the fold of rows summed by SQL (``_fold_range``).
 _SQLITE_MERGE: Final = (
     "(SELECT json_group_object(key, n) FROM (SELECT key, SUM(value) AS n FROM ("
     f"SELECT key, value FROM json_each({TABLE}.histogram) UNION ALL "
     "SELECT key, value FROM json_each(excluded.histogram)) GROUP BY key))")
-_POSTGRES_UPSERT: Final = _upsert("LEAST", "GREATEST", (
+_POSTGRES_MERGE: Final = (
     "(SELECT CAST(json_object_agg(key, n) AS TEXT) FROM (SELECT key, SUM(CAST(value AS "
     f"BIGINT)) AS n FROM (SELECT * FROM json_each_text(CAST({TABLE}.histogram AS JSON)) "
     "UNION ALL SELECT * FROM json_each_text(CAST(excluded.histogram AS JSON))) AS b "
-    "GROUP BY key) AS m)"),
-    # One statement per batch, its rows as arrays: one round trip, not one per rollup row.
-    "SELECT * FROM unnest(CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]), "
-    "CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), "
-    "CAST(? AS NUMERIC[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS NUMERIC[]), "
-    "CAST(? AS NUMERIC[]), CAST(? AS TEXT[]))")
+    "GROUP BY key) AS m)")
 
 
 def _sum(column: str, postgres: bool) -> str:
@@ -238,8 +241,9 @@ def percentile(histogram: dict[int, int], calls: int, p: int, lowest: int,
 
 def fold(conn: Any, rows: Iterable[Sequence[Any]], *, postgres: bool = False) -> None:
     """Add request ``rows`` (event field order, as inserted) to the rollups, inside the
-    caller's transaction. PostgreSQL: the rows themselves are folded now. SQLite: every
-    row above the watermark is folded (``fold_behind``), ``rows`` among them.
+    caller's transaction. PostgreSQL: their sums are appended to ``DELTAS`` (one COPY,
+    nothing merged, no row locked: ``compact`` merges later). SQLite: every row above the
+    watermark is folded (``fold_behind``), ``rows`` among them.
 
     Does nothing where rollups have not been set up (``ensure``). Raises what the driver
     raises: a failure fails the transaction, rows and rollups together.
@@ -249,7 +253,7 @@ def fold(conn: Any, rows: Iterable[Sequence[Any]], *, postgres: bool = False) ->
         return
     rows = list(rows)
     if rows:
-        _apply_postgres(_Postgres(conn), _deltas(rows))
+        _append_postgres(conn, _deltas(rows))
 
 
 class Unfolded:
@@ -374,14 +378,54 @@ def _add_delta(found: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...],
         histogram[b] = histogram.get(b, 0) + n
 
 
-def _apply_postgres(db: Conn, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
-    """Add ``deltas`` to the stored rows in one statement; the histograms are merged by the
-    upsert itself, under each row's lock, so concurrent writers never lose a count."""
+def _append_postgres(conn: Any, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
+    """Append ``deltas`` to ``DELTAS``: COPY, as the requests go in (an INSERT from arrays
+    cost 4-5 ms a batch, most of it psycopg quoting the histograms' text array; a merge
+    into the rollup rows under their locks as much again as those grow)."""
     import json
 
-    # Sorted: concurrent writers lock shared rows in one order (no deadlock).
-    rows = [(*key, *d[:7], json.dumps(d[7])) for key, d in sorted(deltas.items())]
-    db.execute(_POSTGRES_UPSERT, [list(column) for column in zip(*rows, strict=True)])
+    with conn.cursor().copy(f"COPY {DELTAS} ({_COLUMNS}) FROM STDIN".encode()) as copy:
+        for key, d in deltas.items():
+            copy.write_row((*key, *d[:7], json.dumps(d[7])))
+
+
+# The deltas taken out (DELETE ... RETURNING: two compactors never take one row twice; a
+# row appended meanwhile stays for the next), summed per rollup row, merged in one upsert.
+_COMPACT: Final = _upsert("LEAST", "GREATEST", _POSTGRES_MERGE, (
+    "SELECT s.period, s.start, s.proxy, s.method, s.tool_key, calls, errors, latency_sum, "
+    "latency_min, latency_max, bytes_in, bytes_out, h.histogram FROM ("
+    "SELECT period, start, proxy, method, tool_key, SUM(calls) AS calls, "
+    "SUM(errors) AS errors, SUM(latency_sum) AS latency_sum, MIN(latency_min) AS latency_min, "
+    "MAX(latency_max) AS latency_max, SUM(bytes_in) AS bytes_in, SUM(bytes_out) AS bytes_out "
+    "FROM moved GROUP BY 1, 2, 3, 4, 5) AS s JOIN ("
+    "SELECT period, start, proxy, method, tool_key, "
+    "CAST(json_object_agg(b, n) AS TEXT) AS histogram FROM ("
+    "SELECT period, start, proxy, method, tool_key, e.key AS b, "
+    "SUM(CAST(e.value AS BIGINT)) AS n FROM moved, "
+    "json_each_text(CAST(moved.histogram AS JSON)) AS e GROUP BY 1, 2, 3, 4, 5, 6) AS k "
+    "GROUP BY 1, 2, 3, 4, 5) AS h "
+    "USING (period, start, proxy, method, tool_key) "
+    # One order for concurrent compactors locking shared rollup rows.
+    "ORDER BY 1, 2, 3, 4, 5"))
+_COMPACT_SQL: Final = f"WITH moved AS (DELETE FROM {DELTAS} RETURNING *) " + _COMPACT
+
+
+def compact(conn: Any) -> None:
+    """PostgreSQL: merge every delta committed so far into the rollup rows, inside the
+    caller's transaction (the writer's own, between batches: ``pg.PostgresTarget``). Each
+    rollup row's histogram is merged once per compaction instead of once per batch.
+    Raises what the driver raises."""
+    conn.execute(_pg(_COMPACT_SQL))
+
+
+def source(found: int) -> str:
+    """What a reader selects rollup rows from, for ``watermark``'s ``found``: on
+    PostgreSQL the rollup rows and the deltas not compacted yet, in one statement (one
+    snapshot: a compaction moves rows from one to the other in one transaction)."""
+    if found >= 0:
+        return TABLE
+    return (f"(SELECT {_COLUMNS} FROM {TABLE} UNION ALL SELECT {_COLUMNS} FROM {DELTAS}) "
+            f"AS {TABLE}")
 
 
 def _apply_sqlite(db: Any, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
@@ -438,6 +482,8 @@ def ensure(conn: Any, *, postgres: bool = False) -> bool:
     fold the rows another program wrote since. Inside the caller's transaction; True when
     it built them now."""
     db: Conn = _Postgres(conn) if postgres else conn
+    if postgres:
+        db.execute(_POSTGRES_DELTAS)
     found = watermark(db)
     if found is not None:
         if found >= 0:  # SQLite: what another program did since, caught up now
@@ -449,6 +495,8 @@ def ensure(conn: Any, *, postgres: bool = False) -> bool:
         return False
     db.execute(_POSTGRES_TABLE if postgres else _SQLITE_TABLE)
     db.execute(f"DELETE FROM {TABLE}")
+    if postgres:
+        db.execute(f"DELETE FROM {DELTAS}")
     top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])
     _recompute(db, None, None, None if postgres else top, postgres=postgres)
     db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -480,8 +528,9 @@ def _recompute(db: Conn, low: int | None, high: int | None, upto_id: int | None,
     for period in PERIODS:
         first = -_FAR if low is None else low - low % period
         end = _FAR if high is None else high - high % period + period
-        db.execute(f"DELETE FROM {TABLE} WHERE period = ? AND start >= ? AND start < ?",
-                   (period, first, end))
+        for table in (TABLE, DELTAS) if postgres else (TABLE,):
+            db.execute(f"DELETE FROM {table} WHERE period = ? AND start >= ? AND start < ?",
+                       (period, first, end))
         rows = "ts >= ? AND ts < ?" + ("" if upto_id is None else " AND id <= ?")
         db.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) "
                    + _aggregate(period, rows, postgres=postgres),
