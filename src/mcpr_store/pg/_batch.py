@@ -557,7 +557,7 @@ class PostgresTarget:
                 try:
                     self.idle()
                 except StorePostgresError as exc:
-                    log.warning("%s", exc)
+                    log.warning("rollup deltas not compacted, the next try will: %s", exc)
         return stored
 
     def idle(self) -> None:
@@ -669,6 +669,7 @@ class PostgresTarget:
         try:
             self.idle()
         except StorePostgresError as exc:
-            log.warning("%s (another writer's compaction will take them)", exc)
+            log.warning("rollup deltas not compacted at close (another writer's compaction "
+                        "will take them): %s", exc)
         self._drop()
 
