@@ -345,6 +345,7 @@ def test_db_export__the_copy_has_its_rollups(tmp_path: Path, pg_url: str,
     result = export_sqlite(path, pg_url, mcpr_version="test", chunk_rows=700)
     assert result.copied["requests"] == 2500
     export_sqlite(path, pg_url, mcpr_version="test")  # again: nothing copied, nothing added
+    assert pg_query(pg_url, f"SELECT COUNT(*) FROM {_rollups.DELTAS}")[0][0] == 0  # compacted
     assert_all_windows(pg_url, monkeypatch)
 
 
