@@ -528,13 +528,22 @@ def _recount_deleted_behind_us(db: Conn, found: int) -> None:
 def _recompute(db: Conn, low: int | None, high: int | None, upto_id: int | None, *,
                postgres: bool) -> None:
     """Replace the rollup rows of every period overlapping ts [low, high] with the sums of
-    the rows stored there (on SQLite only those the rollups hold: id <= ``upto_id``)."""
+    the rows stored there (on SQLite only those the rollups hold: id <= ``upto_id``; on
+    PostgreSQL the periods' uncompacted deltas go too)."""
+    ranges = []
     for period in PERIODS:
         first = -_FAR if low is None else low - low % period
         end = _FAR if high is None else high - high % period + period
-        for table in (TABLE, DELTAS) if postgres else (TABLE,):
-            db.execute(f"DELETE FROM {table} WHERE period = ? AND start >= ? AND start < ?",
-                       (period, first, end))
+        ranges.append((period, first, end))
+    if postgres:
+        # One statement, deltas before rollup rows: the order a compaction locks them in
+        # (no deadlock between a vacuum and a writer's compaction).
+        db.execute(f"DELETE FROM {DELTAS} WHERE "
+                   + " OR ".join(["(period = ? AND start >= ? AND start < ?)"] * len(ranges)),
+                   [value for r in ranges for value in r])
+    for period, first, end in ranges:
+        db.execute(f"DELETE FROM {TABLE} WHERE period = ? AND start >= ? AND start < ?",
+                   (period, first, end))
         rows = "ts >= ? AND ts < ?" + ("" if upto_id is None else " AND id <= ?")
         db.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) "
                    + _aggregate(period, rows, postgres=postgres),
