@@ -5,12 +5,12 @@ without ``_rollups.fold``, on SQLite and PostgreSQL, in one run.
 
 The same realistic events (``bench.traffic``: a session per 50 requests) go through the
 writer's own ``Target.store`` in batches of 500 (the writer's batch size), into a fresh
-database each time; "without" replaces ``fold``, ``fold_behind`` and ``compact`` by no-ops
-for that run. The time includes ``Target.idle`` after the last batch: the fold SQLite
-defers and the compaction of PostgreSQL's deltas are counted. Runs alternate with and
-without, and each figure is the median of ``--runs``; the ratio is what to read on a
-shared machine. The queue and the writer loop are left out on purpose: they cost the same
-either way.
+database each time; "without" replaces ``fold``, ``fold_behind``, ``compact`` and
+``Unfolded.add`` by no-ops for that run (no rollup work at all). The time includes
+``Target.idle`` after the last batch: the fold SQLite defers and the compaction of
+PostgreSQL's deltas are counted. Runs alternate with and without, and each figure is the
+median of ``--runs``; the ratio is what to read on a shared machine. The queue and the
+writer loop are left out on purpose: they cost the same either way.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ def _batches(n: int) -> list[Batch]:
 
 def _rate(database: str, batches: list[Batch], *, rollups: bool) -> float:
     fold, fold_behind, compact = _rollups.fold, _rollups.fold_behind, _rollups.compact
+    add = _rollups.Unfolded.add
     if not rollups:
         _rollups.fold = lambda *args, **kwargs: None  # type: ignore[assignment]
         _rollups.fold_behind = lambda *args, **kwargs: 0  # type: ignore[assignment]
         _rollups.compact = lambda *args, **kwargs: None  # type: ignore[assignment]
+        _rollups.Unfolded.add = lambda *args, **kwargs: None  # type: ignore[method-assign]
     try:
         target = open_target(database, "bench")
         try:
@@ -64,6 +66,7 @@ def _rate(database: str, batches: list[Batch], *, rollups: bool) -> float:
             target.close()
     finally:
         _rollups.fold, _rollups.fold_behind, _rollups.compact = fold, fold_behind, compact
+        _rollups.Unfolded.add = add  # type: ignore[method-assign]
     return sum(len(b) for b in batches) / took
 
 
