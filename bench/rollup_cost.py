@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import psutil
 from pgserver import PgServer
 
 from bench.traffic import Traffic
@@ -46,7 +47,19 @@ def _batches(n: int) -> list[Batch]:
     return batches
 
 
-def _rate(database: str, batches: list[Batch], *, rollups: bool) -> float:
+def _cpu(target: Any) -> float:
+    """CPU seconds of this process and, on PostgreSQL, of the server backend serving the
+    target's connection: what the batches cost, whatever else the machine runs."""
+    seconds = time.process_time()
+    conn = getattr(target, "conn", None)
+    if conn is not None and hasattr(conn, "info"):  # psycopg: the server's side too
+        times = psutil.Process(conn.info.backend_pid).cpu_times()
+        seconds += times.user + times.system
+    return seconds
+
+
+def _rate(database: str, batches: list[Batch], *, rollups: bool) -> tuple[float, float]:
+    """(events/s of wall time, events per CPU second) with or without rollups."""
     fold, fold_behind, compact = _rollups.fold, _rollups.fold_behind, _rollups.compact
     add = _rollups.Unfolded.add
     if not rollups:
@@ -57,17 +70,18 @@ def _rate(database: str, batches: list[Batch], *, rollups: bool) -> float:
     try:
         target = open_target(database, "bench")
         try:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu(target)
             for batch in batches:
                 target.store(batch, ("bench", 0, 0))
             target.idle()  # what a batch deferred, folded as an idle writer does: counted
-            took = time.perf_counter() - started
+            took, cpu = time.perf_counter() - started, _cpu(target) - cpu
         finally:
             target.close()
     finally:
         _rollups.fold, _rollups.fold_behind, _rollups.compact = fold, fold_behind, compact
         _rollups.Unfolded.add = add  # type: ignore[method-assign]
-    return sum(len(b) for b in batches) / took
+    events = sum(len(b) for b in batches)
+    return events / took, events / cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     batches = _batches(args.events)
     rates: dict[str, list[float]] = {}
+    per_cpu: dict[str, list[float]] = {}
     server = PgServer()
     server.init()
     server.start()
@@ -87,19 +102,25 @@ def main(argv: list[str] | None = None) -> int:
                 for rollups in (True, False):
                     tag = "with" if rollups else "without"
                     path = str(Path(tmp) / f"{tag}{run}.db")
-                    rates.setdefault(f"sqlite {tag}", []).append(
-                        _rate(path, batches, rollups=rollups))
                     url = server.url(server.create_database())
-                    rates.setdefault(f"postgresql {tag}", []).append(
-                        _rate(url, batches, rollups=rollups))
+                    for backend, database in (("sqlite", path), ("postgresql", url)):
+                        wall, cpu = _rate(database, batches, rollups=rollups)
+                        rates.setdefault(f"{backend} {tag}", []).append(wall)
+                        per_cpu.setdefault(f"{backend} {tag}", []).append(cpu)
     finally:
         server.close()
     median: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
+    cpu: dict[str, Any] = {k: statistics.median(v) for k, v in per_cpu.items()}
     print(f"committed events/s through Target.store, {args.events:,} events, batches of "
-          f"{BATCH}, median of {args.runs}")
+          f"{BATCH}, median of {args.runs}; then events per CPU second (this process, and "
+          "on PostgreSQL its server backend), which a shared machine disturbs less")
+    print("| back end | with | without | ratio | per CPU s with | without | ratio |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for backend in ("sqlite", "postgresql"):
         with_, without = median[f"{backend} with"], median[f"{backend} without"]
-        print(f"| {backend} | {with_:,.0f} | {without:,.0f} | {with_ / without:.2f} |")
+        c_with, c_without = cpu[f"{backend} with"], cpu[f"{backend} without"]
+        print(f"| {backend} | {with_:,.0f} | {without:,.0f} | {with_ / without:.2f} "
+              f"| {c_with:,.0f} | {c_without:,.0f} | {c_with / c_without:.2f} |")
     return 0
 
 
