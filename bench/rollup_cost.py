@@ -5,10 +5,12 @@ without ``_rollups.fold``, on SQLite and PostgreSQL, in one run.
 
 The same realistic events (``bench.traffic``: a session per 50 requests) go through the
 writer's own ``Target.store`` in batches of 500 (the writer's batch size), into a fresh
-database each time; "without" replaces ``fold`` by a no-op for that run. Runs alternate
-with and without, and each figure is the median of ``--runs``; the ratio is what to read
-on a shared machine. The queue and the writer loop are left out on purpose: they cost the
-same either way.
+database each time; "without" replaces ``fold``, ``fold_behind``, ``compact`` and
+``Unfolded.add`` by no-ops for that run (no rollup work at all). The time includes
+``Target.idle`` after the last batch: the fold SQLite defers and the compaction of
+PostgreSQL's deltas are counted. Runs alternate with and without, and each figure is the
+median of ``--runs``; the ratio is what to read on a shared machine. The queue and the
+writer loop are left out on purpose: they cost the same either way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import psutil
 from pgserver import PgServer
 
 from bench.traffic import Traffic
@@ -44,22 +47,41 @@ def _batches(n: int) -> list[Batch]:
     return batches
 
 
-def _rate(database: str, batches: list[Batch], *, rollups: bool) -> float:
-    fold = _rollups.fold
+def _cpu(target: Any) -> float:
+    """CPU seconds of this process and, on PostgreSQL, of the server backend serving the
+    target's connection: what the batches cost, whatever else the machine runs."""
+    seconds = time.process_time()
+    conn = getattr(target, "conn", None)
+    if conn is not None and hasattr(conn, "info"):  # psycopg: the server's side too
+        times = psutil.Process(conn.info.backend_pid).cpu_times()
+        seconds += times.user + times.system
+    return seconds
+
+
+def _rate(database: str, batches: list[Batch], *, rollups: bool) -> tuple[float, float]:
+    """(events/s of wall time, events per CPU second) with or without rollups."""
+    fold, fold_behind, compact = _rollups.fold, _rollups.fold_behind, _rollups.compact
+    add = _rollups.Unfolded.add
     if not rollups:
         _rollups.fold = lambda *args, **kwargs: None  # type: ignore[assignment]
+        _rollups.fold_behind = lambda *args, **kwargs: 0  # type: ignore[assignment]
+        _rollups.compact = lambda *args, **kwargs: None  # type: ignore[assignment]
+        _rollups.Unfolded.add = lambda *args, **kwargs: None  # type: ignore[method-assign]
     try:
         target = open_target(database, "bench")
         try:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu(target)
             for batch in batches:
                 target.store(batch, ("bench", 0, 0))
-            took = time.perf_counter() - started
+            target.idle()  # what a batch deferred, folded as an idle writer does: counted
+            took, cpu = time.perf_counter() - started, _cpu(target) - cpu
         finally:
             target.close()
     finally:
-        _rollups.fold = fold
-    return sum(len(b) for b in batches) / took
+        _rollups.fold, _rollups.fold_behind, _rollups.compact = fold, fold_behind, compact
+        _rollups.Unfolded.add = add  # type: ignore[method-assign]
+    events = sum(len(b) for b in batches)
+    return events / took, events / cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     batches = _batches(args.events)
     rates: dict[str, list[float]] = {}
+    per_cpu: dict[str, list[float]] = {}
     server = PgServer()
     server.init()
     server.start()
@@ -79,19 +102,25 @@ def main(argv: list[str] | None = None) -> int:
                 for rollups in (True, False):
                     tag = "with" if rollups else "without"
                     path = str(Path(tmp) / f"{tag}{run}.db")
-                    rates.setdefault(f"sqlite {tag}", []).append(
-                        _rate(path, batches, rollups=rollups))
                     url = server.url(server.create_database())
-                    rates.setdefault(f"postgresql {tag}", []).append(
-                        _rate(url, batches, rollups=rollups))
+                    for backend, database in (("sqlite", path), ("postgresql", url)):
+                        wall, cpu = _rate(database, batches, rollups=rollups)
+                        rates.setdefault(f"{backend} {tag}", []).append(wall)
+                        per_cpu.setdefault(f"{backend} {tag}", []).append(cpu)
     finally:
         server.close()
     median: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
+    cpu: dict[str, Any] = {k: statistics.median(v) for k, v in per_cpu.items()}
     print(f"committed events/s through Target.store, {args.events:,} events, batches of "
-          f"{BATCH}, median of {args.runs}")
+          f"{BATCH}, median of {args.runs}; then events per CPU second (this process, and "
+          "on PostgreSQL its server backend), which a shared machine disturbs less")
+    print("| back end | with | without | ratio | per CPU s with | without | ratio |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for backend in ("sqlite", "postgresql"):
         with_, without = median[f"{backend} with"], median[f"{backend} without"]
-        print(f"| {backend} | {with_:,.0f} | {without:,.0f} | {with_ / without:.2f} |")
+        c_with, c_without = cpu[f"{backend} with"], cpu[f"{backend} without"]
+        print(f"| {backend} | {with_:,.0f} | {without:,.0f} | {with_ / without:.2f} "
+              f"| {c_with:,.0f} | {c_without:,.0f} | {c_with / c_without:.2f} |")
     return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from pghelpers import fingerprint, pg_query, pg_scalar
 from pgserver import PgServer, _free_port
 
-from mcpr_store import StoreError
+from mcpr_store import StoreError, _rollups
 from mcpr_store._db import open_database as open_sqlite
 from mcpr_store._errors import StorePostgresError
 from mcpr_store.pg import PostgresTarget, connect, open_database
@@ -44,6 +44,8 @@ def test_open_database__creates_the_v5_tables_of_the_sqlite_store(
             pg_url, "SELECT table_name, column_name FROM information_schema.columns "
             "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"):
         pg_columns.setdefault(table, []).append(column)
+    # PostgreSQL's one table of its own: batches' rollup sums waiting for a compaction.
+    assert pg_columns.pop(_rollups.DELTAS) == sqlite_columns[_rollups.TABLE]
     assert pg_columns == sqlite_columns
     pg_indexes = dict(pg_query(pg_url, "SELECT indexname, indexdef FROM pg_indexes "
                                        "WHERE schemaname = 'public' AND indexname LIKE 'idx_%'"))

@@ -9,6 +9,8 @@ migration that builds them, and after ``db vacuum``.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import random
 import sqlite3
 import threading
@@ -343,4 +345,180 @@ def test_db_export__the_copy_has_its_rollups(tmp_path: Path, pg_url: str,
     result = export_sqlite(path, pg_url, mcpr_version="test", chunk_rows=700)
     assert result.copied["requests"] == 2500
     export_sqlite(path, pg_url, mcpr_version="test")  # again: nothing copied, nothing added
+    assert pg_query(pg_url, f"SELECT COUNT(*) FROM {_rollups.DELTAS}")[0][0] == 0  # compacted
     assert_all_windows(pg_url, monkeypatch)
+
+
+# -- the deferred fold (SQLite): the writer folds late, reads never see the difference -----
+
+
+def newest_and_watermark(path: str) -> tuple[int, int | None]:
+    with sqlite3.connect(path) as conn:
+        return (conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0],
+                _rollups.watermark(conn))
+
+
+def test_deferred_fold__reads_are_exact_while_rows_are_unfolded_and_close_folds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "store.db")
+    writer = open_target(path, "test")
+    try:
+        store(path, rows(3000, seed=30, start=now_ms() - 4 * HOUR, span=4 * HOUR,
+                         prefix="u"), writer)
+        newest, mark = newest_and_watermark(path)
+        assert mark == 0 and newest == 3000  # under FOLD_ROWS, younger than FOLD_AGE
+        assert_all_windows(path, monkeypatch)
+    finally:
+        writer.close()
+    assert newest_and_watermark(path) == (3000, 3000)
+    assert_all_windows(path, monkeypatch)
+
+
+def test_deferred_fold__after_a_bound_of_rows_or_an_age(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpr_store import _batch
+
+    path = str(tmp_path / "store.db")
+    start = now_ms() - 2 * HOUR
+    writer = open_target(path, "test")
+    try:
+        monkeypatch.setattr(_batch, "FOLD_ROWS", 1000)
+        store(path, rows(2500, seed=31, start=start, span=2 * HOUR, prefix="b"), writer)
+        assert newest_and_watermark(path) == (2500, 2000)  # folded at 1000 and 2000 ids
+        monkeypatch.setattr(_batch, "FOLD_ROWS", 10**9)
+        monkeypatch.setattr(_batch, "FOLD_AGE", 0.0)
+        store(path, rows(1000, seed=32, start=start, span=2 * HOUR, prefix="a"), writer)
+        # The next batch found rows waiting since the last fold: due, folded with it (3000);
+        # the batch after it starts a new wait.
+        assert newest_and_watermark(path) == (3500, 3000)
+        assert_all_windows(path, monkeypatch)
+    finally:
+        writer.close()
+
+
+def test_deferred_fold__a_writer_folds_when_idle(db_path: Path, open_store: Any) -> None:
+    from helpers import request, wait_for
+
+    store_ = open_store()
+    ts = now_ms()
+    for i in range(300):
+        store_.record(request(f"i{i}", ts=ts + i, latency_us=1000 + i))
+    assert store_.flush(timeout=10)
+    wait_for(lambda: newest_and_watermark(str(db_path)) == (300, 300), timeout=10,
+             what="the idle writer's fold")
+
+
+def _crash_after_storing(path: str) -> None:
+    writer = open_target(path, "test")
+    store(path, rows(2000, seed=33, start=now_ms() - 3 * HOUR, span=3 * HOUR, prefix="k"),
+          writer)
+    os._exit(0)  # no close: the rows stay above the watermark
+
+
+def test_deferred_fold__a_crash_before_the_fold_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "store.db")
+    store(path, rows(1000, seed=34, start=now_ms() - 3 * HOUR, span=3 * HOUR, prefix="f"))
+    child = multiprocessing.get_context("fork").Process(target=_crash_after_storing,
+                                                        args=(path,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert newest_and_watermark(path) == (3000, 1000)
+    assert_all_windows(path, monkeypatch)  # read beside the rollups, from the rows
+    open_target(path, "test").close()  # the next writer folds them
+    assert newest_and_watermark(path) == (3000, 3000)
+    assert_all_windows(path, monkeypatch)
+
+
+def test_deferred_fold__vacuum_deletes_folded_and_unfolded_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows above the watermark leave without touching the rollups (they never entered
+    them), and the writer's own sums of them are not used once some are gone."""
+    path = str(tmp_path / "store.db")
+    start = now_ms() - 5 * HOUR
+    writer = open_target(path, "test")
+    try:
+        store(path, rows(2000, seed=35, start=start, span=5 * HOUR, prefix="d"), writer)
+        writer.idle()
+        store(path, rows(2000, seed=36, start=start, span=5 * HOUR, prefix="e"), writer)
+        assert newest_and_watermark(path) == (4000, 2000)
+        with QueryEngine.open(path) as q:
+            assert q.vacuum(before_ms=3 * HOUR + 7 * MIN + 3).requests_deleted > 500
+        assert_all_windows(path, monkeypatch)
+    finally:
+        writer.close()
+    newest, mark = newest_and_watermark(path)
+    assert mark == newest
+    assert_all_windows(path, monkeypatch)
+
+
+def test_deferred_fold__writers_taking_turns_on_one_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each folds what is above the watermark, the other's rows too."""
+    from mcpr_store import _batch
+
+    monkeypatch.setattr(_batch, "FOLD_ROWS", 1500)
+    path = str(tmp_path / "store.db")
+    start = now_ms() - 3 * HOUR
+    first, second = open_target(path, "test"), open_target(path, "test")
+    try:
+        for k in range(4):
+            for n, writer in enumerate((first, second)):
+                store(path, rows(500, seed=40 + 2 * k + n, start=start, span=3 * HOUR,
+                                 prefix=f"w{k}{n}-"), writer)
+        assert newest_and_watermark(path)[1] == 3000  # folded at 1500 and 3000 ids
+        assert_all_windows(path, monkeypatch)
+        first.idle()
+        assert_all_windows(path, monkeypatch)
+        store(path, rows(500, seed=50, start=start, span=3 * HOUR, prefix="z"), second)
+    finally:
+        first.close()
+        second.close()
+    assert newest_and_watermark(path) == (4500, 4500)
+    assert_all_windows(path, monkeypatch)
+
+
+def test_deferred_fold__as_many_rows_deleted_as_another_writer_added(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row count above the watermark matches a writer's own sums, yet other rows stand
+    there: its sums must not be used."""
+    path = str(tmp_path / "store.db")
+    old, recent = now_ms() - 5 * HOUR, now_ms() - HOUR
+    first, second = open_target(path, "test"), open_target(path, "test")
+    try:
+        store(path, rows(500, seed=51, start=old, span=HOUR, prefix="o"), first)
+        store(path, rows(500, seed=52, start=recent, span=HOUR, prefix="r"), second)
+        with QueryEngine.open(path) as q:
+            assert q.vacuum(before_ms=3 * HOUR).requests_deleted == 500
+        first.idle()
+        assert newest_and_watermark(path) == (1000, 1000)
+        assert_all_windows(path, monkeypatch)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_postgresql_deltas__read_beside_the_rollups_until_compacted(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch appends its sums; a compaction merges them; a vacuum meanwhile recounts
+    deltas and rollups alike. Every answer is the same before and after."""
+    def deltas() -> int:
+        return int(pg_query(pg_url, f"SELECT COUNT(*) FROM {_rollups.DELTAS}")[0][0])
+
+    writer = open_target(pg_url, "test")
+    try:
+        store(pg_url, rows(3000, seed=60, start=now_ms() - 5 * HOUR, span=5 * HOUR,
+                           prefix="p"), writer)
+        assert deltas() > 0
+        assert_all_windows(pg_url, monkeypatch)
+        with QueryEngine.open(pg_url) as q:
+            assert q.vacuum(before_ms=3 * HOUR + 31 * MIN + 11).requests_deleted
+        assert_all_windows(pg_url, monkeypatch)
+        store(pg_url, rows(1000, seed=61, start=now_ms() - 5 * HOUR, span=5 * HOUR,
+                           prefix="q"), writer)
+        writer.idle()
+        assert deltas() == 0
+        assert_all_windows(pg_url, monkeypatch)
+    finally:
+        writer.close()

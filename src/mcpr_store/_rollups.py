@@ -3,9 +3,9 @@ instead of every row.
 
 One table, ``request_rollups``, holds per period (a minute, an hour), proxy, method and tool:
 calls, errors, the latency sum, min and max, the known bytes in and out, and a histogram
-of latencies. The writer folds each batch's inserted rows into it in the same transaction
-(``fold``), so rollups and rows never disagree inside one read. ``delete_requests`` is the
-only way rows leave with rollups present: it deletes and recomputes the periods it touched.
+of latencies. Rows and the rollups that hold them commit together, so they never disagree
+inside one read. ``delete_requests`` is the only way rows leave with rollups present: it
+deletes and recomputes the periods it touched (from the rows the rollups hold).
 
 The histogram is log-linear in base 10: a latency under 1,000 µs is its own bucket (exact);
 a larger one falls into the bucket of its first three decimal digits and its number of
@@ -17,13 +17,17 @@ computed the same way in SQL (``length``, ``substr`` of the decimal text), so a 
 rows runs inside either database and agrees with Python's ``bucket``.
 
 The original neither reads nor writes this table (it ignores tables it does not know), so
-``meta.schema_version`` stays 5. Its writer does not fold: on SQLite ``meta`` key
-``mcpr-store.rollups`` holds the highest request id folded (ids grow in commit order there),
-a batch that finds rows above it it did not insert folds them too (summed by SQL), and the
-read side adds rows above it from ``requests``. PostgreSQL is written only by us, in concurrent
-transactions whose ids do not follow commit order: there every writer folds its own rows
-and the key says ``all``. A database without the key (the original's, or one from before
-rollups) is read from rows alone until our writer opens it and rebuilds them (``ensure``).
+``meta.schema_version`` stays 5. On SQLite ``meta`` key ``mcpr-store.rollups`` holds the
+highest request id folded (ids grow in commit order there), and the read side adds the rows
+above it from ``requests``: an answer is the same whether a row is folded yet or not. So the
+writer folds late (``fold_behind``): when a bound of rows is above the watermark, when they
+are a few seconds old, when it is idle and when it closes, always in a writer transaction,
+from its own sums (``Unfolded``) or, when rows it did not insert are among them (the
+original's, another writer's, a crashed writer's), summed by SQL. PostgreSQL is written only
+by us, in concurrent transactions whose ids do not follow commit order: there every batch
+folds its own rows (``fold``) and the key says ``all``. A database without the key (the
+original's, or one from before rollups) is read from rows alone until our writer opens it
+and rebuilds them (``ensure``).
 
 Everything here runs inside the caller's transaction and never commits: rollups and rows
 commit or roll back together.
@@ -34,9 +38,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
-__all__ = ["BUCKET_SQL", "KEY", "PERIODS", "RELATIVE_ERROR", "TABLE", "bucket",
-           "bucket_value", "delete_requests", "ensure", "fold", "merge_histograms",
-           "percentile", "recount", "watermark"]
+__all__ = ["BUCKET_SQL", "DELTAS", "KEY", "PERIODS", "RELATIVE_ERROR", "TABLE", "Unfolded",
+           "bucket", "bucket_value", "compact", "delete_requests", "ensure", "fold", "fold_behind",
+           "merge_histograms", "percentile", "recount", "source", "watermark"]
 
 TABLE: Final = "request_rollups"
 #: ``meta`` key: the highest request id folded (SQLite), or ``all`` (PostgreSQL).
@@ -103,6 +107,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     PRIMARY KEY (period, start, proxy, method, tool_key)
 )"""
 
+#: PostgreSQL: each batch's sums, appended (COPY, no lock, no merge), until a writer
+#: compacts them into ``TABLE`` (``compact``); readers read both (``source``).
+DELTAS: Final = "request_rollup_deltas"
+_POSTGRES_DELTAS: Final = (
+    _POSTGRES_TABLE.replace(TABLE, DELTAS, 1)
+    .replace(",\n    PRIMARY KEY (period, start, proxy, method, tool_key)\n", "\n"))
+assert "PRIMARY KEY" not in _POSTGRES_DELTAS
+
 _COLUMNS: Final = ("period, start, proxy, method, tool_key, calls, errors, latency_sum, "
                    "latency_min, latency_max, bytes_in, bytes_out, histogram")
 
@@ -126,23 +138,18 @@ def _upsert(least: str, greatest: str, merged: str, rows: str) -> str:
         f"histogram = {merged}")
 
 
-# Histograms merged inside an upsert: on PostgreSQL the writer's path (concurrent writers
-# add to one row under its lock; a read-modify-write in Python would lose one writer's
-# counts); on SQLite the fold of rows summed by SQL (``_fold_range``).
+# Histograms merged inside an upsert: on PostgreSQL a compaction's (concurrent compactors
+# add to one row under its lock; a read-modify-write in Python would lose one's counts); on
+# SQLite the fold of rows summed by SQL (``_fold_range``).
 _SQLITE_MERGE: Final = (
     "(SELECT json_group_object(key, n) FROM (SELECT key, SUM(value) AS n FROM ("
     f"SELECT key, value FROM json_each({TABLE}.histogram) UNION ALL "
     "SELECT key, value FROM json_each(excluded.histogram)) GROUP BY key))")
-_POSTGRES_UPSERT: Final = _upsert("LEAST", "GREATEST", (
+_POSTGRES_MERGE: Final = (
     "(SELECT CAST(json_object_agg(key, n) AS TEXT) FROM (SELECT key, SUM(CAST(value AS "
     f"BIGINT)) AS n FROM (SELECT * FROM json_each_text(CAST({TABLE}.histogram AS JSON)) "
     "UNION ALL SELECT * FROM json_each_text(CAST(excluded.histogram AS JSON))) AS b "
-    "GROUP BY key) AS m)"),
-    # One statement per batch, its rows as arrays: one round trip, not one per rollup row.
-    "SELECT * FROM unnest(CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]), "
-    "CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), "
-    "CAST(? AS NUMERIC[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS NUMERIC[]), "
-    "CAST(? AS NUMERIC[]), CAST(? AS TEXT[]))")
+    "GROUP BY key) AS m)")
 
 
 def _sum(column: str, postgres: bool) -> str:
@@ -232,38 +239,76 @@ def percentile(histogram: dict[int, int], calls: int, p: int, lowest: int,
     return highest
 
 
-def _int(value: int) -> int | float:
-    return value if -_INT64_MAX <= value <= _INT64_MAX else float(value)
-
-
 def fold(conn: Any, rows: Iterable[Sequence[Any]], *, postgres: bool = False) -> None:
     """Add request ``rows`` (event field order, as inserted) to the rollups, inside the
-    caller's transaction. The writer's one call per batch, after its requests are in.
+    caller's transaction. PostgreSQL: their sums are appended to ``DELTAS`` (one COPY,
+    nothing merged, no row locked: ``compact`` merges later). SQLite: every row above the
+    watermark is folded (``fold_behind``), ``rows`` among them.
 
-    On SQLite, rows another program inserted since the last fold (ids above the
-    watermark) are folded too, from the table, and the watermark moves to the newest id.
     Does nothing where rollups have not been set up (``ensure``). Raises what the driver
     raises: a failure fails the transaction, rows and rollups together.
     """
+    if not postgres:
+        fold_behind(conn)
+        return
     rows = list(rows)
-    db = _Postgres(conn) if postgres else conn
-    if postgres:
-        if rows:
-            _apply_postgres(db, _deltas(rows))
-        return
+    if rows:
+        _append_postgres(conn, _deltas(rows))
+
+
+class Unfolded:
+    """One SQLite writer's own rows above the watermark, summed in memory as it commits
+    them (``add``), so that its fold writes these sums instead of reading the rows back.
+
+    They stand for the rows only while every id in (``after_id``, ``upto_id``] is one of
+    them: ``add`` starts over when a batch's ids do not follow the previous batch's (rows
+    of another writer, or of the original, in between), and ``fold_behind`` checks that
+    the range starts at the watermark, ends at the newest id and still holds ``rows``
+    rows (none deleted since). Otherwise the fold sums the rows from the table. The writer
+    drops it after any failed transaction (its last ``add`` may not have committed)."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[tuple[Any, ...], list[Any]] = {}
+        self.after_id = -1
+        self.upto_id = -1
+        self.rows = 0
+
+    def add(self, rows: Sequence[Sequence[Any]], after_id: int, upto_id: int) -> None:
+        """A batch's inserted ``rows`` (event field order), whose transaction found
+        ``after_id`` the newest id before inserting them and ``upto_id`` after."""
+        if after_id != self.upto_id:
+            self.deltas, self.after_id, self.rows = {}, after_id, 0
+        _add_deltas(self.deltas, rows)
+        self.upto_id = upto_id
+        self.rows += len(rows)
+
+
+def fold_behind(db: Conn, *, at_least: int = 1, unfolded: Unfolded | None = None) -> int:
+    """SQLite: fold every row above the watermark into the rollups and move the watermark
+    to the newest id, when there are at least ``at_least`` of them (counted by id, so gaps
+    left by deleted rows count too); inside the caller's transaction. Returns how many ids
+    the watermark moved (0: nothing folded).
+
+    The writer defers its fold (``_batch.FOLD_ROWS``): the read side adds the rows above
+    the watermark from ``requests``, so an answer is the same folded or not, and one fold
+    of many rows costs the writer a fraction of a fold per batch (each rollup row's
+    histogram is merged once per fold, not once per batch). Whoever folds (any writer on
+    the file, or the next open after a crash) folds everything above the watermark,
+    summed inside SQLite, or from ``unfolded`` when it holds exactly those rows."""
     found = watermark(db)
-    if found is None:
-        return
+    if found is None or found < 0:
+        return 0
     top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])
-    if top == found:
-        return
-    unseen = int(db.execute("SELECT COUNT(*) FROM requests WHERE id > ?",
-                            (found,)).fetchone()[0])
-    if unseen == len(rows):
-        _apply_sqlite(db, _deltas(rows))
-    else:  # someone else's rows too: fold everything above the watermark from the table
+    if top - found < max(1, at_least):
+        return 0
+    if (unfolded is not None and unfolded.after_id == found and unfolded.upto_id == top
+            and db.execute("SELECT COUNT(*) FROM requests WHERE id > ?",
+                           (found,)).fetchone()[0] == unfolded.rows):
+        _apply_sqlite(db, unfolded.deltas)
+    else:
         _fold_range(db, found, top)
     db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(top), KEY))
+    return top - found
 
 
 def _fold_range(db: Conn, after_id: int, upto_id: int) -> None:
@@ -277,8 +322,15 @@ def _fold_range(db: Conn, after_id: int, upto_id: int) -> None:
 
 def _deltas(rows: Iterable[Sequence[Any]]) -> dict[tuple[Any, ...], list[Any]]:
     """Per (period, start, proxy, method, tool_key): [calls, errors, latency sum, min, max,
-    bytes in, bytes out, histogram]. Rows are summed per minute, then minutes per hour
-    (each row is looked at once)."""
+    bytes in, bytes out, histogram]."""
+    found: dict[tuple[Any, ...], list[Any]] = {}
+    _add_deltas(found, rows)
+    return found
+
+
+def _add_deltas(found: dict[tuple[Any, ...], list[Any]], rows: Iterable[Sequence[Any]]) -> None:
+    """Add ``rows`` to ``found`` (``_deltas``' shape). Rows are summed per minute, then the
+    minutes added to ``found`` and to their hours (each row is looked at once)."""
     minutes: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         ts, latency = row[1], row[8]
@@ -302,41 +354,88 @@ def _deltas(rows: Iterable[Sequence[Any]]) -> dict[tuple[Any, ...], list[Any]]:
         if row[13] is not None:
             d[6] = row[13] if d[6] is None else d[6] + row[13]
         d[7][key_bucket] = d[7].get(key_bucket, 0) + 1
-    found = dict(minutes)
-    for (_, start, *rest), d in minutes.items():
-        key = (HOUR, start - start % HOUR, *rest)
-        h = found.get(key)
-        if h is None:
-            found[key] = [*d[:7], dict(d[7])]
-            continue
-        h[0] += d[0]
-        h[1] += d[1]
-        h[2] += d[2]
-        h[3] = min(h[3], d[3])
-        h[4] = max(h[4], d[4])
-        for i in (5, 6):
-            if d[i] is not None:
-                h[i] = d[i] if h[i] is None else h[i] + d[i]
-        for b, n in d[7].items():
-            h[7][b] = h[7].get(b, 0) + n
-    return found
+    for key, d in minutes.items():
+        _add_delta(found, key, d)
+        _add_delta(found, (HOUR, key[1] - key[1] % HOUR, *key[2:]), d)
 
 
-def _apply_postgres(db: Conn, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
-    """Add ``deltas`` to the stored rows in one statement; the histograms are merged by the
-    upsert itself, under each row's lock, so concurrent writers never lose a count."""
+def _add_delta(found: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...],
+               d: list[Any]) -> None:
+    h = found.get(key)
+    if h is None:
+        found[key] = [*d[:7], dict(d[7])]
+        return
+    h[0] += d[0]
+    h[1] += d[1]
+    h[2] += d[2]
+    h[3] = min(h[3], d[3])
+    h[4] = max(h[4], d[4])
+    for i in (5, 6):
+        if d[i] is not None:
+            h[i] = d[i] if h[i] is None else h[i] + d[i]
+    histogram = h[7]
+    for b, n in d[7].items():
+        histogram[b] = histogram.get(b, 0) + n
+
+
+def _append_postgres(conn: Any, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
+    """Append ``deltas`` to ``DELTAS``: COPY, as the requests go in (an INSERT from arrays
+    cost 4-5 ms a batch, most of it psycopg quoting the histograms' text array; a merge
+    into the rollup rows under their locks as much again as those grow)."""
     import json
 
-    # Sorted: concurrent writers lock shared rows in one order (no deadlock).
-    rows = [(*key, *d[:7], json.dumps(d[7])) for key, d in sorted(deltas.items())]
-    db.execute(_POSTGRES_UPSERT, [list(column) for column in zip(*rows, strict=True)])
+    with conn.cursor().copy(f"COPY {DELTAS} ({_COLUMNS}) FROM STDIN".encode()) as copy:
+        for key, d in deltas.items():
+            copy.write_row((*key, *d[:7], json.dumps(d[7])))
+
+
+# The deltas taken out (DELETE ... RETURNING: two compactors never take one row twice; a
+# row appended meanwhile stays for the next), summed per rollup row, merged in one upsert.
+_COMPACT: Final = _upsert("LEAST", "GREATEST", _POSTGRES_MERGE, (
+    "SELECT s.period, s.start, s.proxy, s.method, s.tool_key, calls, errors, latency_sum, "
+    "latency_min, latency_max, bytes_in, bytes_out, h.histogram FROM ("
+    "SELECT period, start, proxy, method, tool_key, SUM(calls) AS calls, "
+    "SUM(errors) AS errors, SUM(latency_sum) AS latency_sum, MIN(latency_min) AS latency_min, "
+    "MAX(latency_max) AS latency_max, SUM(bytes_in) AS bytes_in, SUM(bytes_out) AS bytes_out "
+    "FROM moved GROUP BY 1, 2, 3, 4, 5) AS s JOIN ("
+    "SELECT period, start, proxy, method, tool_key, "
+    "CAST(json_object_agg(b, n) AS TEXT) AS histogram FROM ("
+    "SELECT period, start, proxy, method, tool_key, e.key AS b, "
+    "SUM(CAST(e.value AS BIGINT)) AS n FROM moved, "
+    "json_each_text(CAST(moved.histogram AS JSON)) AS e GROUP BY 1, 2, 3, 4, 5, 6) AS k "
+    "GROUP BY 1, 2, 3, 4, 5) AS h "
+    "USING (period, start, proxy, method, tool_key) "
+    # One order for concurrent compactors locking shared rollup rows.
+    "ORDER BY 1, 2, 3, 4, 5"))
+_COMPACT_SQL: Final = f"WITH moved AS (DELETE FROM {DELTAS} RETURNING *) " + _COMPACT
+
+
+def compact(conn: Any) -> None:
+    """PostgreSQL: merge every delta committed so far into the rollup rows, inside the
+    caller's transaction (the writer's own, between batches: ``pg.PostgresTarget``). Each
+    rollup row's histogram is merged once per compaction instead of once per batch.
+    Raises what the driver raises."""
+    # ~100,000 (row, bucket) pairs per 100 batches: in memory a hash aggregate takes
+    # ~80 ms; with the default work_mem an on-disk sort and JIT compilation took ~490 ms.
+    conn.execute(b"SET LOCAL jit = off")
+    conn.execute(b"SET LOCAL work_mem = '64MB'")
+    conn.execute(_pg(_COMPACT_SQL))
+
+
+def source(found: int) -> str:
+    """What a reader selects rollup rows from, for ``watermark``'s ``found``: on
+    PostgreSQL the rollup rows and the deltas not compacted yet, in one statement (one
+    snapshot: a compaction moves rows from one to the other in one transaction)."""
+    if found >= 0:
+        return TABLE
+    return (f"(SELECT {_COLUMNS} FROM {TABLE} UNION ALL SELECT {_COLUMNS} FROM {DELTAS}) "
+            f"AS {TABLE}")
 
 
 def _apply_sqlite(db: Any, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
     """Add ``deltas`` to the stored rows, merged here: SQLite writers take turns (BEGIN
     IMMEDIATE), so the rows read now are still the rows at the write, and Python merges a
-    histogram faster than SQLite's JSON functions (writer's events/s 0.8 of no rollups,
-    against 0.67 merging in SQL: ``bench.rollup_cost``)."""
+    histogram faster than SQLite's JSON functions."""
     import json
 
     periods = sorted({(key[0], key[1]) for key in deltas})
@@ -368,6 +467,10 @@ def _apply_sqlite(db: Any, deltas: dict[tuple[Any, ...], list[Any]]) -> None:
           json.dumps(d[7])) for key, d in deltas.items()])
 
 
+def _int(value: int) -> int | float:
+    return value if -_INT64_MAX <= value <= _INT64_MAX else float(value)
+
+
 def watermark(db: Conn) -> int | None:
     """The highest request id the rollups hold (SQLite); None when there are no rollups.
     On PostgreSQL: -1 when they hold every row."""
@@ -383,6 +486,8 @@ def ensure(conn: Any, *, postgres: bool = False) -> bool:
     fold the rows another program wrote since. Inside the caller's transaction; True when
     it built them now."""
     db: Conn = _Postgres(conn) if postgres else conn
+    if postgres:
+        db.execute(_POSTGRES_DELTAS)
     found = watermark(db)
     if found is not None:
         if found >= 0:  # SQLite: what another program did since, caught up now
@@ -394,6 +499,8 @@ def ensure(conn: Any, *, postgres: bool = False) -> bool:
         return False
     db.execute(_POSTGRES_TABLE if postgres else _SQLITE_TABLE)
     db.execute(f"DELETE FROM {TABLE}")
+    if postgres:
+        db.execute(f"DELETE FROM {DELTAS}")
     top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])
     _recompute(db, None, None, None if postgres else top, postgres=postgres)
     db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -421,10 +528,20 @@ def _recount_deleted_behind_us(db: Conn, found: int) -> None:
 def _recompute(db: Conn, low: int | None, high: int | None, upto_id: int | None, *,
                postgres: bool) -> None:
     """Replace the rollup rows of every period overlapping ts [low, high] with the sums of
-    the rows stored there (on SQLite only those the rollups hold: id <= ``upto_id``)."""
+    the rows stored there (on SQLite only those the rollups hold: id <= ``upto_id``; on
+    PostgreSQL the periods' uncompacted deltas go too)."""
+    ranges = []
     for period in PERIODS:
         first = -_FAR if low is None else low - low % period
         end = _FAR if high is None else high - high % period + period
+        ranges.append((period, first, end))
+    if postgres:
+        # One statement, deltas before rollup rows: the order a compaction locks them in
+        # (no deadlock between a vacuum and a writer's compaction).
+        db.execute(f"DELETE FROM {DELTAS} WHERE "
+                   + " OR ".join(["(period = ? AND start >= ? AND start < ?)"] * len(ranges)),
+                   [value for r in ranges for value in r])
+    for period, first, end in ranges:
         db.execute(f"DELETE FROM {TABLE} WHERE period = ? AND start >= ? AND start < ?",
                    (period, first, end))
         rows = "ts >= ? AND ts < ?" + ("" if upto_id is None else " AND id <= ?")

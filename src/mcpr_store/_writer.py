@@ -6,7 +6,8 @@ variable broken for everyone after it. So it polls with ``get_many_nowait`` (unt
 is empty: one call returns only what fits its receive buffer). It sleeps only when there is
 nothing to do now, nothing read and no batch due (1 ms growing to 10 ms, which bounds both
 the added latency and the idle cost): a backlog is committed batch after batch, at the
-database's speed.
+database's speed. With nothing pending it lets the target do what batches defer (the
+rollups' fold on SQLite, ``Target.idle``).
 
 It commits when ``batch_size`` events are waiting or the oldest has waited
 ``batch_interval``, one transaction per batch, and at once on a flush request. A transaction
@@ -64,6 +65,8 @@ _MAX_PENDING: Final = 100_000
 _MAX_PENDING_BYTES: Final = 32 * 1024 * 1024
 _RETRY_MIN: Final = 0.05
 _RETRY_MAX: Final = 2.0
+#: After a failed idle upkeep (the database busy): the wait before the next try.
+_IDLE_RETRY: Final = 1.0
 #: How long a writer whose owner is gone keeps retrying a batch the database refuses.
 _ORPHAN_GRACE: Final = 10.0
 #: Once stopping: the longest it keeps reading a queue that live workers keep filling.
@@ -132,6 +135,7 @@ class Writer:
         self.orphaned_at: float | None = None  # when we found the owner gone
         self.retry_at = 0.0
         self.retry_delay = _RETRY_MIN
+        self.idle_retry_at = 0.0
         self.last_empty = 0.0  # when the queue was last found empty
         self.dying: dict[int, float] = {}  # producer row -> when its process was found dead
         self.next_liveness = 0.0
@@ -200,10 +204,25 @@ class Writer:
                 if got or committed:
                     poll = _POLL_MIN
                 else:
+                    if not self.pending:
+                        self._idle()
                     self._release_for(poll)
                     poll = min(poll * 2, _POLL_MAX)
         finally:
             self.state.release()
+
+    def _idle(self) -> None:
+        """Nothing pending: the target's deferred upkeep (the rollups' fold on SQLite), in
+        a transaction of its own. A failure waits for the next retry time; no event is at
+        stake (the rows are committed)."""
+        if self.target is None or time.monotonic() < self.idle_retry_at:
+            return
+        try:
+            self.target.idle()
+        except (sqlite3.Error, StoreError, OSError) as exc:
+            self.log.warn("idle", f"deferred upkeep of {self.target.name} failed, will "
+                                  f"retry: {exc}")
+            self.idle_retry_at = time.monotonic() + _IDLE_RETRY
 
     def _release_for(self, seconds: float) -> None:
         self.state.release()

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 import weakref
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
@@ -60,6 +62,8 @@ __all__ = [
     "PostgresTarget",
     "store_batch",
 ]
+
+log = logging.getLogger("mcpr_store.writer")
 
 #: A batch's rows are the events' fields in declaration order (``tuple(event)``).
 REQUEST_COLUMNS: Final = RequestEvent._fields
@@ -98,6 +102,14 @@ class RowRefused(Exception):
 #: timeout) fails the transaction, which the caller retries.
 ROW_ERRORS: Final = (psycopg.DataError, psycopg.IntegrityError,
                       psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError)
+
+#: Batches whose rollup deltas a writer appends (``_rollups.fold``) before it compacts
+#: them (``_rollups.compact``): each rollup row's histogram is then merged once per 100
+#: batches, not per batch (a merge under the row's lock cost 1-5 ms a batch, growing
+#: with the histogram). Readers read the deltas beside the rollups, so only speed differs.
+COMPACT_BATCHES: Final = 100
+#: Seconds after which a writer compacts whatever it appended.
+COMPACT_AGE: Final = 5.0
 
 _TEXT, _BIGINT = "text", "bigint"
 _REQUEST_TYPES: Final = (_TEXT, _BIGINT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _BIGINT,
@@ -504,6 +516,8 @@ class PostgresTarget:
         self.connect_timeout = connect_timeout
         self.conn: Connection | None = conn
         self.reconnects = 0
+        self.appended = 0  # batches whose rollup deltas this writer has not compacted
+        self.appended_since: float | None = None  # monotonic: the oldest of them
         self._in_doubt: list[tuple[str, list[str]]] = []  # (xid, request ids it inserted)
         self._ours: set[str] = set()  # ids of settled commits, until seen again
 
@@ -529,8 +543,42 @@ class PostgresTarget:
         return self.masked_url
 
     def store(self, batch: BatchRows, books: tuple[str, int, int]) -> Stored:
-        """The writer's call (``_batch.Target``): ``store_batch`` with the store's books."""
-        return self.store_batch(batch, books=books)
+        """The writer's call (``_batch.Target``): ``store_batch`` with the store's books;
+        then, every ``COMPACT_BATCHES`` batches or ``COMPACT_AGE`` seconds, the rollup
+        deltas compacted (a failure there is logged: the batch is committed, and the
+        deltas wait for the next try)."""
+        stored = self.store_batch(batch, books=books)
+        if batch.requests:
+            now = time.monotonic()
+            self.appended += 1
+            if self.appended_since is None:
+                self.appended_since = now
+            if self.appended >= COMPACT_BATCHES or now - self.appended_since >= COMPACT_AGE:
+                try:
+                    self.idle()
+                except StorePostgresError as exc:
+                    log.warning("rollup deltas not compacted, the next try will: %s", exc)
+        return stored
+
+    def idle(self) -> None:
+        """Compact the rollup deltas this writer appended (``_rollups.compact``), in a
+        transaction of its own; nothing when it appended none since. Raises
+        ``StorePostgresError``; the deltas then wait (readers read them meanwhile)."""
+        if not self.appended:
+            return
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            _rollups.compact(conn)
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            rollback(conn)
+            if conn.closed or conn.broken:
+                self._drop()
+            raise StorePostgresError(
+                f"cannot compact the rollups at {self.masked_url}: "
+                f"{describe_error(exc, self.url)}") from None
+        self.appended, self.appended_since = 0, None
 
     def read_books(self, store_token: str) -> tuple[int, int] | None:
         """(committed, refused) the store wrote with its last transaction, if any."""
@@ -616,6 +664,12 @@ class PostgresTarget:
         self.conn = None
 
     def close(self) -> None:
-        """Close the connection. Never raises."""
+        """Compact what this writer appended (best effort: another writer's compaction
+        takes the rest), then close the connection. Never raises."""
+        try:
+            self.idle()
+        except StorePostgresError as exc:
+            log.warning("rollup deltas not compacted at close (another writer's compaction "
+                        "will take them): %s", exc)
         self._drop()
 

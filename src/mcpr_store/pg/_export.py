@@ -175,9 +175,24 @@ def _copy_all(source: sqlite3.Connection, target: Connection, url: str,
                 _copy_chunk(target, url, table, rows, result)
                 done += len(rows)
                 report(ExportProgress(table, done, totals[table]))
+            if table == "requests":
+                _compact_rollups(target, url)
     finally:
         source.execute("ROLLBACK")
     return result
+
+
+def _compact_rollups(target: Connection, url: str) -> None:
+    """Merge the rollup sums each chunk appended (``_rollups.fold``) into the rollup rows,
+    so readers do not scan them all until a writer compacts."""
+    try:
+        with target.transaction():
+            _rollups.compact(target)
+    except psycopg.Error as exc:
+        raise StorePostgresError(
+            f"export to {mask_url(url)} failed while compacting the rollups: "
+            f"{describe_error(exc, url)}; the rows are copied, run it again to finish"
+        ) from None
 
 
 def _copy_chunk(target: Connection, url: str, table: str, rows: list[tuple[Any, ...]],

@@ -73,13 +73,14 @@ _SLOWEST = "latency_us DESC, ts DESC, id DESC"
 def _window_rows(conn: Conn, since_ts: int | None) -> int:
     """At least how many requests the window holds, from the hourly rollups (whole hours
     after ``since_ts``); 0 when there are no rollups to tell."""
-    if _rollups.watermark(conn) is None:
+    mark = _rollups.watermark(conn)
+    if mark is None:
         return 0
     where = Where().add("period = ?", _rollups.HOUR)
     if since_ts is not None:
         where.add("start >= ?", since_ts)
-    found = conn.execute(f"SELECT COALESCE(SUM(calls), 0) FROM {_rollups.TABLE}{where.sql()}",
-                         where.params).fetchone()[0]
+    found = conn.execute(f"SELECT COALESCE(SUM(calls), 0) FROM {_rollups.source(mark)}"
+                         f"{where.sql()}", where.params).fetchone()[0]
     return int(found)
 
 

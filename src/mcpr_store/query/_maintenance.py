@@ -38,7 +38,7 @@ def request_count(conn: Conn) -> int:
     found = _rollups.watermark(conn)
     if found is None:
         return int(conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
-    folded = conn.execute(f"SELECT COALESCE(SUM(calls), 0) FROM {_rollups.TABLE} "
+    folded = conn.execute(f"SELECT COALESCE(SUM(calls), 0) FROM {_rollups.source(found)} "
                           "WHERE period = ?", (_rollups.HOUR,)).fetchone()[0]
     unseen = 0 if found < 0 else conn.execute(
         "SELECT COUNT(*) FROM requests WHERE id > ?", (found,)).fetchone()[0]

@@ -128,7 +128,7 @@ def _exact(conn: Conn, *, since_ts: int | None, proxy: str | None,
 # Rollup rows and raw rows in one shape: (method, tool_key, calls, errors, latency sum, min,
 # max, bytes in, bytes out, histogram as JSON text or {bucket: count}).
 _ROLLUP_PART = ("SELECT method, tool_key, calls, errors, latency_sum, latency_min, latency_max, "
-                f"bytes_in, bytes_out, histogram FROM {_rollups.TABLE}")
+                "bytes_in, bytes_out, histogram FROM {source}")
 _RAW_PART = (f"SELECT method, {_rollups.TOOL_KEY_SQL} AS tool_key, {_rollups.BUCKET_SQL} AS b, "
              f"COUNT(*), {ERRORS}, SUM(latency_us), MIN(latency_us), MAX(latency_us), "
              "SUM(bytes_in), SUM(bytes_out) FROM requests{where} GROUP BY 1, 2, 3")
@@ -151,7 +151,8 @@ def window_parts(conn: Conn, found: int, since_ts: int | None, proxy: str | None
         if high is not None:
             where.add("start < ?", high)
         where.equals("proxy", proxy).equals("tool_key", tool_key)
-        parts.extend(conn.execute(_ROLLUP_PART + where.sql(), where.params))
+        parts.extend(conn.execute(_ROLLUP_PART.format(source=_rollups.source(found))
+                                  + where.sql(), where.params))
 
     def raw(where: Where) -> None:
         where.equals("proxy", proxy).equals("tool", tool)
