@@ -193,7 +193,7 @@ def insert_as_the_original(path: str, requests: list[tuple[Any, ...]]) -> None:
             "bytes_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", requests)
 
 
-def test_rows_the_original_wrote__are_counted_and_folded_by_the_next_batch(
+def test_rows_the_original_wrote__are_counted_and_folded_by_our_writer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(tmp_path / "shared.db")
     start = now_ms() - 3 * HOUR
