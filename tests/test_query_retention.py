@@ -156,7 +156,7 @@ def _assert_exact(dry: Any, done: Any, chunks: list[int], stats: Any, n: int,
 @pytest.mark.timeout(120)
 def test_vacuum__in_chunks_beside_a_live_sqlite_store__exact_and_no_failed_commit(
         tmp_path: Path, live: Callable[[str], Live]) -> None:
-    db, n = tmp_path / "store.db", 12_000
+    db, n = tmp_path / "store.db", 100_000
     fill_sqlite(db, n, int(time.time() * 1000))
     dry, done, chunks, stats = _vacuum_beside(str(db), live)
     _assert_exact(dry, done, chunks, stats, n, n // 2)

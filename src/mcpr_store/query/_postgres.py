@@ -9,9 +9,9 @@ VACUUM of ``db vacuum``.
 
 It never writes outside ``write_chunks`` and ``reclaim`` and never creates a table
 (``pg.migrate`` is not called: a database the writer has not set up is refused, not set
-up). Every read is ``REPEATABLE
-READ READ ONLY``, and the session's ``default_transaction_read_only`` is on as well, so no
-statement of this connection can write. REPEATABLE READ because under PostgreSQL's default,
+up). Every read is ``REPEATABLE READ READ ONLY``, and the session's
+``default_transaction_read_only`` is on as well, so no statement of this connection can
+write. REPEATABLE READ because under PostgreSQL's default,
 READ COMMITTED, each statement would see what was committed since the previous one, and the
 totals and percentiles of one ``stats`` answer could count different rows; a SQLite read
 transaction never does that.
