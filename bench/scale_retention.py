@@ -45,7 +45,7 @@ TOOLS = 10
 PER_SESSION = 50
 #: Half of the 7-day span: the vacuum deletes about half the rows.
 CUTOFF = "84h"
-GAP_MS = 10 * 60_000
+GAP_MS = 30 * 60_000
 
 _CLI = "import sys; from mcpr_store.cli import main; sys.exit(main())"
 
@@ -114,10 +114,11 @@ def _params(n: int, now_ms: int) -> dict[str, int]:
             "per": PER_SESSION, "gap": GAP_MS}
 
 
-# Row i's ts: evenly over the span, the older half moved ``GAP_MS`` back, so that no row is
-# within ``GAP_MS`` of the cutoff and a dry run and the real run minutes later count the same.
-_TS_SQLITE = "(:start + ({i}) * :span / :n - CASE WHEN ({i}) < :n / 2 THEN :gap ELSE 0 END)"
-_TS_PG = ("(%(start)s + ({i}) * %(span)s / %(n)s - CASE WHEN ({i}) < %(n)s / 2 THEN %(gap)s "
+# Row i's ts: evenly over the span, the newer half moved ``GAP_MS`` later (its newest rows are
+# then in the future), so the cutoff, moving on with the clock, meets no row for ``GAP_MS``
+# after the store is filled: a dry run and the real run minutes later count the same.
+_TS_SQLITE = "(:start + ({i}) * :span / :n + CASE WHEN ({i}) >= :n / 2 THEN :gap ELSE 0 END)"
+_TS_PG = ("(%(start)s + ({i}) * %(span)s / %(n)s + CASE WHEN ({i}) >= %(n)s / 2 THEN %(gap)s "
           "ELSE 0 END)")
 
 
