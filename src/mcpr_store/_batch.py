@@ -45,9 +45,9 @@ log = logging.getLogger("mcpr_store.writer")
 BUSY_TIMEOUT_MS: Final = 250
 #: Seconds between two tries at the write lock while another connection holds it. SQLite's
 #: own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between tries:
-#: with several writers on one file the lock then sat free while every waiter slept, and
-#: 4 stores on one file committed less than 2 ("database is locked", each failed commit
-#: backing off). A try is one shared-memory lock call, so trying every millisecond costs
+#: with several stores' writers on one file the lock sat free while every waiter slept, and
+#: a waiter could miss its turns for 250 ms ("database is locked": a failed commit, backing
+#: off up to 2 s). A try is one shared-memory lock call, so trying every millisecond costs
 #: little; the jitter keeps waiters from trying in step.
 _LOCK_POLL: Final = 0.001
 #: Milliseconds a writer tries for the write lock before its commit counts as failed (and is

@@ -39,9 +39,10 @@ __all__ = ["Backend", "Conn", "Rows", "Sizes", "SqliteBackend", "open_backend", 
 T = TypeVar("T")
 
 #: The shortest pause after each chunk of a vacuum (it is at least as long as the chunk
-#: held the lock): longer than the sleeps of a writer's busy handler while it waits for a
-#: chunk (SQLite sleeps 1, 2, 5, 10, 15, 20, 25, 25 ms between tries in its first 0.1 s),
-#: so a writer that waited wakes in the pause and takes the lock before the next chunk.
+#: held the lock): a store's writer tries for the lock every millisecond
+#: (``_batch.begin_immediate``), and another program's SQLite busy handler sleeps 1, 2, 5,
+#: 10, 15, 20, 25, 25 ms between tries in its first 0.1 s, so a writer that waited for a
+#: chunk takes the lock in the pause, before the next chunk.
 PAUSE: Final = 0.03
 #: Pages (4 KiB) that one ``incremental_vacuum`` transaction gives back to the filesystem.
 RECLAIM_PAGES: Final = 2_000
