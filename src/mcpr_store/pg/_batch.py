@@ -6,7 +6,10 @@ requests go in with a ``request_id`` that is already stored rejected and counted
 error for the batch), session counters change in the same transaction as the rows they
 count, closes set ``ended_at`` once, and server schemas are captured with
 ``_server_schema.capture``.
-A row the database refuses costs nobody else: the batch is redone with a savepoint per row.
+Each transaction is tried the cheapest way first: requests by a plain COPY into
+``requests``. A request_id already stored fails that COPY: the transaction is redone with
+the COPY into a temporary table merged with ON CONFLICT DO NOTHING. A row the database
+refuses costs nobody else: the transaction is redone with a savepoint per row.
 
 What SQLite gets for free from its single writer, PostgreSQL must be told: several writers
 on several hosts commit at once, under READ COMMITTED. A session's recount (when its row
