@@ -406,7 +406,7 @@ class SqliteTarget:
 
     def delete_books(self, store_token: str) -> None:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn, LOCK_WAIT_MS)  # other stores' writers may share the file
         try:
             delete_books(conn, store_token)
             conn.execute("COMMIT")
