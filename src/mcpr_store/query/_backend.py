@@ -44,8 +44,11 @@ T = TypeVar("T")
 #: 10, 15, 20, 25, 25 ms between tries in its first 0.1 s, so a writer that waited for a
 #: chunk takes the lock in the pause, before the next chunk.
 PAUSE: Final = 0.03
-#: Pages (4 KiB) that one ``incremental_vacuum`` transaction gives back to the filesystem.
-RECLAIM_PAGES: Final = 2_000
+#: Pages (4 KiB) that one ``incremental_vacuum`` transaction gives back to the filesystem:
+#: from the first, doubled or halved within the bounds so that a step holds the lock
+#: about ``_RECLAIM_SECONDS`` (moving a page costs more in a bigger file).
+RECLAIM_PAGES: Final = (256, 64, 16_384)
+_RECLAIM_SECONDS: Final = 0.05
 _INCREMENTAL: Final = 2  # PRAGMA auto_vacuum
 _VACUUM_CACHE_KIB: Final = 16_000
 
@@ -226,17 +229,23 @@ class SqliteBackend(Backend):
                         "file was created without auto_vacuum=INCREMENTAL, so it cannot "
                         "shrink without a VACUUM that locks writers out)")
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages, fewest, most = RECLAIM_PAGES
             while free:
                 started = time.monotonic()
                 try:
                     # executescript steps the pragma to its end (one execute frees one page).
                     conn.executescript("BEGIN IMMEDIATE; "
-                                       f"PRAGMA incremental_vacuum({RECLAIM_PAGES}); COMMIT;")
+                                       f"PRAGMA incremental_vacuum({pages}); COMMIT;")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                _checkpoint_for(conn, max(PAUSE, time.monotonic() - started))
+                took = time.monotonic() - started
+                if took > 2 * _RECLAIM_SECONDS:
+                    pages = max(fewest, pages // 2)
+                elif took < _RECLAIM_SECONDS / 2:
+                    pages = min(most, pages * 2)
+                _checkpoint_for(conn, max(PAUSE, took))
                 before, free = free, conn.execute("PRAGMA freelist_count").fetchone()[0]
                 if free >= before:  # a writer takes free pages as fast: they are in use
                     break
@@ -244,8 +253,8 @@ class SqliteBackend(Backend):
             # has only the writer's latest frames left to copy before it empties the WAL.
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return (f"incremental_vacuum in steps of {RECLAIM_PAGES} pages, then a TRUNCATE "
-                    "checkpoint: the file no longer holds their space")
+            return ("incremental_vacuum in steps of about 50 ms, then a TRUNCATE checkpoint: "
+                    "the file no longer holds their space")
         finally:
             conn.close()
 
