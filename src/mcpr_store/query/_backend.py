@@ -129,10 +129,13 @@ class Backend(ABC):
         """The database's sizes, read inside the transaction of ``conn``."""
 
     @abstractmethod
-    def write_chunks(self, step: Callable[[Conn], bool]) -> None:
+    def write_chunks(self, step: Callable[[Conn], bool], held: Callable[[float], None]
+                     ) -> None:
         """Call ``step(conn)``, each call in a write transaction of its own on a connection
-        of its own, committed, until it returns False. After each commit it pauses, so a
-        writer waiting for the lock takes it before the next chunk: keep each step short.
+        of its own, committed, until it returns False; after each commit, ``held(seconds)``
+        with how long that transaction held the lock, COMMIT included. After each commit it
+        pauses, so a writer waiting for the lock takes it before the next chunk: keep each
+        step short.
         Raises what ``step`` raises (its transaction rolled back, the earlier ones kept),
         ``QueryError`` or ``StoreError`` when the database cannot be written."""
 
@@ -199,7 +202,8 @@ class SqliteBackend(Backend):
         return Sizes(database=_file_size(str(self.path)),
                      wal=_file_size(f"{self.path}-wal"), tables=None)
 
-    def write_chunks(self, step: Callable[[Conn], bool]) -> None:
+    def write_chunks(self, step: Callable[[Conn], bool], held: Callable[[float], None]
+                     ) -> None:
         conn = self._writing()
         try:
             more = True
@@ -213,8 +217,9 @@ class SqliteBackend(Backend):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                held = time.monotonic() - locked
-                _checkpoint_for(conn, max(PAUSE, held))
+                seconds = time.monotonic() - locked
+                held(seconds)
+                _checkpoint_for(conn, max(PAUSE, seconds))
         finally:
             conn.close()
 

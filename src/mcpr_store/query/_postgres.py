@@ -209,7 +209,8 @@ class PostgresBackend(Backend):
             f"AND c.relname IN ({', '.join('?' * len(_TABLES))})", _TABLES).fetchone()
         return Sizes(database=int(database), wal=None, tables=int(tables))
 
-    def write_chunks(self, step: Callable[[Conn], bool]) -> None:
+    def write_chunks(self, step: Callable[[Conn], bool], held: Callable[[float], None]
+                     ) -> None:
         conn = connect(self.url)
         try:
             conn.execute(b"BEGIN")
@@ -221,6 +222,7 @@ class PostgresBackend(Backend):
                 raise QueryError(refused)
             more = True
             while more:
+                started = time.monotonic()
                 conn.execute(b"BEGIN")
                 try:
                     more = step(_PgConn(conn))
@@ -228,6 +230,7 @@ class PostgresBackend(Backend):
                     rollback(conn)
                     raise
                 conn.execute(b"COMMIT")
+                held(time.monotonic() - started)
                 # Row locks never block the writer's inserts; the pause only shares the
                 # server's cores with it.
                 time.sleep(_PAUSE)
