@@ -3,6 +3,9 @@
 ``python -m bench`` (the write side): the seven designs of issue 10, from no store at all
 to mcpr-store, driven with the same synthetic MCP traffic into the same schema; it writes
 ``docs/benchmarks.md`` and charts. ``python -m bench.queries``: the read side's query times.
+``python -m bench.scale_retention``: ``db vacuum`` beside a live writer (stall, failed
+commits, memory); ``python -m bench.scale_ingest``: ingest per back end and owner count
+against plain COPY and plain executemany (both also sections of ``python -m bench.scale``).
 
 One module per concern: ``traffic`` (the events), ``sink`` (the SQL the alternatives share),
 ``designs`` (one class per design), ``scenarios`` (the measurements), ``worker`` (one design

@@ -157,6 +157,45 @@ def test_store_batch__a_row_postgres_refuses_costs_nobody_else(pg_url: str) -> N
     assert pg_scalar(pg_url, "SELECT COUNT(*) FROM server_schema") == 1
 
 
+@pytest.mark.parametrize("order", ["bad first", "bad last"])
+def test_store_batch__a_request_the_copy_refuses_costs_that_request_only(
+        pg_url: str, order: str) -> None:
+    """Requests go in by a plain COPY first: a row it cannot take (NUL in text, an integer
+    beyond bigint, a wrong type, a request_id already stored) still costs that event alone,
+    wherever it sits in the batch, and the rest keep their arrival order."""
+    open_database(pg_url, "test")
+    conn = connect(pg_url)
+    bad = [req("r2", tool="nul\x00tool"), req("r3", latency_us=2**63),
+           req("r4", bytes_in="many"), req("r0")]
+    good = [req("r1"), req("r5", status="error")]
+    try:
+        store_batch(conn, pg_batch(SessionEvent("s1", "p", 1_000), req("r0")))
+        events = [*bad, *good] if order == "bad first" else [*good, *bad]
+        stored = store_batch(conn, pg_batch(*events))
+    finally:
+        conn.close()
+    assert stored.committed == 2
+    assert sorted(reason.split(" refused")[0] for reason in stored.rejections) == [
+        "request 'r0'", "request 'r2'", "request 'r3'", "request 'r4'"]
+    assert pg_query(pg_url, "SELECT request_id FROM requests ORDER BY id") == [
+        ("r0",), ("r1",), ("r5",)]
+    assert pg_query(pg_url, "SELECT total_calls, total_errors FROM sessions") == [(3, 1)]
+
+
+def test_store_batch__clean_requests_go_in_by_the_direct_copy(pg_url: str) -> None:
+    """No duplicate, no refused row: one COPY into requests, the temporary table unused."""
+    open_database(pg_url, "test")
+    conn = connect(pg_url)
+    try:
+        stored = store_batch(conn, pg_batch(SessionEvent("s1", "p", 1_000),
+                                            *(req(f"r{i}") for i in range(50))))
+        temporary = conn.execute(
+            "SELECT COUNT(*) FROM pg_class WHERE relname = 'mcpr_incoming_requests'").fetchone()
+    finally:
+        conn.close()
+    assert stored.committed == 51 and temporary == (0,)
+
+
 def test_concurrent_writers__exact_rows_and_counters(pg_url: str, tmp_path: Path) -> None:
     """Four processes store into one database at once; sessions arrive before, between and
     after their requests; 60 request ids are sent by all four."""

@@ -522,3 +522,64 @@ def test_postgresql_deltas__read_beside_the_rollups_until_compacted(
         assert_all_windows(pg_url, monkeypatch)
     finally:
         writer.close()
+
+
+def test_vacuum__chunk_by_chunk_and_interrupted__keeps_the_rollups_right(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vacuum of many chunks keeps the hours it empties right as it goes; one stopped
+    after a chunk that emptied an hour (its rows gone, its rollups not yet recounted) is
+    put right by the next run, which starts at the oldest rollup of its scope."""
+    from mcpr_store._config import resolve_db_path
+    from mcpr_store.query import _maintenance
+    from mcpr_store.query._backend import open_backend
+
+    monkeypatch.setattr(_maintenance, "_FIRST_CHUNK", 500)
+    monkeypatch.setattr(_maintenance, "_CHUNK_BOUNDS", (500, 500))
+    path = str(tmp_path / "store.db")
+    hour0 = now_ms() // HOUR * HOUR - 6 * HOUR
+    # The first chunk is exactly hour 0's rows: it ends at the hour's last row.
+    store(path, rows(500, seed=40, start=hour0, span=HOUR, prefix="a")
+          + rows(3000, seed=41, start=hour0 + HOUR, span=5 * HOUR, prefix="b"))
+    chunks = 0
+
+    def stop_in_the_second(conn: Any, chunk: Any) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 2:
+            raise KeyboardInterrupt
+
+    backend = open_backend(resolve_db_path(path))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _maintenance.vacuum(backend, before_ts=hour0 + 4 * HOUR + 7 * MIN, proxy=None,
+                                dry_run=False, on_chunk=stop_in_the_second)
+    finally:
+        backend.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM requests WHERE ts < ?",
+                            (hour0 + HOUR,)).fetchone()[0] == 0  # hour 0 is gone
+    checked = 0
+
+    def hours_behind_are_right(conn: Any, chunk: Any) -> None:
+        # In the chunk's transaction: every hour wholly before the part still to delete
+        # holds, in its rollups, the rows left in it.
+        nonlocal checked
+        behind = chunk.first_ts // HOUR * HOUR if chunk.first_ts is not None else None
+        if behind is None or behind <= hour0 + HOUR:
+            return
+        counted = conn.execute(f"SELECT COALESCE(SUM(calls), 0) FROM {_rollups.TABLE} "
+                               "WHERE period = ? AND start < ?", (HOUR, behind)).fetchone()[0]
+        left = conn.execute("SELECT COUNT(*) FROM requests WHERE ts < ?",
+                            (behind,)).fetchone()[0]
+        assert counted == left == 0
+        checked += 1
+
+    backend = open_backend(resolve_db_path(path))
+    try:
+        assert _maintenance.vacuum(backend, before_ts=hour0 + 4 * HOUR + 7 * MIN, proxy=None,
+                                   dry_run=False, on_chunk=hours_behind_are_right
+                                   ).requests_deleted
+    finally:
+        backend.close()
+    assert checked >= 2
+    assert_all_windows(path, monkeypatch)

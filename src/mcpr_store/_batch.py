@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,18 @@ FOLD_AGE: Final = 5.0
 #: Milliseconds a writer's statement waits for another connection's lock: short, so the
 #: writer retries with backoff and goes on reading the queue meanwhile.
 BUSY_TIMEOUT_MS: Final = 250
+#: Seconds between two tries at the write lock while another connection holds it. SQLite's
+#: own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between tries:
+#: with several stores' writers on one file the lock sat free while every waiter slept, and
+#: a waiter could miss its turns for 250 ms ("database is locked": a failed commit, backing
+#: off up to 2 s). A try is one shared-memory lock call, so trying every millisecond costs
+#: little; the jitter keeps waiters from trying in step.
+_LOCK_POLL: Final = 0.001
+#: Milliseconds a writer tries for the write lock before its commit counts as failed (and is
+#: retried with backoff): four writers on one file each hold it 30-50 ms per batch on a
+#: busy 2-core machine, so a waiter's turn can come after 250 ms; a second is still a
+#: bounded pause in reading its queue, which holds many seconds of events.
+LOCK_WAIT_MS: Final = 1000
 
 _KINDS: Final = ("session", "request", "close", "schema")  # commit order: sessions first
 
@@ -176,7 +189,7 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, i
     back and nothing of the batch is stored, so the caller can retry it unchanged.
     """
     stored = Stored()
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn, LOCK_WAIT_MS)
     try:
         _together_or_each(conn, stored, "session", batch.sessions, _store_sessions)
         newest = _newest_id(conn) if unfolded is not None else 0
@@ -202,6 +215,28 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, books: tuple[str, int, i
 
 def _newest_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    """``BEGIN IMMEDIATE``: take the write lock, trying every ``_LOCK_POLL`` seconds (with
+    jitter) for at most ``timeout_ms`` while another connection holds it. Raises
+    ``sqlite3.OperationalError`` ("database is locked") when it is still held then, like a
+    statement whose busy timeout ran out. The connection's busy timeout is
+    ``BUSY_TIMEOUT_MS`` afterwards."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or \
+                        time.monotonic() >= deadline:
+                    raise
+            time.sleep(_LOCK_POLL * (0.5 + random.random()))
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def books_value(committed: int, refused: int) -> str:
@@ -422,7 +457,7 @@ class SqliteTarget:
             return
         conn = self._connection()
         unfolded, self.unfolded = self.unfolded, _rollups.Unfolded()  # used up either way
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn, LOCK_WAIT_MS)
         try:
             _rollups.fold_behind(conn, unfolded=unfolded)
             conn.execute("COMMIT")
@@ -437,7 +472,7 @@ class SqliteTarget:
 
     def delete_books(self, store_token: str) -> None:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn, LOCK_WAIT_MS)  # other stores' writers may share the file
         try:
             delete_books(conn, store_token)
             conn.execute("COMMIT")

@@ -440,6 +440,10 @@ def connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreSQLiteError(f"failed to open database {path}: {exc}") from exc
     try:
+        # A new file gives deleted pages back in steps (``db vacuum``: incremental_vacuum),
+        # never by a VACUUM that locks writers out; in a file with tables this changes
+        # nothing (only a VACUUM on this connection would apply it).
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         for pragma in _PRAGMAS:
             conn.execute(pragma)

@@ -6,7 +6,10 @@ requests go in with a ``request_id`` that is already stored rejected and counted
 error for the batch), session counters change in the same transaction as the rows they
 count, closes set ``ended_at`` once, and server schemas are captured with
 ``_server_schema.capture``.
-A row the database refuses costs nobody else: the batch is redone with a savepoint per row.
+Each transaction is tried the cheapest way first: requests by a plain COPY into
+``requests``. A request_id already stored fails that COPY: the transaction is redone with
+the COPY into a temporary table merged with ON CONFLICT DO NOTHING. A row the database
+refuses costs nobody else: the transaction is redone with a savepoint per row.
 
 What SQLite gets for free from its single writer, PostgreSQL must be told: several writers
 on several hosts commit at once, under READ COMMITTED. A session's recount (when its row
@@ -97,6 +100,11 @@ class RowRefused(Exception):
     """Internal: a bulk statement hit a row the database refuses; redo row by row."""
 
 
+class AlreadyStored(RowRefused):
+    """Internal: the direct COPY met a ``request_id`` already stored; redo with the COPY
+    into the temporary table, which skips it."""
+
+
 #: Failures of one row, not of the transaction: bad text (NUL, a lone surrogate), a value
 #: too large for an index entry, a constraint. Anything else (connection, deadlock, lock
 #: timeout) fails the transaction, which the caller retries.
@@ -149,11 +157,15 @@ _RECOUNT_SESSIONS: Final = (
     "      FROM requests WHERE session_id = ANY(%s::text[]) GROUP BY session_id) AS c "
     "WHERE s.session_id = c.session_id"
 )
-# Requests go in by COPY into a per-connection temporary table, then one INSERT ... SELECT
-# that skips what is already stored: about twice the rows/s of pipelined executemany (with
-# ON CONFLICT DO NOTHING RETURNING) and 1.2-1.4x one INSERT from unnest() arrays, at 0.8x a
-# plain COPY with no duplicate handling at all (bench/bench_pg.py, 500-row transactions).
-# Its rows leave the temporary table at every commit or rollback.
+# Requests go in by a plain COPY into ``requests`` first: the server's cheapest way in, and
+# a request_id already stored is rare (a re-sent event, a retried commit). When one is
+# there the COPY fails on the unique index, the transaction is rolled back, and it is
+# redone with a COPY into a per-connection temporary table and one INSERT ... SELECT that
+# skips what is already stored (about 0.8x a plain COPY in 500-row transactions, twice
+# pipelined executemany: bench/bench_pg.py; the merge's ON CONFLICT and RETURNING are the
+# difference, which the writer's py-spy profile showed as half its wall time). The
+# temporary table's rows leave it at every commit or rollback.
+_COPY_REQUESTS: Final = f"COPY requests ({_REQUEST_LIST}) FROM STDIN".encode()
 _INCOMING: Final = "mcpr_incoming_requests"
 # ``arrival`` numbers the rows as COPY writes them: requests get their ids in arrival order,
 # as on SQLite (a heap does not keep insertion order: COPY may fill space an earlier row left).
@@ -234,15 +246,24 @@ def store_batch(conn: Connection, batch: BatchRows, *,
     Blocks while another writer holds a lock on one of the batch's sessions, at most
     ``_database.LOCK_TIMEOUT_MS``.
     """
+    mode = _DIRECT
     try:
-        try:
-            return _commit(conn, batch, ours, books, careful=False)
-        except RowRefused:
-            return _commit(conn, batch, ours, books, careful=True)
+        while True:
+            try:
+                return _commit(conn, batch, ours, books, mode=mode)
+            except AlreadyStored:
+                mode = _MERGE  # a duplicate: skip it on the way in
+            except RowRefused:
+                mode = _CAREFUL  # a row refused: a savepoint per row
     except psycopg.Error as exc:
         raise StorePostgresError(
             f"transaction of {len(_all_rows(batch))} events failed: {exc}"
         ) from exc
+
+
+#: How a transaction stores its requests: a plain COPY into ``requests``; a COPY into the
+#: temporary table merged with ON CONFLICT DO NOTHING; a savepoint per row.
+_DIRECT, _MERGE, _CAREFUL = "direct", "merge", "careful"
 
 
 def _all_rows(batch: BatchRows) -> list[tuple[Any, ...]]:
@@ -261,12 +282,12 @@ def prepare_connection(conn: Connection) -> None:
 
 
 def _commit(conn: Connection, batch: BatchRows, ours: Container[str],
-            books: tuple[str, int, int] | None, *, careful: bool) -> Stored:
-    if batch.requests and not careful:
+            books: tuple[str, int, int] | None, *, mode: str) -> Stored:
+    if batch.requests and mode == _MERGE:
         prepare_connection(conn)
     conn.execute("BEGIN")
     try:
-        written = _write(conn, batch, ours, careful=careful)
+        written = _write(conn, batch, ours, mode=mode)
         if books is not None:
             token, committed, refused = books
             stored = written.stored
@@ -289,7 +310,8 @@ def _commit(conn: Connection, batch: BatchRows, ours: Container[str],
 
 
 def _write(conn: Connection, batch: BatchRows, ours: Container[str], *,
-           careful: bool) -> _Written:
+           mode: str) -> _Written:
+    careful = mode == _CAREFUL
     written = _Written()
     _lock(conn, batch)
     stored = written.stored
@@ -306,7 +328,7 @@ def _write(conn: Connection, batch: BatchRows, ours: Container[str], *,
         stored.rejections.append(f"request {row[0]!r} refused by the database: {why}")
 
     inserted = insert_requests(conn, batch.requests, careful=careful, duplicate=already,
-                               refused=refused)
+                               refused=refused, direct=mode == _DIRECT)
     stored.committed += len(inserted)
     written.inserted.extend(row[0] for row in inserted)
     _count_requests(conn, inserted)
@@ -319,9 +341,12 @@ def _write(conn: Connection, batch: BatchRows, ours: Container[str], *,
 
 
 def _lock(conn: Connection, batch: BatchRows) -> None:
-    keys = {lock_key("session", row[0]) for row in batch.sessions}
-    keys.update(lock_key("session", row[3]) for row in batch.requests if row[3] is not None)
-    keys.update(lock_key("session", row[0]) for row in batch.closes)
+    # Hashed once per session (a batch of 500 requests names about ten).
+    sessions = {row[0] for row in batch.sessions}
+    sessions.update(row[3] for row in batch.requests)
+    sessions.update(row[0] for row in batch.closes)
+    sessions.discard(None)
+    keys = {lock_key("session", session_id) for session_id in sessions}
     keys.update(lock_key("schema", row[1], row[2], row[3]) for row in batch.schemas)
     if keys:
         conn.execute(_LOCK, (sorted(keys),)).fetchall()
@@ -355,6 +380,9 @@ def _first_each(rows: list[_Row], key: int,
                 duplicate: Callable[[_Row], None] | None = None) -> list[_Row]:
     """``rows`` keeping the first row of each ``row[key]``; later ones go to ``duplicate``
     (or are dropped). One statement cannot touch a row twice, and SQLite keeps the first."""
+    keys = [row[key] for row in rows]
+    if len(set(keys)) == len(keys):
+        return rows  # the usual case: no twins
     seen: set[Any] = set()
     kept = []
     for row in rows:
@@ -394,12 +422,15 @@ def _insert_sessions(conn: Connection, rows: list[tuple[Any, ...]], written: _Wr
 
 def insert_requests(conn: Connection, rows: list[tuple[Any, ...]], *, careful: bool,
                     duplicate: Callable[[tuple[Any, ...]], None],
-                    refused: Callable[[tuple[Any, ...], str], None]) -> list[tuple[Any, ...]]:
+                    refused: Callable[[tuple[Any, ...], str], None],
+                    direct: bool = False) -> list[tuple[Any, ...]]:
     """Insert request ``rows`` (event field order) inside the caller's transaction; return
     those inserted, in order. A row whose request_id is already stored (or earlier in
     ``rows``) goes to ``duplicate``. Careful: a row the database refuses goes to ``refused``
-    with the reason; else it raises ``RowRefused`` (roll back, redo carefully). Not
-    careful, the connection must have been through ``prepare_connection``."""
+    with the reason; else it raises ``RowRefused`` (roll back, redo carefully). ``direct``
+    (not careful): one plain COPY into ``requests``, which raises ``AlreadyStored`` when a
+    request_id is already stored (roll back, redo without ``direct``). Neither careful nor
+    direct, the connection must have been through ``prepare_connection``."""
     if not rows:
         return []
     unique = _first_each(rows, 0, duplicate)
@@ -417,6 +448,16 @@ def insert_requests(conn: Connection, rows: list[tuple[Any, ...]], *, careful: b
             else:
                 duplicate(row)
         return kept
+    if direct:
+        try:
+            with conn.cursor().copy(_COPY_REQUESTS) as copy:
+                for row in unique:
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation as exc:
+            raise AlreadyStored from exc
+        except ROW_ERRORS as exc:
+            raise RowRefused from exc
+        return unique
     try:
         cursor = conn.cursor()
         with cursor.copy(_COPY_INCOMING) as copy:
@@ -439,8 +480,12 @@ def _count_requests(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         session_id = row[3]
         if session_id is None:
             continue
-        counts = per_session.setdefault(session_id, [row[1], 0, 0])
-        counts[0] = max(counts[0], row[1])
+        counts = per_session.get(session_id)
+        if counts is None:
+            per_session[session_id] = [row[1], 1, int(row[9] != "ok")]
+            continue
+        if row[1] > counts[0]:
+            counts[0] = row[1]
         counts[1] += 1
         counts[2] += row[9] != "ok"
     if per_session:

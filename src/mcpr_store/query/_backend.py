@@ -10,22 +10,24 @@ backend owns everything else, and nothing else knows which database it is:
   rest read ``immutable``, one beside a writer ``mode=ro``, no file left behind: rules that
   only SQLite needs); PostgreSQL in ``REPEATABLE READ READ ONLY`` transactions,
 - the placeholders (psycopg takes ``%s``),
-- the sizes ``db stats`` reports, and what ``db vacuum`` does after its deletes.
+- the sizes ``db stats`` reports, the short write transactions of ``db vacuum`` and how
+  it gives space back.
 
 ``SqliteBackend`` is here; ``PostgresBackend`` lives in ``_postgres``, imported only for a
 ``postgresql://`` URL, because the read side must run without psycopg (the ``postgres``
 extra). Neither ever creates a table: a database that is not ours to read is refused, never
-migrated. Only ``vacuum`` writes, on a connection of its own.
+migrated. Only ``write_chunks`` and ``reclaim`` write, on a connection of their own.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from .. import _db
 from .._config import Database, is_url
@@ -35,6 +37,20 @@ from ._types import QueryError
 __all__ = ["Backend", "Conn", "Rows", "Sizes", "SqliteBackend", "open_backend", "refusal"]
 
 T = TypeVar("T")
+
+#: The shortest pause after each chunk of a vacuum (it is at least as long as the chunk
+#: held the lock): a store's writer tries for the lock every millisecond
+#: (``_batch.begin_immediate``), and another program's SQLite busy handler sleeps 1, 2, 5,
+#: 10, 15, 20, 25, 25 ms between tries in its first 0.1 s, so a writer that waited for a
+#: chunk takes the lock in the pause, before the next chunk.
+PAUSE: Final = 0.03
+#: Pages (4 KiB) that one ``incremental_vacuum`` transaction gives back to the filesystem:
+#: from the first, doubled or halved within the bounds so that a step holds the lock
+#: about ``_RECLAIM_SECONDS`` (moving a page costs more in a bigger file).
+RECLAIM_PAGES: Final = (256, 64, 16_384)
+_RECLAIM_SECONDS: Final = 0.05
+_INCREMENTAL: Final = 2  # PRAGMA auto_vacuum
+_VACUUM_CACHE_KIB: Final = 16_000
 
 
 class Rows(Protocol):
@@ -113,11 +129,20 @@ class Backend(ABC):
         """The database's sizes, read inside the transaction of ``conn``."""
 
     @abstractmethod
-    def vacuum(self, delete: Callable[[Conn], T], *, dry_run: bool) -> tuple[T, str | None]:
-        """``delete(conn)`` in one write transaction on a connection of its own, rolled back
-        when ``dry_run`` (its counts are then exactly what a real run deletes); else
-        committed, then the space is given back as the database allows. Returns what
-        ``delete`` returned and what was done after it (None for a dry run)."""
+    def write_chunks(self, step: Callable[[Conn], bool], held: Callable[[float], None]
+                     ) -> None:
+        """Call ``step(conn)``, each call in a write transaction of its own on a connection
+        of its own, committed, until it returns False; after each commit, ``held(seconds)``
+        with how long that transaction held the lock, COMMIT included. After each commit it
+        pauses, so a writer waiting for the lock takes it before the next chunk: keep each
+        step short.
+        Raises what ``step`` raises (its transaction rolled back, the earlier ones kept),
+        ``QueryError`` or ``StoreError`` when the database cannot be written."""
+
+    @abstractmethod
+    def reclaim(self) -> str:
+        """Give the space of deleted rows back as the database allows without a long lock;
+        return what was done, in words for the user."""
 
     @abstractmethod
     def close(self) -> None:
@@ -177,25 +202,83 @@ class SqliteBackend(Backend):
         return Sizes(database=_file_size(str(self.path)),
                      wal=_file_size(f"{self.path}-wal"), tables=None)
 
-    def vacuum(self, delete: Callable[[Conn], T], *, dry_run: bool) -> tuple[T, str | None]:
-        conn = _db.connect(self.path)  # refuses what is not ours to write, as Store.open does
+    def write_chunks(self, step: Callable[[Conn], bool], held: Callable[[float], None]
+                     ) -> None:
+        conn = self._writing()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = delete(conn)
-                conn.execute("ROLLBACK" if dry_run else "COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if dry_run:
-                return result, None
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return result, ("VACUUM, then a TRUNCATE checkpoint: the file no longer holds "
-                            "their space")
+            more = True
+            while more:
+                conn.execute("BEGIN IMMEDIATE")
+                locked = time.monotonic()
+                try:
+                    more = step(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                seconds = time.monotonic() - locked
+                held(seconds)
+                _checkpoint_for(conn, max(PAUSE, seconds))
         finally:
             conn.close()
 
+    def reclaim(self) -> str:
+        conn = self._writing()
+        try:
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+                # Only a full VACUUM (a rewrite of the file, writers locked out meanwhile)
+                # could turn auto_vacuum on in a file created without it.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                return ("the freed pages stay in the file and are reused by new rows (the "
+                        "file was created without auto_vacuum=INCREMENTAL, so it cannot "
+                        "shrink without a VACUUM that locks writers out)")
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages, fewest, most = RECLAIM_PAGES
+            while free:
+                started = time.monotonic()
+                try:
+                    # executescript steps the pragma to its end (one execute frees one page).
+                    conn.executescript("BEGIN IMMEDIATE; "
+                                       f"PRAGMA incremental_vacuum({pages}); COMMIT;")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                took = time.monotonic() - started
+                if took > 2 * _RECLAIM_SECONDS:
+                    pages = max(fewest, pages // 2)
+                elif took < _RECLAIM_SECONDS / 2:
+                    pages = min(most, pages * 2)
+                _checkpoint_for(conn, max(PAUSE, took))
+                before, free = free, conn.execute("PRAGMA freelist_count").fetchone()[0]
+                if free >= before:  # a writer takes free pages as fast: they are in use
+                    break
+            # PASSIVE copies the WAL into the file without blocking anyone; TRUNCATE then
+            # has only the writer's latest frames left to copy before it empties the WAL.
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return ("incremental_vacuum in steps of about 50 ms, then a TRUNCATE checkpoint: "
+                    "the file no longer holds their space")
+        finally:
+            conn.close()
+
+    def _writing(self) -> sqlite3.Connection:
+        conn = _db.connect(self.path)  # refuses what is not ours to write, as Store.open does
+        # A smaller page cache than the writer's: a vacuum's memory stays flat. Its commits
+        # do not checkpoint (``_checkpoint_for`` does, in the pause after each).
+        conn.execute(f"PRAGMA cache_size = -{_VACUUM_CACHE_KIB}")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
     def close(self) -> None:
         self._reader.close()
+
+
+def _checkpoint_for(conn: sqlite3.Connection, pause: float) -> None:
+    """The pause after a vacuum's commit, spent first on copying the WAL into the file (a
+    PASSIVE checkpoint never blocks the writer, which commits meanwhile), so the WAL stays
+    small and the writer's own commits never have a big checkpoint to do."""
+    started = time.monotonic()
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    time.sleep(max(0.0, pause - (time.monotonic() - started)))

@@ -4,12 +4,14 @@ Owns how the read side reads a PostgreSQL database of ours: the connection (``pg
 its failures say the URL with the password masked), what the database is before anything
 is read from it (only a store of the current version is read; an empty database, a newer
 store or another application's tables are refused with the words SQLite's files get), the
-translation of ``?`` placeholders, the sizes of ``db stats`` and the VACUUM of ``db vacuum``.
+translation of ``?`` placeholders, the sizes of ``db stats`` and the transactions and
+VACUUM of ``db vacuum``.
 
-It never writes outside ``vacuum`` and never creates a table (``pg.migrate`` is not called:
-a database the writer has not set up is refused, not set up). Every read is ``REPEATABLE
-READ READ ONLY``, and the session's ``default_transaction_read_only`` is on as well, so no
-statement of this connection can write. REPEATABLE READ because under PostgreSQL's default,
+It never writes outside ``write_chunks`` and ``reclaim`` and never creates a table
+(``pg.migrate`` is not called: a database the writer has not set up is refused, not set
+up). Every read is ``REPEATABLE READ READ ONLY``, and the session's
+``default_transaction_read_only`` is on as well, so no statement of this connection can
+write. REPEATABLE READ because under PostgreSQL's default,
 READ COMMITTED, each statement would see what was committed since the previous one, and the
 totals and percentiles of one ``stats`` answer could count different rows; a SQLite read
 transaction never does that.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -41,6 +44,8 @@ T = TypeVar("T")
 _BEGIN: Final = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 #: The store's tables, whose sizes ``db stats`` adds up.
 _TABLES: Final = ("requests", "sessions", "server_schema", "schema_changes", "meta")
+#: The pause after each chunk of ``db vacuum``.
+_PAUSE: Final = 0.005
 #: How many table names a refusal lists.
 _LISTED: Final = 6
 
@@ -204,33 +209,50 @@ class PostgresBackend(Backend):
             f"AND c.relname IN ({', '.join('?' * len(_TABLES))})", _TABLES).fetchone()
         return Sizes(database=int(database), wal=None, tables=int(tables))
 
-    def vacuum(self, delete: Callable[[Conn], T], *, dry_run: bool) -> tuple[T, str | None]:
+    def write_chunks(self, step: Callable[[Conn], bool], held: Callable[[float], None]
+                     ) -> None:
         conn = connect(self.url)
         try:
+            conn.execute(b"BEGIN")
             try:
+                refused = refusal(self.where, classify(conn))
+            finally:
+                rollback(conn)
+            if refused is not None:
+                raise QueryError(refused)
+            more = True
+            while more:
+                started = time.monotonic()
                 conn.execute(b"BEGIN")
                 try:
-                    refused = refusal(self.where, classify(conn))
-                    if refused is not None:
-                        raise QueryError(refused)
-                    result = delete(_PgConn(conn))
+                    more = step(_PgConn(conn))
                 except BaseException:
                     rollback(conn)
                     raise
-                conn.execute(b"ROLLBACK" if dry_run else b"COMMIT")
-                if dry_run:
-                    return result, None
-                # Plain VACUUM: the deleted rows' space is reused by new rows, and nobody
-                # waits. VACUUM FULL would shrink the files but lock every proxy's writer out
-                # of the tables while it rewrites them.
-                conn.execute(b"VACUUM (ANALYZE) requests, sessions")
-            except psycopg.Error as exc:
-                raise self._failed("vacuuming", exc) from None
-            return result, ("VACUUM (ANALYZE) requests, sessions: the space is reused by new "
-                            "rows; PostgreSQL's files do not shrink (VACUUM FULL would, but it "
-                            "locks out every writer while it runs)")
+                conn.execute(b"COMMIT")
+                held(time.monotonic() - started)
+                # Row locks never block the writer's inserts; the pause only shares the
+                # server's cores with it.
+                time.sleep(_PAUSE)
+        except psycopg.Error as exc:
+            raise self._failed("vacuuming", exc) from None
         finally:
             conn.close()
+
+    def reclaim(self) -> str:
+        conn = connect(self.url)
+        try:
+            # Plain VACUUM: the deleted rows' space is reused by new rows, and nobody waits.
+            # VACUUM FULL would shrink the files but lock every proxy's writer out of the
+            # tables while it rewrites them.
+            conn.execute(b"VACUUM (ANALYZE) requests, sessions")
+        except psycopg.Error as exc:
+            raise self._failed("vacuuming", exc) from None
+        finally:
+            conn.close()
+        return ("VACUUM (ANALYZE) requests, sessions: the space is reused by new rows; "
+                "PostgreSQL's files do not shrink (VACUUM FULL would, but it locks out every "
+                "writer while it runs)")
 
     def close(self) -> None:
         if self._conn is not None:
