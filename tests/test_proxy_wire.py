@@ -331,3 +331,19 @@ def test_proxy_wire__an_endless_head_is_refused_and_others_go_on(db_path):
             assert (_read_message(client, bytearray()) or (b"", b""))[0].startswith(
                 b"HTTP/1.1 200")
     assert len(upstream.received) == 1  # nothing of the refused one went up
+
+
+def test_proxy_wire__connection_cannot_strip_the_framing_of_a_request(db_path):
+    # "Connection: Content-Length" names a header meant for every hop (RFC 9110 section
+    # 7.6.1): dropped, the body would reach the upstream unframed, as a request of its own.
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+    with _proxy(db_path, _echo_ok) as (upstream, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST /mcp HTTP/1.1\r\nHost: h\r\nConnection: Content-Length\r\n"
+                       b"Content-Length: %d\r\n\r\n%b" % (len(smuggled), smuggled))
+        buffer = bytearray()
+        assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
+        _post(client, json.dumps(_call(1)).encode())  # the connection goes on
+        assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
+    assert [body for _, body in upstream.received][:1] == [smuggled]
+    assert not any(h.startswith(b"GET /admin") for h, _ in upstream.received)

@@ -6,7 +6,7 @@ What goes through (a proxy's output is its input):
 - Up: the client's method, target (an absolute-form target, ``POST http://host/mcp``, is
   sent as its origin form, ``/mcp``), header lines (names as spelled, order kept) and body
   bytes. Removed: the hop-by-hop headers of RFC 9110 section 7.6.1 (``Connection`` and every
-  header it names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
+  header it names but ``Content-Length``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``, ``Proxy-Authorization``).
   ``Host`` names the upstream (its value is replaced in place, or added if the client sent
   none), as a client talking to the upstream directly would send it. A chunked body goes up
@@ -57,6 +57,10 @@ HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
+#: What ``Connection`` can never remove: a message's framing is for every hop (RFC 9110
+#: section 7.6.1). A request whose ``Content-Length`` went would reach the upstream with its
+#: body unframed, read there as a request of its own (smuggled past the proxy's recording).
+_FRAMING: Final = frozenset({b"content-length"})
 #: Seconds to open a connection to the upstream. Reads have no limit: an MCP event stream
 #: may stay silent for as long as a tool runs (the recorder's own timeout still applies).
 CONNECT_TIMEOUT: Final = 10.0
@@ -77,7 +81,7 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+    return frozenset(tokens - _FRAMING)
 
 
 def _error_response(status: int, reason: str, text: str, close: bool = True) -> bytes:
