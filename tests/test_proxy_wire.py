@@ -347,3 +347,21 @@ def test_proxy_wire__connection_cannot_strip_the_framing_of_a_request(db_path):
         assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
     assert [body for _, body in upstream.received][:1] == [smuggled]
     assert not any(h.startswith(b"GET /admin") for h, _ in upstream.received)
+
+
+def test_proxy_wire__pipelined_heads_read_together_are_not_one_endless_head(db_path):
+    # One read holding 160 KiB of complete heads, begun and ended in the middle of one:
+    # each head is small, and all are answered.
+    request = b"GET /mcp HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 4096 + b"\r\n\r\n"
+    with _proxy(db_path, _echo_ok) as (upstream, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        buffer = bytearray()
+        client.sendall(request + request[:2000])
+        assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
+        client.sendall(request[2000:] + request * 40 + request[:2000])
+        client.sendall(request[2000:])
+        for _ in range(42):
+            assert (_read_message(client, buffer) or (b"", b""))[0].startswith(
+                b"HTTP/1.1 200")
+    assert len(upstream.received) == 43
+

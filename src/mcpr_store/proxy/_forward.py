@@ -427,6 +427,7 @@ class _ClientConnection(asyncio.Protocol):
         self.lost = False
         self.stopping = False
         self.in_head = False  # between a request's first byte and the end of its headers
+        self.began = False  # a request began in the read being parsed
         self.head_bytes = 0  # bytes of reads that were all head (a bound, not a count)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -434,10 +435,13 @@ class _ClientConnection(asyncio.Protocol):
         self.forwarder.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        in_head = self.in_head
+        self.began = False
         try:
             self.parser.feed_data(data)
-            if in_head and self.in_head:  # all of it was one head, and it goes on
+            # Counted only when all of the read was one head that goes on: a read that began
+            # a head (after others, pipelined) is not counted, so the bound is MAX_HEAD plus
+            # one read.
+            if self.in_head and not self.began:
                 self.head_bytes += len(data)
                 if self.head_bytes > MAX_HEAD:
                     self._refuse(431, "Request Header Fields Too Large",
@@ -481,6 +485,7 @@ class _ClientConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.began = True
         self.head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
