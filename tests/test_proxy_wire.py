@@ -11,8 +11,9 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from helpers import query
@@ -85,7 +86,7 @@ class RawUpstream:
 
     def _serve(self, sock: socket.socket) -> None:
         buffer = bytearray()
-        with sock:
+        with sock, suppress(ConnectionResetError):  # a proxy that aborts its connection
             while (message := _read_message(sock, buffer)) is not None:
                 self.received.append(message)
                 self.handler(sock, *message)
@@ -365,3 +366,29 @@ def test_proxy_wire__pipelined_heads_read_together_are_not_one_endless_head(db_p
                 b"HTTP/1.1 200")
     assert len(upstream.received) == 43
 
+
+
+def test_proxy_wire__a_client_that_never_reads_its_answers_is_read_no_further(db_path):
+    # Pipelined requests wait in the worker's memory until they are answered: a client that
+    # sends and never reads must find the proxy stop reading it, not hold every head it sent.
+    padding = b"X-Pad: " + b"p" * 4096 + b"\r\n"
+    request = b"GET /mcp HTTP/1.1\r\nHost: h\r\n" + padding + b"\r\n"
+    big = b"x" * (1 << 20)
+
+    def handler(sock: socket.socket, head: bytes, body: bytes) -> None:
+        with suppress(OSError):  # the proxy closes the connection at its stop
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b"
+                         % (len(big), big))
+
+    with _proxy(db_path, handler) as (_, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        client.setblocking(False)
+        sent, burst = 0, memoryview(request * 256)
+        deadline = time.monotonic() + 10
+        while sent < 64 << 20 and time.monotonic() < deadline:
+            try:
+                sent += client.send(burst[sent % len(burst):])
+            except BlockingIOError:
+                if not select.select([], [client], [], 1)[1]:
+                    break  # a second without room: the proxy reads no more
+        assert sent < 40 << 20, f"the proxy took {sent >> 20} MiB of requests unanswered"

@@ -72,6 +72,11 @@ HIGH_WATER: Final = 256 * 1024
 #: its own, so without one a client could fill the worker's memory with one header).
 MAX_HEAD: Final = 64 * 1024
 
+#: Requests a client may send ahead of their answers (pipelined) before its connection is
+#: read no further until they are answered: each waits in the worker's memory, so a client
+#: that sends and never reads would otherwise fill it.
+MAX_PIPELINED: Final = 16
+
 _CRLF: Final = b"\r\n"
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 
@@ -204,7 +209,7 @@ class _UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         request = self.exchange
         if request is not None:
-            request.client.transport.resume_reading()
+            request.client.read_on()
 
     # httptools callbacks: the response of the exchange in progress.
     def on_message_begin(self) -> None:
@@ -459,6 +464,13 @@ class _ClientConnection(asyncio.Protocol):
         else:
             self.stopping = True  # answer what came before, then close
 
+    def read_on(self) -> None:
+        """Resume reading the client, unless it is ahead by more than ``MAX_PIPELINED``
+        requests or its connection is to close (each reason to pause checks again as the
+        bytes come)."""
+        if len(self.queue) <= MAX_PIPELINED and not (self.stopping or self.lost):
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.forwarder.connections.discard(self)
@@ -504,6 +516,8 @@ class _ClientConnection(asyncio.Protocol):
         self.current = request
         self.in_head = False
         self.queue.append(request)
+        if len(self.queue) > MAX_PIPELINED:
+            self.transport.pause_reading()  # resumed as they are answered (_answer_all)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._answer_all())
 
@@ -520,6 +534,7 @@ class _ClientConnection(asyncio.Protocol):
         try:
             while self.queue and not self.lost:
                 request = self.active = self.queue.popleft()
+                self.read_on()
                 await self.forwarder.forward(request)
                 self.active = None
                 if request.close_after or self.stopping:
@@ -617,8 +632,7 @@ class Forwarder:
         else:
             body = b"".join(request.body)
         request.body = []
-        if not request.client.lost:
-            request.client.transport.resume_reading()
+        request.client.read_on()
         request.sent_at = time.perf_counter()
         connection.transport.write(head + body)
         try:
