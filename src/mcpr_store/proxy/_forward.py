@@ -6,8 +6,9 @@ What goes through (a proxy's output is its input):
 - Up: the client's method, target (an absolute-form target, ``POST http://host/mcp``, is
   sent as its origin form, ``/mcp``), header lines (names as spelled, order kept) and body
   bytes. Removed: the hop-by-hop headers of RFC 9110 section 7.6.1 (``Connection`` and every
-  header it names but ``Content-Length``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
-  ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``, ``Proxy-Authorization``).
+  header it names but ``Content-Length``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``,
+  ``Trailer``, ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``,
+  ``Proxy-Authorization``).
   ``Host`` names the upstream (its value is replaced in place, or added if the client sent
   none), as a client talking to the upstream directly would send it. A chunked body goes up
   chunked (``Transfer-Encoding: chunked`` is this hop's framing), others with the client's
@@ -28,8 +29,10 @@ An upstream that cannot be reached, or closes before its response starts, is ans
 ``502 Bad Gateway`` (a one-line text body: the proxy's own answer); one that fails in the
 middle of a body has the client's connection closed, which is how HTTP/1.1 says "truncated".
 A request the parser refuses is answered ``400``, a request line and headers over
-``MAX_HEAD`` bytes ``431``, and the connection closed. Not bounded: how long a client's
-idle keep-alive connection stays open (until it closes it, or the worker stops). A client that
+``MAX_HEAD`` bytes ``431``, and the connection closed. A client more than ``MAX_PIPELINED``
+requests ahead of its answers is read no further until they are answered. Not bounded: how
+long a client's idle keep-alive connection, or a head it has begun and not finished, stays
+open (until it closes it, or the worker stops): each holds a file descriptor. A client that
 goes away closes its upstream connection, so a long stream does not outlive its client.
 """
 
