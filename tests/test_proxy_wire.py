@@ -11,8 +11,9 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from helpers import query
@@ -85,7 +86,7 @@ class RawUpstream:
 
     def _serve(self, sock: socket.socket) -> None:
         buffer = bytearray()
-        with sock:
+        with sock, suppress(ConnectionResetError):  # a proxy that aborts its connection
             while (message := _read_message(sock, buffer)) is not None:
                 self.received.append(message)
                 self.handler(sock, *message)
@@ -331,3 +332,63 @@ def test_proxy_wire__an_endless_head_is_refused_and_others_go_on(db_path):
             assert (_read_message(client, bytearray()) or (b"", b""))[0].startswith(
                 b"HTTP/1.1 200")
     assert len(upstream.received) == 1  # nothing of the refused one went up
+
+
+def test_proxy_wire__connection_cannot_strip_the_framing_of_a_request(db_path):
+    # "Connection: Content-Length" names a header meant for every hop (RFC 9110 section
+    # 7.6.1): dropped, the body would reach the upstream unframed, as a request of its own.
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+    with _proxy(db_path, _echo_ok) as (upstream, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST /mcp HTTP/1.1\r\nHost: h\r\nConnection: Content-Length\r\n"
+                       b"Content-Length: %d\r\n\r\n%b" % (len(smuggled), smuggled))
+        buffer = bytearray()
+        assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
+        _post(client, json.dumps(_call(1)).encode())  # the connection goes on
+        assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
+    assert [body for _, body in upstream.received][:1] == [smuggled]
+    assert not any(h.startswith(b"GET /admin") for h, _ in upstream.received)
+
+
+def test_proxy_wire__pipelined_heads_read_together_are_not_one_endless_head(db_path):
+    # One read holding 160 KiB of complete heads, begun and ended in the middle of one:
+    # each head is small, and all are answered.
+    request = b"GET /mcp HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 4096 + b"\r\n\r\n"
+    with _proxy(db_path, _echo_ok) as (upstream, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        buffer = bytearray()
+        client.sendall(request + request[:2000])
+        assert (_read_message(client, buffer) or (b"", b""))[0].startswith(b"HTTP/1.1 200")
+        client.sendall(request[2000:] + request * 40 + request[:2000])
+        client.sendall(request[2000:])
+        for _ in range(42):
+            assert (_read_message(client, buffer) or (b"", b""))[0].startswith(
+                b"HTTP/1.1 200")
+    assert len(upstream.received) == 43
+
+
+
+def test_proxy_wire__a_client_that_never_reads_its_answers_is_read_no_further(db_path):
+    # Pipelined requests wait in the worker's memory until they are answered: a client that
+    # sends and never reads must find the proxy stop reading it, not hold every head it sent.
+    padding = b"X-Pad: " + b"p" * 4096 + b"\r\n"
+    request = b"GET /mcp HTTP/1.1\r\nHost: h\r\n" + padding + b"\r\n"
+    big = b"x" * (1 << 20)
+
+    def handler(sock: socket.socket, head: bytes, body: bytes) -> None:
+        with suppress(OSError):  # the proxy closes the connection at its stop
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b"
+                         % (len(big), big))
+
+    with _proxy(db_path, handler) as (_, port), \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        client.setblocking(False)
+        sent, burst = 0, memoryview(request * 256)
+        deadline = time.monotonic() + 10
+        while sent < 64 << 20 and time.monotonic() < deadline:
+            try:
+                sent += client.send(burst[sent % len(burst):])
+            except BlockingIOError:
+                if not select.select([], [client], [], 1)[1]:
+                    break  # a second without room: the proxy reads no more
+        assert sent < 40 << 20, f"the proxy took {sent >> 20} MiB of requests unanswered"

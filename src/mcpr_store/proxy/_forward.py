@@ -6,8 +6,9 @@ What goes through (a proxy's output is its input):
 - Up: the client's method, target (an absolute-form target, ``POST http://host/mcp``, is
   sent as its origin form, ``/mcp``), header lines (names as spelled, order kept) and body
   bytes. Removed: the hop-by-hop headers of RFC 9110 section 7.6.1 (``Connection`` and every
-  header it names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
-  ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``, ``Proxy-Authorization``).
+  header it names but ``Content-Length``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``,
+  ``Trailer``, ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``,
+  ``Proxy-Authorization``).
   ``Host`` names the upstream (its value is replaced in place, or added if the client sent
   none), as a client talking to the upstream directly would send it. A chunked body goes up
   chunked (``Transfer-Encoding: chunked`` is this hop's framing), others with the client's
@@ -28,8 +29,10 @@ An upstream that cannot be reached, or closes before its response starts, is ans
 ``502 Bad Gateway`` (a one-line text body: the proxy's own answer); one that fails in the
 middle of a body has the client's connection closed, which is how HTTP/1.1 says "truncated".
 A request the parser refuses is answered ``400``, a request line and headers over
-``MAX_HEAD`` bytes ``431``, and the connection closed. Not bounded: how long a client's
-idle keep-alive connection stays open (until it closes it, or the worker stops). A client that
+``MAX_HEAD`` bytes ``431``, and the connection closed. A client more than ``MAX_PIPELINED``
+requests ahead of its answers is read no further until they are answered. Not bounded: how
+long a client's idle keep-alive connection, or a head it has begun and not finished, stays
+open (until it closes it, or the worker stops): each holds a file descriptor. A client that
 goes away closes its upstream connection, so a long stream does not outlive its client.
 """
 
@@ -57,6 +60,10 @@ HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
+#: What ``Connection`` can never remove: a message's framing is for every hop (RFC 9110
+#: section 7.6.1). A request whose ``Content-Length`` went would reach the upstream with its
+#: body unframed, read there as a request of its own (smuggled past the proxy's recording).
+_FRAMING: Final = frozenset({b"content-length"})
 #: Seconds to open a connection to the upstream. Reads have no limit: an MCP event stream
 #: may stay silent for as long as a tool runs (the recorder's own timeout still applies).
 CONNECT_TIMEOUT: Final = 10.0
@@ -68,6 +75,11 @@ HIGH_WATER: Final = 256 * 1024
 #: its own, so without one a client could fill the worker's memory with one header).
 MAX_HEAD: Final = 64 * 1024
 
+#: Requests a client may send ahead of their answers (pipelined) before its connection is
+#: read no further until they are answered: each waits in the worker's memory, so a client
+#: that sends and never reads would otherwise fill it.
+MAX_PIPELINED: Final = 16
+
 _CRLF: Final = b"\r\n"
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 
@@ -77,7 +89,7 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+    return frozenset(tokens - _FRAMING)
 
 
 def _error_response(status: int, reason: str, text: str, close: bool = True) -> bytes:
@@ -200,7 +212,7 @@ class _UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         request = self.exchange
         if request is not None:
-            request.client.transport.resume_reading()
+            request.client.read_on()
 
     # httptools callbacks: the response of the exchange in progress.
     def on_message_begin(self) -> None:
@@ -423,6 +435,7 @@ class _ClientConnection(asyncio.Protocol):
         self.lost = False
         self.stopping = False
         self.in_head = False  # between a request's first byte and the end of its headers
+        self.began = False  # a request began in the read being parsed
         self.head_bytes = 0  # bytes of reads that were all head (a bound, not a count)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -430,10 +443,13 @@ class _ClientConnection(asyncio.Protocol):
         self.forwarder.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        in_head = self.in_head
+        self.began = False
         try:
             self.parser.feed_data(data)
-            if in_head and self.in_head:  # all of it was one head, and it goes on
+            # Counted only when all of the read was one head that goes on: a read that began
+            # a head (after others, pipelined) is not counted, so the bound is MAX_HEAD plus
+            # one read.
+            if self.in_head and not self.began:
                 self.head_bytes += len(data)
                 if self.head_bytes > MAX_HEAD:
                     self._refuse(431, "Request Header Fields Too Large",
@@ -450,6 +466,13 @@ class _ClientConnection(asyncio.Protocol):
             self.transport.close()
         else:
             self.stopping = True  # answer what came before, then close
+
+    def read_on(self) -> None:
+        """Resume reading the client, unless it is ahead by more than ``MAX_PIPELINED``
+        requests or its connection is to close (each reason to pause checks again as the
+        bytes come)."""
+        if len(self.queue) <= MAX_PIPELINED and not (self.stopping or self.lost):
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -477,6 +500,7 @@ class _ClientConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.began = True
         self.head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -495,6 +519,8 @@ class _ClientConnection(asyncio.Protocol):
         self.current = request
         self.in_head = False
         self.queue.append(request)
+        if len(self.queue) > MAX_PIPELINED:
+            self.transport.pause_reading()  # resumed as they are answered (_answer_all)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._answer_all())
 
@@ -511,6 +537,7 @@ class _ClientConnection(asyncio.Protocol):
         try:
             while self.queue and not self.lost:
                 request = self.active = self.queue.popleft()
+                self.read_on()
                 await self.forwarder.forward(request)
                 self.active = None
                 if request.close_after or self.stopping:
@@ -608,8 +635,7 @@ class Forwarder:
         else:
             body = b"".join(request.body)
         request.body = []
-        if not request.client.lost:
-            request.client.transport.resume_reading()
+        request.client.read_on()
         request.sent_at = time.perf_counter()
         connection.transport.write(head + body)
         try:
