@@ -240,6 +240,8 @@ def test_printable__escapes_controls_and_keeps_text() -> None:
     assert _printable("a\x1b[31mb\x00\x7f\x9b\u202e\ud800é") == (
         "a\\x1b[31mb\\x00\\x7f\\x9b\\u202e\\ud800é")
     assert _printable(None) == "-"
+    # a backslash is escaped too: the text a client wrote never looks like an escape
+    assert _printable("evil\\x1b[2J") == "evil\\\\x1b[2J" != _printable("evil\x1b[2J")
     assert sparkline([0, 1, 4, 8]) == " ▁▄█"
     assert sparkline([0, 0]) == "  "
 

@@ -44,7 +44,8 @@ _THRESHOLD_US = {"us": 1, "µs": 1, "ms": 1_000, "s": 1_000_000}
 #: which reorder the text after them (a tool name ending in U+202E would print the rest of
 #: its row backwards). Lone surrogates too: no terminal encoding can carry them.
 _ACTED_ON = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
-_UNPRINTABLE = re.compile(f"[\x00-\x1f{_ACTED_ON}]")
+#: With the backslash (written doubled): an escape shown is never text a client wrote.
+_UNPRINTABLE = re.compile(f"[\x00-\x1f\\\\{_ACTED_ON}]")
 #: What ``json.dumps`` leaves raw of those (it escapes C0 itself). In a JSON text they occur
 #: only inside strings, where ``\\uXXXX`` is the same value: the output stays exact, and
 #: one object per line.
