@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from helpers import query
+from helpers import query, scalar
 
 from mcpr_store.proxy._demo import start_proxy
 
@@ -115,14 +115,15 @@ def _echo_ok(sock: socket.socket, head: bytes, body: bytes) -> None:
 
 
 @contextmanager
-def _proxy(db_path: Path, handler: Handler) -> Iterator[tuple[RawUpstream, int]]:
+def _proxy(db_path: Path, handler: Handler,
+           options: tuple[str, ...] = ()) -> Iterator[tuple[RawUpstream, int]]:
     """The proxy in front of a raw upstream; stopped by SIGTERM, its last stderr line the
     store's totals."""
     upstream = RawUpstream(handler)
     log = db_path.with_suffix(".stderr")
     with log.open("wb") as stderr:
         proxy, url = start_proxy(upstream.url(), str(db_path), "wire", workers=1,
-                                 stderr=stderr)
+                                 stderr=stderr, options=options)
     try:
         yield upstream, int(url.split(":")[2].split("/")[0])
     finally:
@@ -392,3 +393,35 @@ def test_proxy_wire__a_client_that_never_reads_its_answers_is_read_no_further(db
                 if not select.select([], [client], [], 1)[1]:
                     break  # a second without room: the proxy reads no more
         assert sent < 40 << 20, f"the proxy took {sent >> 20} MiB of requests unanswered"
+
+
+def test_proxy_wire__a_head_never_finished_and_an_idle_connection_are_closed(db_path):
+    # A client that opens connections and never finishes a head would hold a descriptor
+    # each until the worker had none left: --head-timeout closes them (408 for a begun
+    # head), while a connection whose request is being answered is left alone.
+    def slow(sock: socket.socket, head: bytes, body: bytes) -> None:
+        time.sleep(1.0)  # longer than the timeout: an answer in progress is not timed
+        _echo_ok(sock, head, body)
+
+    with _proxy(db_path, slow, options=("--head-timeout", "0.5")) as (_, port), \
+            socket.create_connection(("127.0.0.1", port)) as begun, \
+            socket.create_connection(("127.0.0.1", port)) as idle, \
+            socket.create_connection(("127.0.0.1", port)) as used:
+        for sock in (begun, idle, used):
+            sock.settimeout(20)
+        begun.sendall(b"POST /mcp HTTP/1.1\r\nX-Slow: ")
+        _post(used, json.dumps(_call(1)).encode())
+        assert _read_to_end(begun).startswith(b"HTTP/1.1 408 ")
+        assert _read_to_end(idle) == b""  # closed without a word
+        head, _ = _read_message(used, bytearray()) or (b"", b"")
+        assert head.startswith(b"HTTP/1.1 200 ")  # answered, then idle: closed
+        assert _read_to_end(used) == b""
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 1
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    """What ``sock`` receives until its peer closes it."""
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got

@@ -280,6 +280,10 @@ def _proxy_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", metavar="HOST:PORT", default=None,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (the store's "
                         "books and per-worker requests; off by default; the metrics extra)")
+    p.add_argument("--head-timeout", type=positive, default=30.0, metavar="SECONDS",
+                   help="seconds a client has to send a request head, from its connection "
+                        "or its last answer: then an idle connection is closed, a begun head "
+                        "answered 408 (default 30)")
 
 
 def _db_export(args: argparse.Namespace, ctx: Context) -> int:

@@ -47,7 +47,7 @@ def run_proxy_command(args: argparse.Namespace, file_config: FileConfig,
     config = _config(file_config, db_path, getattr(args, "config", None))
     return run_proxy(args.upstream, host=args.host, port=args.port, workers=args.workers,
                      config=config, name=args.name or file_config.name or DEFAULT_NAME,
-                     metrics=metrics)
+                     metrics=metrics, head_timeout=args.head_timeout)
 
 
 def run_demo_command(args: argparse.Namespace, file_config: FileConfig,

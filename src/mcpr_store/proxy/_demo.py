@@ -58,14 +58,16 @@ class RealDemo:
 
 
 def start_proxy(upstream: str, db_path: str, name: str, workers: int,
-                timeout: float = 30.0, stderr: Any = None) -> tuple[subprocess.Popen[bytes], str]:
+                timeout: float = 30.0, stderr: Any = None,
+                options: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``mcpr-store proxy`` for ``upstream`` on a free loopback port; return the
     process and the URL it serves once it announced itself (raises ``RuntimeError`` if it
     does not within ``timeout`` seconds, after stopping it). ``stderr``: where its stderr
-    goes (``subprocess.Popen``'s argument; default: this process's)."""
+    goes (``subprocess.Popen``'s argument; default: this process's); ``options``: more of
+    the command's options."""
     command = [sys.executable, "-c", "import sys; from mcpr_store.cli import main; "
                "sys.exit(main())", "proxy", upstream, "--port", "0", "--workers",
-               str(workers), "--db", db_path, "--name", name]
+               str(workers), "--db", db_path, "--name", name, *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
     assert process.stdout is not None
     deadline = time.monotonic() + timeout

@@ -79,6 +79,11 @@ MAX_HEAD: Final = 64 * 1024
 #: read no further until they are answered: each waits in the worker's memory, so a client
 #: that sends and never reads would otherwise fill it.
 MAX_PIPELINED: Final = 16
+#: Seconds a client has to send a whole request head, from its connection or its last
+#: answer: a connection idle that long is closed, one in the middle of a head is answered 408
+#: and closed (a client that opens connections and never finishes a head would otherwise hold
+#: a descriptor each, until the worker has none left). ``--head-timeout``.
+HEAD_TIMEOUT: Final = 30.0
 
 _CRLF: Final = b"\r\n"
 _NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -437,10 +442,29 @@ class _ClientConnection(asyncio.Protocol):
         self.in_head = False  # between a request's first byte and the end of its headers
         self.began = False  # a request began in the read being parsed
         self.head_bytes = 0  # bytes of reads that were all head (a bound, not a count)
+        self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's: no subclass
         self.forwarder.connections.add(self)
+        self._wait_for_head()
+
+    def _wait_for_head(self) -> None:
+        """Start the clock of ``HEAD_TIMEOUT``: the connection waits for a request head."""
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        self.head_timer = asyncio.get_running_loop().call_later(
+            self.forwarder.head_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.lost or self.active is not None or self.queue or self.current is not None:
+            return  # a request is being read or answered: its own pace
+        if self.in_head:
+            self._refuse(408, "Request Timeout", "the request head did not arrive in "
+                         f"{self.forwarder.head_timeout:g} s")
+        else:
+            self.transport.close()  # idle: a keep-alive connection nobody uses
 
     def data_received(self, data: bytes) -> None:
         self.began = False
@@ -477,6 +501,8 @@ class _ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.forwarder.connections.discard(self)
+        if self.head_timer is not None:
+            self.head_timer.cancel()
         for request in (self.current, self.active, *self.queue):
             if request is not None and not request.done.done():
                 if request.exchange is not None:
@@ -518,6 +544,9 @@ class _ClientConnection(asyncio.Protocol):
                            parser.get_http_version(), parser.should_keep_alive())
         self.current = request
         self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         self.queue.append(request)
         if len(self.queue) > MAX_PIPELINED:
             self.transport.pause_reading()  # resumed as they are answered (_answer_all)
@@ -543,6 +572,8 @@ class _ClientConnection(asyncio.Protocol):
                 if request.close_after or self.stopping:
                     self.transport.close()
                     return
+                if not self.queue and self.current is None:
+                    self._wait_for_head()  # the next head's clock starts with this answer
         finally:
             self.task = None
             self.active = None
@@ -556,9 +587,11 @@ class Forwarder:
     record nothing). One per worker process and event loop."""
 
     def __init__(self, upstream: Upstream, exchanges: Exchanges | None, *,
-                 observe: Callable[[str, int, float], None] | None = None) -> None:
+                 observe: Callable[[str, int, float], None] | None = None,
+                 head_timeout: float = HEAD_TIMEOUT) -> None:
         self.upstream = upstream
         self.exchanges = exchanges
+        self.head_timeout = head_timeout
         self.observe = observe  # per-request metrics (``_metrics.ProxyMetrics.observe``)
         self.connections: set[_ClientConnection] = set()
         self.stopping = False

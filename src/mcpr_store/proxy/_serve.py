@@ -40,7 +40,7 @@ from .. import Store, StoreConfig, StoreStats
 from .._exchange import Exchanges
 from .._traffic import Traffic
 from ..asgi import DEFAULT_MAX_MESSAGE
-from ._forward import Forwarder, Upstream
+from ._forward import HEAD_TIMEOUT, Forwarder, Upstream
 
 if TYPE_CHECKING:
     from ._metrics import ProxyMetrics
@@ -60,11 +60,12 @@ class _Plan:
     """What every worker serves: built in the main process before the fork."""
 
     def __init__(self, upstream: Upstream, store: Store, name: str,
-                 metrics: ProxyMetrics | None) -> None:
+                 metrics: ProxyMetrics | None, head_timeout: float) -> None:
         self.upstream = upstream
         self.store = store
         self.name = name
         self.metrics = metrics
+        self.head_timeout = head_timeout
 
 
 class ProxyWorker(Worker):  # type: ignore[misc]
@@ -98,7 +99,8 @@ class ProxyWorker(Worker):  # type: ignore[misc]
         exchanges = Exchanges(Traffic(plan.store, proxy=plan.name, upstream=plan.upstream.url),
                               path=plan.upstream.path, max_message=DEFAULT_MAX_MESSAGE)
         forwarder = Forwarder(plan.upstream, exchanges,
-                              observe=plan.metrics.observe if plan.metrics else None)
+                              observe=plan.metrics.observe if plan.metrics else None,
+                              head_timeout=plan.head_timeout)
         stop = asyncio.Event()
         quick = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -174,13 +176,15 @@ def totals_line(stats: StoreStats) -> str:
 
 
 def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: StoreConfig,
-              name: str, announce: Any = print, metrics: tuple[str, int] | None = None) -> int:
+              name: str, announce: Any = print, metrics: tuple[str, int] | None = None,
+              head_timeout: float = HEAD_TIMEOUT) -> int:
     """Serve the recording proxy for ``upstream`` on ``host:port`` until SIGTERM or SIGINT.
 
     Blocks until the proxy has stopped and the store is shut down; returns the exit code
     (0 after a clean stop). ``announce`` is called once with one line, when the port is
     bound and the workers are starting (its real port, if ``port`` was 0). ``metrics``:
-    serve ``/metrics`` on this (host, port) (``_metrics``). When it stops, the store's
+    serve ``/metrics`` on this (host, port) (``_metrics``). ``head_timeout``: seconds a
+    client has to send a request head (``_forward.HEAD_TIMEOUT``). When it stops, the store's
     totals are written to stderr in one line (``totals_line``). Raises ``ValueError`` for a
     bad upstream URL or a metrics address that cannot be bound, ``StoreError`` if the store
     cannot open.
@@ -188,7 +192,7 @@ def run_proxy(upstream: str, *, host: str, port: int, workers: int, config: Stor
     target = Upstream(upstream)  # validates the URL before anything starts
     store = Store.open(config)
     exporter = _exporter(metrics, store)
-    plan = _Plan(target, store, name, exporter)
+    plan = _Plan(target, store, name, exporter, head_timeout)
 
     def when_ready(server: Any) -> None:
         bound = server.LISTENERS[0].sock.getsockname()
