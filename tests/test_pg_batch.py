@@ -314,8 +314,10 @@ class CuttingRelay:
                 if from_client and self.armed and b"COMMIT" in data:
                     mode, self.armed = self.armed, None
                     if mode == "after":
+                        # Cut first: the answer must find it set however fast it comes
+                        # (set after the send, a loaded machine let the answer through).
+                        cut.set()
                         dst.sendall(data)
-                        cut.set()  # drop the answer when it comes
                         continue
                     break
                 if cut.is_set():

@@ -536,10 +536,12 @@ def test_vacuum__chunk_by_chunk_and_interrupted__keeps_the_rollups_right(
     monkeypatch.setattr(_maintenance, "_FIRST_CHUNK", 500)
     monkeypatch.setattr(_maintenance, "_CHUNK_BOUNDS", (500, 500))
     path = str(tmp_path / "store.db")
-    hour0 = now_ms() // HOUR * HOUR - 6 * HOUR
-    # The first chunk is exactly hour 0's rows: it ends at the hour's last row.
+    now = now_ms()
+    hour0 = now // HOUR * HOUR - 6 * HOUR
+    # The first chunk is exactly hour 0's rows: it ends at the hour's last row. The rest
+    # reach up to now (every window assert_all_windows reads has rows).
     store(path, rows(500, seed=40, start=hour0, span=HOUR, prefix="a")
-          + rows(3000, seed=41, start=hour0 + HOUR, span=5 * HOUR, prefix="b"))
+          + rows(3000, seed=41, start=hour0 + HOUR, span=now - hour0 - HOUR, prefix="b"))
     chunks = 0
 
     def stop_in_the_second(conn: Any, chunk: Any) -> None:
