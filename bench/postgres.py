@@ -63,9 +63,13 @@ def one_proxy(database: str, events: list[Any]) -> float:
 
 def plain_copy(url: str, events: list[Any]) -> float:
     """Rows/s of one COPY of the same requests straight into ``requests``."""
+    return copy_rows(url, [tuple(e) for e in events if isinstance(e, RequestEvent)])
+
+
+def copy_rows(url: str, rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of one COPY of ``rows`` (request fields in event order) into ``requests``."""
     import psycopg
 
-    rows = [tuple(e) for e in events if isinstance(e, RequestEvent)]
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
         with conn.transaction(), conn.cursor().copy(

@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench.postgres import copy_rows
 from bench.traffic import Traffic
 from mcpr_store import RequestEvent, Store, StoreConfig
 
@@ -113,19 +114,6 @@ def owners_ingest(database: str, owners: int, seconds: float, first_stream: int
 
 def _rows(stream: int, n: int) -> list[tuple[Any, ...]]:
     return [tuple(e) for e in Traffic(stream).take(n) if isinstance(e, RequestEvent)]
-
-
-def plain_copy(url: str, rows: list[tuple[Any, ...]]) -> float:
-    """Rows/s of one COPY of ``rows`` straight into ``requests``."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        started = time.perf_counter()
-        with conn.transaction(), conn.cursor().copy(
-                f"COPY requests ({COLUMNS}) FROM STDIN".encode()) as copy:
-            for row in rows:
-                copy.write_row(row)
-        return len(rows) / (time.perf_counter() - started)
 
 
 def plain_executemany(path: Path, rows: list[tuple[Any, ...]]) -> float:
@@ -214,7 +202,7 @@ def _baseline(backend: str, server: Any, path: Path, rows: list[tuple[Any, ...]]
 
     url = server.url(server.create_database())
     open_pg(url, "bench")
-    return plain_copy(url, rows)
+    return copy_rows(url, rows)
 
 
 def _table(results: list[IngestRun], seconds: float) -> list[str]:
