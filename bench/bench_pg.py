@@ -39,8 +39,8 @@ from pgserver import PgServer
 
 from mcpr_store import RequestEvent, SessionEvent
 from mcpr_store._batch import Batch
-from mcpr_store.pg import _batch
-from mcpr_store.pg._database import Connection, connect, migrate
+from mcpr_store.postgres import _target
+from mcpr_store.postgres._database import Connection, connect, migrate
 
 BATCH = 500
 COLUMNS = ", ".join(RequestEvent._fields)
@@ -146,7 +146,7 @@ def run_store_batch(conn: Connection, batches: list[list[tuple[Any, ...]]]) -> f
     offered = sum(len(b) for b in batches)
     t0 = time.perf_counter()
     for i, rows in enumerate(batches):
-        _batch.store_batch(conn, Batch(sessions=sessions if i == 0 else [],
+        _target.store_batch(conn, Batch(sessions=sessions if i == 0 else [],
                                        requests=list(rows)))
     return offered / (time.perf_counter() - t0)
 

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["sqlite1"].append(one_proxy(str(Path(tmp) / f"one{run}.db"), events))
                 results["pg1"].append(one_proxy(server.url(db), events))
                 copy_db = server.create_database()
-                from mcpr_store.pg import open_database
+                from mcpr_store.postgres import open_database
 
                 open_database(server.url(copy_db), "bench")
                 results["copy"].append(plain_copy(server.url(copy_db), events))

@@ -30,7 +30,8 @@ from pgserver import PgServer
 
 from bench.traffic import Traffic
 from mcpr_store import RequestEvent, _rollups
-from mcpr_store._batch import Batch, open_target
+from mcpr_store._batch import Batch
+from mcpr_store._open import open_target
 
 BATCH = 500
 

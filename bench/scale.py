@@ -73,16 +73,16 @@ DAYS_30 = 30 * 86_400_000
 #: The same questions asked of ``QueryEngine`` in this process: the query's own time,
 #: without the interpreter's start (which dominates the CLI's time on a busy machine).
 ENGINE: dict[str, Callable[[QueryEngine], object]] = {
-    "status --since 30d": lambda q: q.stats(since_ms=DAYS_30),
-    "slow --since 30d": lambda q: q.slow(since_ms=DAYS_30),
+    "status --since 30d": lambda q: q.stats(window_ms=DAYS_30),
+    "slow --since 30d": lambda q: q.slow(window_ms=DAYS_30),
     "slow --threshold 50ms --since 30d": lambda q: q.slow(threshold_us=50_000,
-                                                          since_ms=DAYS_30),
+                                                          window_ms=DAYS_30),
     "schema": lambda q: (q.schema_status(), q.schema_snapshots(), q.schema_changes(),
                          q.schema_tool_usage()),
     "db stats": lambda q: q.db_stats(),
-    "logs --since 30d": lambda q: q.logs(since_ms=DAYS_30),
-    "sessions --since 30d": lambda q: q.sessions(since_ms=DAYS_30),
-    "clients --since 30d": lambda q: q.clients(since_ms=DAYS_30),
+    "logs --since 30d": lambda q: q.logs(window_ms=DAYS_30),
+    "sessions --since 30d": lambda q: q.sessions(window_ms=DAYS_30),
+    "clients --since 30d": lambda q: q.clients(window_ms=DAYS_30),
 }
 
 
@@ -99,7 +99,7 @@ class Built:
 
 def build_sqlite(directory: Path, rows: int) -> Built:
     """The scale test's store, then the rollups built by the writer's open (timed)."""
-    from mcpr_store._db import open_database
+    from mcpr_store.sqlite._file import open_database
 
     path = directory / f"scale-{rows}.db"
     started = time.perf_counter()
@@ -131,7 +131,7 @@ def build_postgres(server: PgServer, rows: int) -> Built:
     """The same rows as the SQLite builder, by ``generate_series``; then the rollups."""
     import psycopg
 
-    from mcpr_store.pg import open_database
+    from mcpr_store.postgres import open_database
 
     url = server.url(server.create_database())
     open_database(url, "bench")

@@ -194,11 +194,11 @@ def section(owner_counts: tuple[int, ...] = (1, 2, 4),
 
 def _baseline(backend: str, server: Any, path: Path, rows: list[tuple[Any, ...]]) -> float:
     if backend == "sqlite":
-        from mcpr_store._db import open_database
+        from mcpr_store.sqlite._file import open_database
 
         open_database(path, "bench")
         return plain_executemany(path, rows)
-    from mcpr_store.pg import open_database as open_pg
+    from mcpr_store.postgres import open_database as open_pg
 
     url = server.url(server.create_database())
     open_pg(url, "bench")

@@ -53,7 +53,7 @@ _CLI = "import sys; from mcpr_store.cli import main; sys.exit(main())"
 def fill_sqlite(path: Path, n: int, now_ms: int) -> None:
     """``n`` requests over the 7 days before ``now_ms``, with their sessions, in a new
     store at ``path`` (created with the store's own schema and pragmas)."""
-    from mcpr_store._db import open_database
+    from mcpr_store.sqlite._file import open_database
 
     open_database(path, "bench")
     conn = sqlite3.connect(path, isolation_level=None)
@@ -84,7 +84,7 @@ def fill_postgres(url: str, n: int, now_ms: int) -> None:
     """``fill_sqlite``'s rows in a new PostgreSQL store at ``url``."""
     import psycopg
 
-    from mcpr_store.pg import open_database
+    from mcpr_store.postgres import open_database
 
     open_database(url, "bench")
     params = _params(n, now_ms)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mcpr_store import RequestEvent, SessionEvent
-from mcpr_store._db import open_database
+from mcpr_store.sqlite._file import open_database
 
 __all__ = ["INSERT_REQUEST", "commit_batch", "connect", "create", "insert", "stored_events"]
 

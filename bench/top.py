@@ -89,7 +89,7 @@ def build_postgres(url: str, n: int, busy: int) -> None:
     """The rows ``build`` and ``busy_minute`` make, in PostgreSQL."""
     import psycopg
 
-    from mcpr_store.pg import open_database
+    from mcpr_store.postgres import open_database
 
     open_database(url, "bench")
     now = int(time.time() * 1000)

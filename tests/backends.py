@@ -199,30 +199,30 @@ def _attempt(call: Callable[[], Any]) -> Any:
 
 ENGINE_QUESTIONS: dict[str, Callable[[QueryEngine], Any]] = {
     "logs": lambda q: q.logs(),
-    "logs all time": lambda q: q.logs(since_ms=None, limit=1_000),
-    "logs 1d limit 7": lambda q: q.logs(since_ms=DAY, limit=7),
-    "logs proxy": lambda q: q.logs(proxy="beta", since_ms=None, limit=1_000),
-    "logs tool": lambda q: q.logs(tool="recherche_é", since_ms=None, limit=1_000),
-    "logs method": lambda q: q.logs(method="resources/read", since_ms=DAY),
-    "logs status": lambda q: q.logs(status="timeout", since_ms=None, limit=1_000),
-    "logs error code": lambda q: q.logs(error_code="-32601", since_ms=None, limit=1_000),
-    "logs session prefix": lambda q: q.logs(session="a_b%", since_ms=None),
-    "logs session ambiguous": lambda q: q.logs(session="0193a1b2-7c4d", since_ms=None),
+    "logs all time": lambda q: q.logs(window_ms=None, limit=1_000),
+    "logs 1d limit 7": lambda q: q.logs(window_ms=DAY, limit=7),
+    "logs proxy": lambda q: q.logs(proxy="beta", window_ms=None, limit=1_000),
+    "logs tool": lambda q: q.logs(tool="recherche_é", window_ms=None, limit=1_000),
+    "logs method": lambda q: q.logs(method="resources/read", window_ms=DAY),
+    "logs status": lambda q: q.logs(status="timeout", window_ms=None, limit=1_000),
+    "logs error code": lambda q: q.logs(error_code="-32601", window_ms=None, limit=1_000),
+    "logs session prefix": lambda q: q.logs(session="a_b%", window_ms=None),
+    "logs session ambiguous": lambda q: q.logs(session="0193a1b2-7c4d", window_ms=None),
     "logs session unknown": lambda q: q.logs(session="zz"),
     "slow": lambda q: q.slow(),
-    "slow 1d 500ms": lambda q: q.slow(threshold_us=500_000, since_ms=DAY, limit=100),
-    "slow all time tool": lambda q: q.slow(threshold_us=0, since_ms=None, tool="search",
+    "slow 1d 500ms": lambda q: q.slow(threshold_us=500_000, window_ms=DAY, limit=100),
+    "slow all time tool": lambda q: q.slow(threshold_us=0, window_ms=None, tool="search",
                                            limit=1_000),
-    "slow proxy": lambda q: q.slow(threshold_us=900_000, proxy="alpha", since_ms=None),
+    "slow proxy": lambda q: q.slow(threshold_us=900_000, proxy="alpha", window_ms=None),
     "stats": lambda q: q.stats(),
-    "stats all time": lambda q: q.stats(since_ms=None),
-    "stats 1d proxy": lambda q: q.stats(since_ms=DAY, proxy="gamma"),
-    "stats tool": lambda q: q.stats(since_ms=None, tool="fetch_page"),
+    "stats all time": lambda q: q.stats(window_ms=None),
+    "stats 1d proxy": lambda q: q.stats(window_ms=DAY, proxy="gamma"),
+    "stats tool": lambda q: q.stats(window_ms=None, tool="fetch_page"),
     "stats nothing": lambda q: q.stats(proxy="nobody"),
     "sessions": lambda q: q.sessions(),
-    "sessions all time": lambda q: q.sessions(since_ms=None),
-    "sessions client": lambda q: q.sessions(since_ms=None, client="claude-ai", limit=1),
-    "sessions proxy": lambda q: q.sessions(since_ms=7 * DAY, proxy="beta"),
+    "sessions all time": lambda q: q.sessions(window_ms=None),
+    "sessions client": lambda q: q.sessions(window_ms=None, client="claude-ai", limit=1),
+    "sessions proxy": lambda q: q.sessions(window_ms=7 * DAY, proxy="beta"),
     "active sessions": lambda q: q.active_sessions(),
     "session by prefix": lambda q: q.session(S_ACTIVE[:20]),
     "session late": lambda q: q.session(S_LATE),
@@ -232,8 +232,8 @@ ENGINE_QUESTIONS: dict[str, Callable[[QueryEngine], Any]] = {
     "short ids": lambda q: q.short_session_ids(
         [S_ACTIVE, S_CLOSED, S_NO_CLIENT, S_LATE, S_ORPHAN, S_STATELESS, S_OTHER, S_OLD]),
     "clients": lambda q: q.clients(),
-    "clients all time": lambda q: q.clients(since_ms=None),
-    "clients proxy": lambda q: q.clients(since_ms=None, proxy="alpha", limit=2),
+    "clients all time": lambda q: q.clients(window_ms=None),
+    "clients proxy": lambda q: q.clients(window_ms=None, proxy="alpha", limit=2),
     "schema snapshots": lambda q: q.schema_snapshots(),
     "schema snapshots method": lambda q: q.schema_snapshots(method="tools/list"),
     "schema latest": lambda q: q.schema_latest(proxy="alpha", upstream=UPSTREAM_1,
@@ -243,10 +243,10 @@ ENGINE_QUESTIONS: dict[str, Callable[[QueryEngine], Any]] = {
     "schema status": lambda q: q.schema_status(),
     "schema status proxy": lambda q: q.schema_status(proxy="gamma"),
     "schema tool usage": lambda q: q.schema_tool_usage(),
-    "schema tool usage 1h": lambda q: q.schema_tool_usage(since_ms=HOUR),
+    "schema tool usage 1h": lambda q: q.schema_tool_usage(window_ms=HOUR),
     "db stats": lambda q: q.db_stats(),
     "read": lambda q: q.read(lambda e: (e.logs(limit=3), e.stats().total_calls,
-                                        len(e.logs(since_ms=None, limit=1_000)))),
+                                        len(e.logs(window_ms=None, limit=1_000)))),
 }
 
 
@@ -256,7 +256,7 @@ def engine_answers(q: QueryEngine, *, follow: bool = True) -> dict[str, Any]:
     answers = {name: _attempt(lambda ask=ask: ask(q)) for name, ask in ENGINE_QUESTIONS.items()}
     if not follow:
         return answers
-    ids = sorted(row.id for row in q.logs(since_ms=None, limit=10_000))
+    ids = sorted(row.id for row in q.logs(window_ms=None, limit=10_000))
     answers["logs after row 100"] = _attempt(lambda: q.logs_after(ids[99], limit=25))
     answers["logs after row 100 filtered"] = _attempt(
         lambda: q.logs_after(ids[99], proxy="beta", status="ok", session="orph"))
@@ -320,7 +320,7 @@ class Ranks:
 
     def __init__(self, q: QueryEngine) -> None:
         self.requests = {i: n for n, i in enumerate(
-            sorted(row.id for row in q.logs(since_ms=None, limit=100_000)), 1)}
+            sorted(row.id for row in q.logs(window_ms=None, limit=100_000)), 1)}
         self.changes = {i: n for n, i in enumerate(
             sorted(change.id for change in q.schema_changes(limit=100_000)), 1)}
 

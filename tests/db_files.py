@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from mcpr_store._db import open_database
+from mcpr_store.sqlite._file import open_database
 
 
 def files_of(path: Path) -> dict[str, bytes]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mcpr_store import RequestEvent, SessionClosed, SessionEvent
 from mcpr_store._batch import Batch
-from mcpr_store.pg import PostgresTarget
+from mcpr_store.postgres import PostgresTarget
 
 SESSIONS = 20
 BATCHES = 30

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import scalar
 
-from mcpr_store._batch import begin_immediate
-from mcpr_store._db import open_database
+from mcpr_store.sqlite._file import open_database
+from mcpr_store.sqlite._target import begin_immediate
 
 
 def _held_for(path: Path, seconds: float) -> threading.Thread:

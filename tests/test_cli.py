@@ -78,7 +78,7 @@ def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Pa
                                                                      command: str) -> None:
     """The query commands import the read side only (no faster-fifo, no Store, no psutil)."""
     db = tmp_path / "q.db"
-    from mcpr_store._db import open_database
+    from mcpr_store.sqlite._file import open_database
 
     open_database(db, "test")
     probe = (

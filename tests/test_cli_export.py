@@ -143,7 +143,7 @@ def test_export__refuses_a_source_or_target_it_must_not_touch(
         conn.execute("CREATE TABLE notes (id int)")
     before = fingerprint(pg_url)
     code, _, err = export(filled, pg_url)
-    assert code == 2 and "not mcpr-store's (notes)" in err and "left untouched" in err
+    assert code == 2 and "another application (tables: notes)" in err and "left untouched" in err
     assert fingerprint(pg_url) == before
 
 

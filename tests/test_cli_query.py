@@ -24,9 +24,9 @@ from helpers import request, session, wait_for
 from test_cli import mcpr_store
 
 from mcpr_store import SchemaVersionEvent, SessionClosed, Store, StoreConfig
-from mcpr_store._db import open_database
 from mcpr_store.cli._format import Output
 from mcpr_store.cli.main import build_parser
+from mcpr_store.sqlite._file import open_database
 
 
 @pytest.fixture(scope="module")

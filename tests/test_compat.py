@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers import query, request, session
 
 from mcpr_store import SchemaVersionEvent, Store
-from mcpr_store._db import open_database
+from mcpr_store.sqlite._file import open_database
 
 # A tools/list result with what Python's json.dumps writes differently from serde_json:
 # non-ASCII (raw, never \\uXXXX), floats (1e-7, 1e22, 0.5, 1.0), key order (sorted maps).

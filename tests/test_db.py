@@ -21,7 +21,8 @@ from db_files import REFUSED, files_of, foreign, mcpr_next, newer_store
 from helpers import query, request, scalar
 
 from mcpr_store import Store, StoreConfig, StoreError, StoreIOError, StoreSQLiteError
-from mcpr_store._db import Kind, connect, identify, migrate, open_database, prepare_file
+from mcpr_store._backend import Kind
+from mcpr_store.sqlite._file import connect, identify, migrate, open_database, prepare_file
 
 V1 = """
 CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,

@@ -460,7 +460,7 @@ def handle_postgres(block: Block, tmp: Path, request: pytest.FixtureRequest) -> 
     assert password, "the test server's URL carries a password"
     urls = [u for u in _PG_URL.findall(block.text) if "***" not in u]
     assert len(urls) == 1, f"{block}: one URL to connect to"
-    from mcpr_store.pg import mask_url
+    from mcpr_store.postgres import mask_url
 
     # What the block says the store prints for its URL is what it would print.
     assert f"<Store {mask_url(urls[0])!r} owner open>" in block.text, block.text
@@ -654,7 +654,7 @@ def handle_diagram(block: Block, tmp: Path, request: pytest.FixtureRequest) -> N
     import importlib
 
     package = ROOT / "src" / "mcpr_store"
-    names = set(re.findall(r"(?<![\w.])(_[a-z]+)\b", block.text))
+    names = set(re.findall(r"(?<![\w./])((?:[a-z]+/)?_[a-z_]+)\b", block.text))
     assert names, f"{block}: names no module"
     for name in names:
         assert (package / f"{name}.py").is_file(), f"{block}: no module {name}"

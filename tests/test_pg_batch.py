@@ -22,12 +22,12 @@ from pgserver import PgServer
 
 from mcpr_store import RequestEvent, SchemaVersionEvent, SessionClosed, SessionEvent
 from mcpr_store._batch import Batch, Stored
-from mcpr_store._batch import store_batch as _sqlite_store_batch
-from mcpr_store._db import connect as sqlite_connect
-from mcpr_store._db import open_database as open_sqlite
 from mcpr_store._errors import StorePostgresError
-from mcpr_store.pg import PostgresTarget, connect, open_database, store_batch
-from mcpr_store.pg._batch import CommitUnknownError
+from mcpr_store.postgres import PostgresTarget, connect, open_database, store_batch
+from mcpr_store.postgres._target import CommitUnknownError
+from mcpr_store.sqlite import store_batch as _sqlite_store_batch
+from mcpr_store.sqlite._file import connect as sqlite_connect
+from mcpr_store.sqlite._file import open_database as open_sqlite
 
 TESTS = Path(__file__).resolve().parent
 

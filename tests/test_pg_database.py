@@ -14,9 +14,9 @@ from pghelpers import fingerprint, pg_query, pg_scalar
 from pgserver import PgServer, _free_port
 
 from mcpr_store import StoreError, _rollups
-from mcpr_store._db import open_database as open_sqlite
 from mcpr_store._errors import StorePostgresError
-from mcpr_store.pg import PostgresTarget, connect, open_database
+from mcpr_store.postgres import PostgresTarget, connect, open_database
+from mcpr_store.sqlite._file import open_database as open_sqlite
 
 
 def _sqlite_layout(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:

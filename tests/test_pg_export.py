@@ -10,14 +10,15 @@ from pathlib import Path
 import psycopg
 import pytest
 from pghelpers import TABLE_ROWS, fingerprint, pg_query, pg_scalar, sqlite_rows
+from test_db import build_legacy
 
 from mcpr_store import RequestEvent, SchemaVersionEvent, SessionClosed, SessionEvent
 from mcpr_store._batch import Batch, Stored
-from mcpr_store._batch import store_batch as _sqlite_store_batch
-from mcpr_store._db import connect as sqlite_connect
-from mcpr_store._db import open_database as open_sqlite
 from mcpr_store._errors import StorePostgresError, StoreSQLiteError
-from mcpr_store.pg import ExportProgress, PostgresTarget, export_sqlite, open_database
+from mcpr_store.postgres import ExportProgress, PostgresTarget, export_sqlite, open_database
+from mcpr_store.sqlite import store_batch as _sqlite_store_batch
+from mcpr_store.sqlite._file import connect as sqlite_connect
+from mcpr_store.sqlite._file import open_database as open_sqlite
 
 REQUESTS = 3_500
 CHUNK = 1_000
@@ -160,12 +161,16 @@ def test_export_sqlite__refuses_a_missing_or_old_source(tmp_path: Path, pg_url: 
     with pytest.raises(StoreSQLiteError, match="no SQLite store at"):
         export_sqlite(tmp_path / "nope.db", pg_url, mcpr_version="test")
     old = tmp_path / "old.db"
-    conn = sqlite3.connect(old)
+    build_legacy(old, 4)
+    with pytest.raises(StoreSQLiteError, match="schema version 4; export reads version 5"):
+        export_sqlite(old, pg_url, mcpr_version="test")
+    fake = tmp_path / "fake.db"
+    conn = sqlite3.connect(fake)
     conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                        "INSERT INTO meta VALUES ('schema_version', '4');")
     conn.close()
-    with pytest.raises(StoreSQLiteError, match="schema version 4; export reads version 5"):
-        export_sqlite(old, pg_url, mcpr_version="test")
+    with pytest.raises(StoreSQLiteError, match=r"not an mcpr store: .* but not the mcpr tables"):
+        export_sqlite(fake, pg_url, mcpr_version="test")
     assert pg_query(pg_url, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [
         (0,)]
 
@@ -174,7 +179,7 @@ def test_export_sqlite__refuses_a_foreign_target_untouched(source: Path, pg_url:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE invoices (id int)")
     before = fingerprint(pg_url)
-    with pytest.raises(StorePostgresError, match="not mcpr-store's"):
+    with pytest.raises(StorePostgresError, match="another application"):
         export_sqlite(source, pg_url, mcpr_version="test")
     assert fingerprint(pg_url) == before
 

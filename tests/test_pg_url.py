@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcpr_store.pg import is_postgres_url, mask_url, url_scheme
-from mcpr_store.pg._url import scrub
+from mcpr_store.postgres import is_postgres_url, mask_url, url_scheme
+from mcpr_store.postgres._url import scrub
 
 
 @pytest.mark.parametrize("text", [

@@ -13,8 +13,8 @@ import pytest
 from db_files import REFUSED, files_of
 from test_db import build_legacy
 
-from mcpr_store._db import open_database
 from mcpr_store.query import QueryEngine, QueryError
+from mcpr_store.sqlite._file import open_database
 
 NOW = int(time.time() * 1000)
 
@@ -85,7 +85,7 @@ def test_logs__window_order_limit_and_filters(db: Path, q: QueryEngine) -> None:
         {"ts": NOW - 1 * MIN, "method": "resources/read", "tool": None, "proxy": "other"},
     ])
     assert [r.request_id for r in q.logs()] == ["r3", "r2", "r1"]
-    assert [r.request_id for r in q.logs(since_ms=None)] == ["r3", "r2", "r1", "r0"]
+    assert [r.request_id for r in q.logs(window_ms=None)] == ["r3", "r2", "r1", "r0"]
     assert [r.request_id for r in q.logs(limit=2)] == ["r3", "r2"]
     assert [r.request_id for r in q.logs(tool="fetch")] == ["r1"]
     assert [r.request_id for r in q.logs(status="error")] == ["r2"]
@@ -170,7 +170,7 @@ def test_sessions__window_active_and_order(db: Path, q: QueryEngine) -> None:
     ])
     assert [s.session_id for s in q.sessions()] == ["s-ended", "s-active", "s-idle"]
     assert [s.session_id for s in q.sessions(client="cursor")] == ["s-ended"]
-    assert [s.session_id for s in q.sessions(since_ms=None, limit=1)] == ["s-ended"]
+    assert [s.session_id for s in q.sessions(window_ms=None, limit=1)] == ["s-ended"]
 
 
 def test_session__by_prefix_unique_missing_ambiguous(db: Path, q: QueryEngine) -> None:
@@ -243,14 +243,14 @@ def test_db_stats_and_vacuum(db: Path) -> None:
         stats = q.db_stats()
         assert (stats.requests, stats.sessions, stats.proxies) == (3, 2, ["keep", "p"])
         assert stats.oldest_ts == NOW - 40 * day and stats.db_bytes > 0
-        dry = q.vacuum(before_ms=30 * day, proxy="p", dry_run=True)
+        dry = q.vacuum(older_than_ms=30 * day, proxy="p", dry_run=True)
         assert (dry.requests_deleted, dry.sessions_deleted) == (1, 1)
         assert q.db_stats().requests == 3  # nothing changed
-        done = q.vacuum(before_ms=30 * day, proxy="p")
+        done = q.vacuum(older_than_ms=30 * day, proxy="p")
         assert (done.requests_deleted, done.sessions_deleted) == (1, 1)
         assert q.db_stats().requests == 2
         with pytest.raises(QueryError, match="future"):
-            q.vacuum(before_ms=-1)
+            q.vacuum(older_than_ms=-1)
 
 
 def test_vacuum__proxy_selects_requests_and_the_session_sweep_is_the_originals(
@@ -271,9 +271,9 @@ def test_vacuum__proxy_selects_requests_and_the_session_sweep_is_the_originals(
         {"session_id": "p-ended-lately", "ended_at": NOW},
     ])
     with QueryEngine.open(db) as q:
-        done = q.vacuum(before_ms=30 * day, proxy="p")
+        done = q.vacuum(older_than_ms=30 * day, proxy="p")
         assert (done.requests_deleted, done.sessions_deleted) == (1, 3)
-        assert sorted(s.session_id for s in q.sessions(since_ms=None)) == [
+        assert sorted(s.session_id for s in q.sessions(window_ms=None)) == [
             "p-ended-lately", "p-open", "q-with-requests"]
 
 
@@ -424,7 +424,7 @@ def test_session_id__exact_id_wins_over_longer_ids(db: Path, q: QueryEngine) -> 
     insert_sessions(db, [{"session_id": "s1"}, {"session_id": "s10"}])
     insert_requests(db, [{"session_id": "s1"}, {"session_id": "s10"}])
     assert q.session("s1").session.session_id == "s1"
-    assert [r.session_id for r in q.logs(session="s1", since_ms=None)] == ["s1"]
+    assert [r.session_id for r in q.logs(session="s1", window_ms=None)] == ["s1"]
 
 
 UUID_A = "01a21b11-35e4-7a01-8000-000000000001"
@@ -454,7 +454,7 @@ def test_short_session_ids__shortest_unique_prefix_that_pastes_back(
     assert short == {UUID_A: UUID_A[:16], UUID_B: UUID_B[:16], UUID_C: UUID_C[:12],
                      "s1": "s1", "s10": "s10"}
     for full, printed in short.items():
-        assert [r.session_id for r in q.logs(session=printed, since_ms=None)] in ([full], [])
+        assert [r.session_id for r in q.logs(session=printed, window_ms=None)] in ([full], [])
         if full != UUID_C:
             assert q.session(printed).session.session_id == full
 
@@ -481,6 +481,6 @@ def test_vacuum__forgets_the_books_rows_of_stores_gone_before_the_cutoff(db: Pat
                      (f"7 0 {NOW}",))
     conn.close()
     with QueryEngine.open(db) as q:
-        q.vacuum(before_ms=60_000, dry_run=False)  # older than a minute
+        q.vacuum(older_than_ms=60_000, dry_run=False)  # older than a minute
     assert [k for (k,) in sqlite3.connect(db).execute(
         "SELECT key FROM meta WHERE key LIKE 'mcpr-store.books.%'")] == ["mcpr-store.books.live"]

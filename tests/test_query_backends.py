@@ -106,7 +106,7 @@ def test_engine__row_ids_keep_their_order_but_not_their_values(
     number rows in commit order; PostgreSQL's identity skips the value its ON CONFLICT
     DO NOTHING consumed for the duplicate request_id."""
     (lite, _), (pg, _) = both(pair, lambda q: [(r.request_id, r.id) for r in sorted(
-        q.logs(since_ms=None, limit=1_000), key=lambda r: r.id)])
+        q.logs(window_ms=None, limit=1_000), key=lambda r: r.id)])
     assert isinstance(lite, list) and isinstance(pg, list)
     assert [rid for rid, _ in lite] == [rid for rid, _ in pg]
     assert [i for _, i in lite] == list(range(1, len(lite) + 1))
@@ -174,7 +174,7 @@ def test_vacuum__deletes_alike_then_vacuums(fresh_pair: tuple[Path, str]) -> Non
     assert done[url]["lines"][0]["sessions_deleted"] == 1
     # The proxy filter, through the engine: gamma's closed stateless session keeps a request
     # younger than the cutoff, so only requests go.
-    (lite, _), (pg, _) = both(fresh_pair, lambda q: q.vacuum(before_ms=DAY + MIN,
+    (lite, _), (pg, _) = both(fresh_pair, lambda q: q.vacuum(older_than_ms=DAY + MIN,
                                                               proxy="gamma").to_dict())
     assert isinstance(lite, dict) and isinstance(pg, dict)
     assert lite["requests_deleted"] > 0
@@ -268,14 +268,14 @@ def test_read__all_statements_see_one_snapshot(fresh_pair: tuple[Path, str]) -> 
     _, url = fresh_pair
     with QueryEngine.open(url) as q:
         def commit_midway(e: QueryEngine) -> tuple[int, int]:
-            first = e.stats(since_ms=None).total_calls
+            first = e.stats(window_ms=None).total_calls
             with Store.open(StoreConfig(db_path=url, mcpr_version="test")) as store:
                 store.record(request("midway", ts=now_ms()))
-            return first, e.stats(since_ms=None).total_calls
+            return first, e.stats(window_ms=None).total_calls
 
         first, second = q.read(commit_midway)
         assert first == second
-        assert q.stats(since_ms=None).total_calls == first + 1
+        assert q.stats(window_ms=None).total_calls == first + 1
 
 
 def _run_sql(url: str, script: str) -> None:
@@ -375,7 +375,7 @@ def test_postgres_writer__numbers_a_batch_in_arrival_order(pg_url: str) -> None:
     """As on SQLite: a heap does not keep insertion order (COPY may fill space an earlier,
     shorter row left), so the writer orders its INSERT ... SELECT by arrival."""
     from mcpr_store._batch import Batch
-    from mcpr_store.pg import connect, migrate, store_batch
+    from mcpr_store.postgres import connect, migrate, store_batch
 
     batch = Batch()
     arrived = [f"r{i:03d}" for i in range(300)]

@@ -21,10 +21,11 @@ import pytest
 from helpers import request, scalar, wait_for
 
 from mcpr_store import Store, StoreConfig
+from mcpr_store._backend import Conn
 from mcpr_store._config import resolve_db_path
-from mcpr_store._db import open_database
+from mcpr_store._open import open_backend
 from mcpr_store.query import QueryEngine, _maintenance
-from mcpr_store.query._backend import Conn, open_backend
+from mcpr_store.sqlite._file import open_database
 
 DAY = 86_400_000
 #: Half-way through the 7 days the rows span, 30 s inside the minute without rows (so
@@ -68,7 +69,7 @@ def fill_sqlite(path: Path, n: int, now: int) -> None:
 def fill_postgres(url: str, n: int, now: int) -> None:
     import psycopg
 
-    from mcpr_store.pg import open_database as open_pg
+    from mcpr_store.postgres import open_database as open_pg
 
     open_pg(url, "test")
     requests, sessions = _rows(n, now)
@@ -125,7 +126,7 @@ def _vacuum_beside(database: str, live: Callable[[str], Live], proxy: str | None
                    ) -> tuple[Any, Any, list[int], Any]:
     """(dry run, real run, rows each chunk's ``where`` selected, the live store's stats)."""
     with QueryEngine.open(database) as q:
-        dry = q.vacuum(before_ms=HALF, proxy=proxy, dry_run=True)
+        dry = q.vacuum(older_than_ms=HALF, proxy=proxy, dry_run=True)
     chunks: list[int] = []
 
     def seen(conn: Conn, chunk: _maintenance.RequestChunk) -> None:
@@ -197,10 +198,10 @@ def test_vacuum__dry_run_counts_sessions_a_proxy_vacuum_empties(tmp_path: Path) 
             ("mixed", "p", old, old, old, "c", "unknown", 2)])
     conn.close()
     with QueryEngine.open(db) as q:
-        dry = q.vacuum(before_ms=DAY, proxy="p", dry_run=True)
+        dry = q.vacuum(older_than_ms=DAY, proxy="p", dry_run=True)
         assert (dry.requests_deleted, dry.sessions_deleted) == (2, 1)
         assert scalar(db, "SELECT COUNT(*) FROM requests") == 3
-        done = q.vacuum(before_ms=DAY, proxy="p")
+        done = q.vacuum(older_than_ms=DAY, proxy="p")
     assert (done.requests_deleted, done.sessions_deleted) == (2, 1)
 
 
@@ -221,7 +222,7 @@ def test_vacuum__a_new_file_shrinks_in_steps_an_old_one_reuses_its_pages(
     sizes = {db: db.stat().st_size for db in (new, old)}
     for db in (new, old):
         with QueryEngine.open(db) as q:
-            done = q.vacuum(before_ms=HALF)
+            done = q.vacuum(older_than_ms=HALF)
         assert done.requests_deleted == 4_000
         assert done.compaction is not None
         if db == new:
@@ -242,7 +243,7 @@ def test_vacuum__interrupted_between_chunks__keeps_what_it_did_and_the_next_run_
     db, n = tmp_path / "store.db", 20_000
     fill_sqlite(db, n, int(time.time() * 1000))
     with QueryEngine.open(db) as q:
-        dry = q.vacuum(before_ms=HALF, dry_run=True)
+        dry = q.vacuum(older_than_ms=HALF, dry_run=True)
     seen: list[int] = []
 
     def stop_in_the_third(conn: Conn, chunk: _maintenance.RequestChunk) -> None:
@@ -261,7 +262,7 @@ def test_vacuum__interrupted_between_chunks__keeps_what_it_did_and_the_next_run_
     done_first = sum(seen[:2])
     assert scalar(db, "SELECT COUNT(*) FROM requests") == n - done_first
     with QueryEngine.open(db) as q:
-        rest = q.vacuum(before_ms=HALF)
+        rest = q.vacuum(older_than_ms=HALF)
     assert rest.requests_deleted == dry.requests_deleted - done_first
     assert rest.sessions_deleted == dry.sessions_deleted
     assert scalar(db, "SELECT COUNT(*) FROM requests") == n - dry.requests_deleted

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from mcpr_store._db import open_database
 from mcpr_store._rollups import RELATIVE_ERROR
 from mcpr_store.query import QueryEngine, QueryError
 from mcpr_store.query._stats import EXACT_ROWS
+from mcpr_store.sqlite._file import open_database
 
 pytestmark = pytest.mark.slow
 
@@ -103,16 +103,16 @@ def test_plans__every_windowed_query_uses_an_index(big: QueryEngine) -> None:
     calls: dict[str, Callable[[], object]] = {
         "logs": lambda: big.logs(),
         "logs --tool": lambda: big.logs(tool="t1"),
-        "logs --session": lambda: big.logs(session="s00010", since_ms=None),
+        "logs --session": lambda: big.logs(session="s00010", window_ms=None),
         "logs --session (ambiguous prefix)": lambda: refused(
-            lambda: big.logs(session="s0999", since_ms=None)),
+            lambda: big.logs(session="s0999", window_ms=None)),
         "logs --follow": lambda: big.logs_after(N - 5),
         "slow": lambda: big.slow(),
         "status": lambda: big.stats(),
-        "status --since 30d": lambda: big.stats(since_ms=30 * 86_400_000),
-        "slow --since 30d": lambda: big.slow(since_ms=30 * 86_400_000),
+        "status --since 30d": lambda: big.stats(window_ms=30 * 86_400_000),
+        "slow --since 30d": lambda: big.slow(window_ms=30 * 86_400_000),
         "slow --threshold 50ms --since 30d": lambda: big.slow(threshold_us=50_000,
-                                                              since_ms=30 * 86_400_000),
+                                                              window_ms=30 * 86_400_000),
         "sessions": lambda: big.sessions(),
         "sessions --active": lambda: big.active_sessions(),
         "session": lambda: big.session("s00010"),
@@ -138,7 +138,7 @@ def test_plans__schema_and_db_stats_read_no_table_whole(big: QueryEngine) -> Non
 
 
 def test_percentiles__within_the_bound_over_a_million_rows(big: QueryEngine) -> None:
-    report = big.stats(since_ms=None)
+    report = big.stats(window_ms=None)
     assert report.total_calls == N and not report.percentiles_exact
     per_tool = N // TOOLS
     for tool in report.tools:
@@ -152,7 +152,7 @@ def test_percentiles__within_the_bound_over_a_million_rows(big: QueryEngine) -> 
 
 
 def test_percentiles__exact_over_a_small_window(big: QueryEngine) -> None:
-    report = big.stats(since_ms=3_600_000)
+    report = big.stats(window_ms=3_600_000)
     assert report.percentiles_exact and 0 < report.total_calls <= EXACT_ROWS
 
 
@@ -167,6 +167,6 @@ def test_windowed_queries__answer_on_a_million_rows(big: QueryEngine) -> None:
     assert len(big.session("s09999").requests) == 100
     assert big.short_session_ids(["s09999"]) == {"s09999": "s09999"}
     with pytest.raises(QueryError, match="ambiguous: s09990, s09991"):
-        big.logs(session="s0999", since_ms=None)
-    rows = big.logs(session="s09985", since_ms=None)
+        big.logs(session="s0999", window_ms=None)
+    rows = big.logs(session="s09985", window_ms=None)
     assert len(rows) == 50 and {r.session_id for r in rows} == {"s09985"}

@@ -23,9 +23,11 @@ import pytest
 from pghelpers import pg_query
 
 from mcpr_store import _rollups
-from mcpr_store._batch import Batch, Target, open_target
-from mcpr_store._db import open_database as open_sqlite
+from mcpr_store._backend import WriteTarget
+from mcpr_store._batch import Batch
+from mcpr_store._open import open_target
 from mcpr_store.query import QueryEngine, StatsReport, _engine, _stats
+from mcpr_store.sqlite._file import open_database as open_sqlite
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -48,7 +50,8 @@ def rows(n: int, *, seed: int, start: int, span: int, prefix: str) -> list[tuple
     return out
 
 
-def store(database: str, requests: list[tuple[Any, ...]], target: Target | None = None) -> None:
+def store(database: str, requests: list[tuple[Any, ...]],
+          target: WriteTarget | None = None) -> None:
     """Commit ``requests`` through the writer's batch path, 500 a transaction (on
     ``target`` if given, else on one opened for them)."""
     writer = target or open_target(database, "test")
@@ -103,10 +106,10 @@ def assert_all_windows(database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     frozen = now_ms()
     monkeypatch.setattr(_engine, "_now_ms", lambda: frozen)
     with QueryEngine.open(database) as q:
-        for window in ({"since_ms": None}, {"since_ms": 3 * HOUR + 17_123},
-                       {"since_ms": 41 * MIN + 5}, {"since_ms": None, "proxy": "proxy1"},
-                       {"since_ms": 2 * HOUR + 1, "tool": "search"},
-                       {"since_ms": None, "tool": ""}):
+        for window in ({"window_ms": None}, {"window_ms": 3 * HOUR + 17_123},
+                       {"window_ms": 41 * MIN + 5}, {"window_ms": None, "proxy": "proxy1"},
+                       {"window_ms": 2 * HOUR + 1, "tool": "search"},
+                       {"window_ms": None, "tool": ""}):
             rolled, exact = answers(q, monkeypatch, **window)
             assert not rolled.percentiles_exact and rolled.total_calls > 0, window
             assert_same(rolled, exact)
@@ -155,9 +158,9 @@ def test_vacuum__keeps_the_rollups_right(database: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     store(database, rows(4000, seed=2, start=now_ms() - 5 * HOUR, span=5 * HOUR, prefix="v"))
     with QueryEngine.open(database) as q:
-        assert q.vacuum(before_ms=4 * HOUR + 7 * MIN + 3, proxy="proxy2").requests_deleted
-        assert q.vacuum(before_ms=3 * HOUR + 31 * MIN + 11).requests_deleted
-        assert q.vacuum(before_ms=3 * HOUR, dry_run=True).requests_deleted
+        assert q.vacuum(older_than_ms=4 * HOUR + 7 * MIN + 3, proxy="proxy2").requests_deleted
+        assert q.vacuum(older_than_ms=3 * HOUR + 31 * MIN + 11).requests_deleted
+        assert q.vacuum(older_than_ms=3 * HOUR, dry_run=True).requests_deleted
     assert_all_windows(database, monkeypatch)
 
 
@@ -179,7 +182,7 @@ def test_migration__builds_rollups_from_rows_already_stored(
                 conn.execute(sql)
     with QueryEngine.open(database) as q:
         monkeypatch.setattr(_stats, "EXACT_ROWS", 0)
-        assert q.stats(since_ms=None).percentiles_exact  # no rollups: from the rows
+        assert q.stats(window_ms=None).percentiles_exact  # no rollups: from the rows
     open_target(database, "test").close()  # the writer's open: the migration
     assert_all_windows(database, monkeypatch)
 
@@ -241,10 +244,10 @@ def test_slow__over_a_wide_window_the_same_rows_per_proxy(
     frozen = now_ms()  # one "now" for both answers
     monkeypatch.setattr(_engine, "_now_ms", lambda: frozen)
     with QueryEngine.open(database) as q:
-        for ask in ({"since_ms": 4 * HOUR, "threshold_us": 50_000},
-                    {"since_ms": None, "threshold_us": 0, "limit": 7},
-                    {"since_ms": 2 * HOUR, "threshold_us": 1000, "proxy": "proxy1"},
-                    {"since_ms": 3 * HOUR, "threshold_us": 10, "tool": "fetch", "limit": 50}):
+        for ask in ({"window_ms": 4 * HOUR, "threshold_us": 50_000},
+                    {"window_ms": None, "threshold_us": 0, "limit": 7},
+                    {"window_ms": 2 * HOUR, "threshold_us": 1000, "proxy": "proxy1"},
+                    {"window_ms": 3 * HOUR, "threshold_us": 10, "tool": "fetch", "limit": 50}):
             monkeypatch.setattr(_logs, "WIDE_ROWS", -1)
             wide = q.slow(**ask)
             monkeypatch.setattr(_logs, "WIDE_ROWS", 10**12)
@@ -307,7 +310,7 @@ def test_latencies_near_2_to_the_63__do_not_stop_the_rollups(tmp_path: Path) -> 
     open_sqlite(path, "test")  # the rebuild
     with QueryEngine.open(path) as q:
         assert q.db_stats().requests == 14
-        assert q.vacuum(before_ms=HOUR).requests_deleted == 2
+        assert q.vacuum(older_than_ms=HOUR).requests_deleted == 2
         assert q.db_stats().requests == 12
 
 
@@ -320,7 +323,7 @@ def test_latencies_near_2_to_the_63__through_the_writer(database: str,
     with QueryEngine.open(database) as q:
         assert q.db_stats().requests == 600
         monkeypatch.setattr(_stats, "EXACT_ROWS", 0)
-        report = q.stats(since_ms=HOUR)
+        report = q.stats(window_ms=HOUR)
     assert report.total_calls == 600 and report.max_us == 2**63 - 1
     assert report.tools[0].p99_us == 2**63 - 1  # clamped to the exact max
 
@@ -338,7 +341,7 @@ def test_the_originals_vacuum__is_recounted_at_our_next_open(
 
 def test_db_export__the_copy_has_its_rollups(tmp_path: Path, pg_url: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcpr_store.pg import export_sqlite
+    from mcpr_store.postgres import export_sqlite
 
     path = tmp_path / "store.db"
     store(str(path), rows(2500, seed=13, start=now_ms() - 5 * HOUR, span=5 * HOUR, prefix="e"))
@@ -376,17 +379,17 @@ def test_deferred_fold__reads_are_exact_while_rows_are_unfolded_and_close_folds(
 
 def test_deferred_fold__after_a_bound_of_rows_or_an_age(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcpr_store import _batch
+    from mcpr_store.sqlite import _target
 
     path = str(tmp_path / "store.db")
     start = now_ms() - 2 * HOUR
     writer = open_target(path, "test")
     try:
-        monkeypatch.setattr(_batch, "FOLD_ROWS", 1000)
+        monkeypatch.setattr(_target, "FOLD_ROWS", 1000)
         store(path, rows(2500, seed=31, start=start, span=2 * HOUR, prefix="b"), writer)
         assert newest_and_watermark(path) == (2500, 2000)  # folded at 1000 and 2000 ids
-        monkeypatch.setattr(_batch, "FOLD_ROWS", 10**9)
-        monkeypatch.setattr(_batch, "FOLD_AGE", 0.0)
+        monkeypatch.setattr(_target, "FOLD_ROWS", 10**9)
+        monkeypatch.setattr(_target, "FOLD_AGE", 0.0)
         store(path, rows(1000, seed=32, start=start, span=2 * HOUR, prefix="a"), writer)
         # The next batch found rows waiting since the last fold: due, folded with it (3000);
         # the batch after it starts a new wait.
@@ -444,7 +447,7 @@ def test_deferred_fold__vacuum_deletes_folded_and_unfolded_rows(
         store(path, rows(2000, seed=36, start=start, span=5 * HOUR, prefix="e"), writer)
         assert newest_and_watermark(path) == (4000, 2000)
         with QueryEngine.open(path) as q:
-            assert q.vacuum(before_ms=3 * HOUR + 7 * MIN + 3).requests_deleted > 500
+            assert q.vacuum(older_than_ms=3 * HOUR + 7 * MIN + 3).requests_deleted > 500
         assert_all_windows(path, monkeypatch)
     finally:
         writer.close()
@@ -456,9 +459,9 @@ def test_deferred_fold__vacuum_deletes_folded_and_unfolded_rows(
 def test_deferred_fold__writers_taking_turns_on_one_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each folds what is above the watermark, the other's rows too."""
-    from mcpr_store import _batch
+    from mcpr_store.sqlite import _target
 
-    monkeypatch.setattr(_batch, "FOLD_ROWS", 1500)
+    monkeypatch.setattr(_target, "FOLD_ROWS", 1500)
     path = str(tmp_path / "store.db")
     start = now_ms() - 3 * HOUR
     first, second = open_target(path, "test"), open_target(path, "test")
@@ -490,7 +493,7 @@ def test_deferred_fold__as_many_rows_deleted_as_another_writer_added(
         store(path, rows(500, seed=51, start=old, span=HOUR, prefix="o"), first)
         store(path, rows(500, seed=52, start=recent, span=HOUR, prefix="r"), second)
         with QueryEngine.open(path) as q:
-            assert q.vacuum(before_ms=3 * HOUR).requests_deleted == 500
+            assert q.vacuum(older_than_ms=3 * HOUR).requests_deleted == 500
         first.idle()
         assert newest_and_watermark(path) == (1000, 1000)
         assert_all_windows(path, monkeypatch)
@@ -513,7 +516,7 @@ def test_postgresql_deltas__read_beside_the_rollups_until_compacted(
         assert deltas() > 0
         assert_all_windows(pg_url, monkeypatch)
         with QueryEngine.open(pg_url) as q:
-            assert q.vacuum(before_ms=3 * HOUR + 31 * MIN + 11).requests_deleted
+            assert q.vacuum(older_than_ms=3 * HOUR + 31 * MIN + 11).requests_deleted
         assert_all_windows(pg_url, monkeypatch)
         store(pg_url, rows(1000, seed=61, start=now_ms() - 5 * HOUR, span=5 * HOUR,
                            prefix="q"), writer)
@@ -530,8 +533,8 @@ def test_vacuum__chunk_by_chunk_and_interrupted__keeps_the_rollups_right(
     after a chunk that emptied an hour (its rows gone, its rollups not yet recounted) is
     put right by the next run, which starts at the oldest rollup of its scope."""
     from mcpr_store._config import resolve_db_path
+    from mcpr_store._open import open_backend
     from mcpr_store.query import _maintenance
-    from mcpr_store.query._backend import open_backend
 
     monkeypatch.setattr(_maintenance, "_FIRST_CHUNK", 500)
     monkeypatch.setattr(_maintenance, "_CHUNK_BOUNDS", (500, 500))

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from mcpr_store._server_schema import capture, diff
+from mcpr_store._schema_diff import capture, diff
 
 
 def tools(*items: dict[str, object]) -> str:

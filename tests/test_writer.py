@@ -13,7 +13,7 @@ from typing import Any
 from helpers import query, request, session, wait_for
 
 from mcpr_store import RequestStatus, SchemaVersionEvent, SessionClosed, Store
-from mcpr_store._server_schema import diff as schema_diff
+from mcpr_store._schema_diff import diff as schema_diff
 
 
 def tools(*items: tuple[str, str]) -> dict[str, Any]:
@@ -316,7 +316,7 @@ def test_stored_books__read_from_a_path_with_question_mark_and_hash(
 ) -> None:
     """The owner's read after a kill (``read_stored_books``) opens the file it names, and
     creates nothing: unquoted, ``?`` and ``#`` cut the URI and SQLite created ``a``."""
-    from mcpr_store._batch import read_stored_books
+    from mcpr_store._open import read_stored_books
 
     folder = tmp_path / "dir"
     db = folder / "a?b#c.db"

@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["Database", "FileConfig", "StoreConfig", "is_url", "load_config_file", "masked_repr",
-           "resolve_db_path"]
+__all__ = ["Database", "FileConfig", "StoreConfig", "is_postgres", "load_config_file",
+           "masked_repr", "resolve_db_path"]
 
 DEFAULT_DB: Final = Path("~/.mcpr/store.db")
 
@@ -78,7 +78,7 @@ def masked_repr(config: Any, path_field: str) -> str:
     """A dataclass's repr with the password of a PostgreSQL URL in ``path_field`` masked, as
     every message shows it: a config is what gets logged, and what a traceback's locals
     capture."""
-    from .pg._url import mask_url  # no psycopg: text rules only
+    from .postgres._url import mask_url  # no psycopg: text rules only
 
     shown = []
     for field in fields(config):
@@ -115,7 +115,7 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Database:
 
 
 def _target(text: str) -> Database:
-    from .pg._url import is_postgres_url, url_scheme  # no psycopg: text rules only
+    from .postgres._url import is_postgres_url, url_scheme  # no psycopg: text rules only
 
     if is_postgres_url(text):
         return text
@@ -126,9 +126,12 @@ def _target(text: str) -> Database:
     return Path(text).expanduser()
 
 
-def is_url(target: Database) -> bool:
-    """Whether ``target`` (from ``resolve_db_path``) is a PostgreSQL URL."""
-    return isinstance(target, str)
+def is_postgres(target: Database) -> bool:
+    """Whether ``target`` (as ``resolve_db_path`` returns it) names a PostgreSQL database
+    (a ``postgresql://`` URL, kept as text) rather than a SQLite file (a ``Path``)."""
+    from .postgres._url import is_postgres_url  # no psycopg: text rules only
+
+    return isinstance(target, str) and is_postgres_url(target)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "QueryError",
     "StoreError",
     "StoreIOError",
     "StorePostgresError",
@@ -30,3 +31,8 @@ class StorePostgresError(StoreError):
 
 class WriterStartError(StoreError):
     """The writer process could not be started or did not report ready in time."""
+
+
+class QueryError(Exception):
+    """A query that cannot be answered as asked: missing database, ambiguous prefix, bad
+    argument. The message is one line meant for the person who asked."""

@@ -289,7 +289,7 @@ def fold_behind(db: Conn, *, at_least: int = 1, unfolded: Unfolded | None = None
     left by deleted rows count too); inside the caller's transaction. Returns how many ids
     the watermark moved (0: nothing folded).
 
-    The writer defers its fold (``_batch.FOLD_ROWS``): the read side adds the rows above
+    The writer defers its fold (``sqlite._target.FOLD_ROWS``): the read side adds the rows above
     the watermark from ``requests``, so an answer is the same folded or not, and one fold
     of many rows costs the writer a fraction of a fold per batch (each rollup row's
     histogram is merged once per fold, not once per batch). Whoever folds (any writer on
@@ -412,7 +412,7 @@ _COMPACT_SQL: Final = f"WITH moved AS (DELETE FROM {DELTAS} RETURNING *) " + _CO
 
 def compact(conn: Any) -> None:
     """PostgreSQL: merge every delta committed so far into the rollup rows, inside the
-    caller's transaction (the writer's own, between batches: ``pg.PostgresTarget``). Each
+    caller's transaction (the writer's own, between batches: ``postgres.PostgresTarget``). Each
     rollup row's histogram is merged once per compaction instead of once per batch.
     Raises what the driver raises."""
     # ~100,000 (row, bucket) pairs per 100 batches: in memory a hash aggregate takes

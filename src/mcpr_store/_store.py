@@ -28,19 +28,18 @@ import os
 import secrets
 import time
 import weakref
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from . import _db
 from ._books import G, P, SharedBooks, StoreStats
-from ._config import StoreConfig, is_url
+from ._config import StoreConfig
 from ._events import Event
 from ._launch import WriterSpec
+from ._open import open_database
 from ._producer import Producer
 from ._queue import bytes_in_use, create_queue
 from ._supervisor import Supervisor
-from .pg._url import mask_url
+from .postgres._url import mask_url
 
 __all__ = ["Store"]
 
@@ -102,12 +101,7 @@ class Store:
         """
         config = config or StoreConfig()
         database = config.resolved_path()
-        if is_url(database):
-            from .pg import open_database as open_postgres  # psycopg: the postgres extra
-
-            open_postgres(str(database), config.mcpr_version)
-        else:
-            _db.open_database(Path(database), config.mcpr_version)
+        open_database(database, config.mcpr_version)
         spec = WriterSpec(create_queue(config.queue_bytes), SharedBooks(), str(database),
                           config.mcpr_version, os.getpid(), config.batch_interval,
                           config.batch_size, secrets.token_hex(8))

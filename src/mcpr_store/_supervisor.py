@@ -162,7 +162,7 @@ class Supervisor:
     def _settle_dead_writer(self) -> None:
         """No writer will start again: take its commits from the database and book what it
         held as lost (what a replacement writer does at its start)."""
-        from ._batch import read_stored_books
+        from ._open import read_stored_books
 
         stored = read_stored_books(self.spec.db_path, self.spec.store_token)
         books = self.books

@@ -67,6 +67,7 @@ from typing import Any, Final, TypeVar
 
 from . import RequestEvent, SchemaVersionEvent, SessionClosed, SessionEvent, Store
 from ._events import ERROR_MSG_MAX
+from ._schema_diff import LIST_METHODS
 
 __all__ = ["DEFAULT_TIMEOUT", "Call", "Traffic", "new_request_id"]
 
@@ -80,10 +81,7 @@ DEFAULT_TIMEOUT: Final = 60.0
 CLIENT_INFO_META_KEY: Final = "io.modelcontextprotocol/clientInfo"
 
 #: Methods whose successful result is a server schema snapshot.
-SCHEMA_METHODS: Final = frozenset({
-    "initialize", "tools/list", "resources/list", "resources/templates/list", "prompts/list",
-})
-_LIST_METHODS: Final = SCHEMA_METHODS - {"initialize"}
+SCHEMA_METHODS: Final = frozenset({"initialize", *LIST_METHODS})
 _RESOURCE_METHODS: Final = frozenset({
     "resources/read", "resources/subscribe", "resources/unsubscribe",
 })
@@ -170,7 +168,7 @@ class Call:
             self.resource_uri = _text(params.get("uri"))
         elif method == "prompts/get":
             self.prompt_name = _text(params.get("name"))
-        elif method in _LIST_METHODS:
+        elif method in LIST_METHODS:
             self.paged = params.get("cursor") is not None
         info = params.get("clientInfo") if method == "initialize" else None
         if info is None:
@@ -381,7 +379,7 @@ class Traffic:
         return session_id
 
     def _schema(self, call: Call, result: Mapping[str, Any]) -> None:
-        if call.method in _LIST_METHODS and (call.paged or result.get("nextCursor") is not None):
+        if call.method in LIST_METHODS and (call.paged or result.get("nextCursor") is not None):
             return
         content = {k: v for k, v in result.items() if k not in _ENVELOPE}
         if self._schemas.get(call.method) == content:

@@ -45,10 +45,12 @@ import time
 from queue import Empty
 from typing import Any, Final
 
-from ._batch import Batch, Target, open_target
+from ._backend import WriteTarget
+from ._batch import Batch
 from ._books import G, P, SharedBooks, process_alive
 from ._errors import StoreError
 from ._launch import WriterSpec, child_read_spec
+from ._open import open_target
 from ._queue import repair_if_wedged
 from ._wire import KIND_NAMES, Detach, Events, Flush, Stop, Undecodable, WireDecoder
 
@@ -113,7 +115,7 @@ class Writer:
         self.spec = spec
         self.queue = spec.queue
         self.books: SharedBooks = spec.books
-        self.target: Target | None = None
+        self.target: WriteTarget | None = None
         self.reopens_counted = 0
         self.owner_pid = spec.owner_pid
         self.interval = spec.batch_interval
@@ -481,7 +483,7 @@ class Writer:
             self.log.warn("database", f"rejected an event: {why}")
         books[G.COMMITTED] = self.committed
         books[G.REJECTED_DB] = self.refused
-        reopens = getattr(self.target, "reopens", 0)  # a SQLite file deleted or replaced
+        reopens = self.target.reopens  # a SQLite file deleted or replaced
         if reopens > self.reopens_counted:
             books.add(G.DB_REOPENS, reopens - self.reopens_counted)
             self.reopens_counted = reopens

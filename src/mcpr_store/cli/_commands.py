@@ -82,12 +82,12 @@ def _filters_text(*, proxy: str | None = None, tool: str | None = None,
     return "".join(f" {w}" for w in words if w)
 
 
-def _window_text(since_ms: int | None, what: str = "in the last") -> str:
+def _window_text(window_ms: int | None, what: str = "in the last") -> str:
     """`` in the last 1h; try --since 1d`` (the hint only when a wider window exists)."""
-    if since_ms is None:
+    if window_ms is None:
         return ""
-    wide = wider(since_ms)
-    return f" {what} {duration(since_ms)}" + (f"; try --since {wide}" if wide else "")
+    wide = wider(window_ms)
+    return f" {what} {duration(window_ms)}" + (f"; try --since {wide}" if wide else "")
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
     printer = _LogPrinter(ctx, follow=args.follow)
     # Following starts after the highest row id of the state just listed: ids grow in commit
     # order, so nothing listed is printed again and nothing committed after is missed.
-    rows, last = q.read(lambda e: (e.logs(limit=args.limit, since_ms=since, **filters),
+    rows, last = q.read(lambda e: (e.logs(limit=args.limit, window_ms=since, **filters),
                                    e.last_request_id()))
     if args.follow:
         rows.reverse()  # oldest first, then what comes
@@ -179,7 +179,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_slow(args: argparse.Namespace, ctx: Context) -> int:
     q = ctx.engine()
     filters = dict(threshold_us=args.threshold, proxy=args.proxy, tool=args.tool)
-    rows, last = q.read(lambda e: (e.slow(limit=args.limit, since_ms=args.since, **filters),
+    rows, last = q.read(lambda e: (e.slow(limit=args.limit, window_ms=args.since, **filters),
                                    e.last_request_id()))
     printer = _LogPrinter(ctx, follow=args.follow)
     if rows or args.follow:
@@ -205,7 +205,7 @@ def _total(report: StatsReport) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
-    report = ctx.engine().stats(since_ms=args.since, proxy=args.proxy, tool=args.tool)
+    report = ctx.engine().stats(window_ms=args.since, proxy=args.proxy, tool=args.tool)
     out = ctx.out
     if not report.tools:
         out.empty(f"no requests{_filters_text(proxy=args.proxy, tool=args.tool)}"
@@ -260,7 +260,7 @@ def cmd_sessions(args: argparse.Namespace, ctx: Context) -> int:
                  "mcpr-store sessions --since 1d")
     else:
         since = args.since if args.since is not None else 3_600_000
-        rows = q.sessions(limit=args.limit, since_ms=since, proxy=args.proxy,
+        rows = q.sessions(limit=args.limit, window_ms=since, proxy=args.proxy,
                           client=args.client)
         of = f" of client {args.client}" if args.client else ""
         empty = f"no sessions{of} started{_window_text(since)}"
@@ -301,7 +301,7 @@ def cmd_session(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_clients(args: argparse.Namespace, ctx: Context) -> int:
-    rows = ctx.engine().clients(since_ms=args.since, proxy=args.proxy, limit=args.limit)
+    rows = ctx.engine().clients(window_ms=args.since, proxy=args.proxy, limit=args.limit)
     out = ctx.out
     if not rows:
         out.empty(f"no sessions{_filters_text(proxy=args.proxy)}{_window_text(args.since)}")
@@ -411,7 +411,7 @@ def cmd_db_stats(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_db_vacuum(args: argparse.Namespace, ctx: Context) -> int:
-    result = ctx.engine().vacuum(before_ms=args.before, proxy=args.proxy_filter,
+    result = ctx.engine().vacuum(older_than_ms=args.before, proxy=args.proxy_filter,
                                  dry_run=args.dry_run)
     out = ctx.out
     if out.json_lines:

@@ -1,7 +1,7 @@
 """``mcpr-store db export --to postgresql://...``: the SQLite store (``--db``) copied into
 PostgreSQL, so a user who outgrows one machine keeps their history.
 
-The copy is ``pg.export_sqlite``'s (idempotent, hence resumable: a second run, or one after
+The copy is ``postgres.export_sqlite``'s (idempotent, hence resumable: a second run, or one after
 an interruption, copies only what is missing); this module owns the command around it: what
 may be copied where, the progress (a rich bar per table on a terminal, plain lines at most
 every two seconds otherwise, nothing but one summary object with ``--json``) and the summary.
@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._config import is_url
-from ..pg._url import is_postgres_url, mask_url, url_scheme
+from .._config import is_postgres
+from ..postgres._url import is_postgres_url, mask_url, url_scheme
 from ._format import Output
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from ..pg import ExportProgress, ExportResult
+    from ..postgres import ExportProgress, ExportResult
 
 __all__ = ["EXAMPLE", "NOTES", "cmd_db_export", "export_arguments"]
 
@@ -130,13 +130,13 @@ def cmd_db_export(args: argparse.Namespace, out: Output, source_db: Path | str) 
     go on). Raises ``ValueError`` or ``StoreError`` for what cannot be exported, with the
     URL's password masked."""
     url = _target(args.to)
-    if is_url(source_db):
+    if is_postgres(source_db):
         raise ValueError("db export copies an SQLite store into PostgreSQL, and --db names a "
                          f"PostgreSQL database ({mask_url(str(source_db))}); give the SQLite "
                          "file with --db")
     source = Path(source_db)
     try:
-        from ..pg import export_sqlite
+        from ..postgres import export_sqlite
     except ImportError as exc:
         raise ValueError(f"db export needs psycopg ({exc}): "
                          "pip install 'mcpr-store[postgres]'") from None

@@ -28,8 +28,8 @@ from .. import (
     Store,
     StoreConfig,
 )
+from .._open import open_backend
 from .._traffic import new_request_id
-from ..query._backend import open_backend
 from ._format import Col, Output
 
 CLIENTS = [

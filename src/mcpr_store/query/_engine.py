@@ -3,7 +3,7 @@ PostgreSQL.
 
 A query never writes and never leaves a file behind: the database is identified first (only
 an mcpr store of the current version is read, anything else is refused untouched) and read
-through a ``_backend.Backend``, which owns everything that differs between the two
+through a ``_backend.ReadBackend``, which owns everything that differs between the two
 databases: on SQLite a file at rest is opened ``immutable`` and a file beside a live writer
 ``mode=ro`` (its WAL holds the latest commits); on PostgreSQL every read is a ``REPEATABLE
 READ READ ONLY`` transaction. Every method is one read transaction, so the statements of one
@@ -20,10 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from .._backend import Conn, ReadBackend
 from .._config import resolve_db_path
 from .._errors import StoreError
+from .._open import open_backend
 from . import _live, _logs, _maintenance, _server_schema, _sessions, _stats
-from ._backend import Backend, Conn, open_backend
 from ._live import LiveWindow
 from ._types import (
     ClientRow,
@@ -61,7 +62,7 @@ class QueryEngine:
     question that cannot be answered as asked, or a database that cannot be read.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: ReadBackend) -> None:
         self._backend = backend
         #: The file's path, or the PostgreSQL URL with its password masked.
         self.path: Path | str = backend.name
@@ -116,13 +117,13 @@ class QueryEngine:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def logs(self, *, limit: int = 50, since_ms: int | None = 3_600_000,
+    def logs(self, *, limit: int = 50, window_ms: int | None = 3_600_000,
              proxy: str | None = None, tool: str | None = None, method: str | None = None,
              status: str | None = None, error_code: str | None = None,
              session: str | None = None) -> list[LogRow]:
-        """Requests, newest first: in the last ``since_ms`` (None: all time), filtered.
+        """Requests, newest first: in the last ``window_ms`` (None: all time), filtered.
         ``session`` is a session id or a unique start of one (``QueryError`` otherwise)."""
-        since_ts, limit = self._since(since_ms), _limit(limit)
+        since_ts, limit = self._since(window_ms), _limit(limit)
         return self._run(lambda c: _logs.logs(
             c, limit=limit, since_ts=since_ts, proxy=proxy, tool=tool, method=method,
             status=status, error_code=error_code, session=_session(c, session)))
@@ -138,11 +139,11 @@ class QueryEngine:
             status=status, error_code=error_code, session=_session(c, session)))
 
     def slow(self, *, threshold_us: int = 500_000, limit: int = 20,
-             since_ms: int | None = 3_600_000, proxy: str | None = None,
+             window_ms: int | None = 3_600_000, proxy: str | None = None,
              tool: str | None = None) -> list[LogRow]:
         """Requests at or above ``threshold_us``, slowest first."""
         threshold_us, limit = _nonnegative(threshold_us, "threshold"), _limit(limit)
-        since_ts = self._since(since_ms)
+        since_ts = self._since(window_ms)
         return self._run(lambda c: _logs.slow(c, threshold_us=threshold_us, limit=limit,
                                               since_ts=since_ts, proxy=proxy, tool=tool))
 
@@ -157,11 +158,11 @@ class QueryEngine:
         """The highest request row id (0 when there is none); follow from here."""
         return self._run(_logs.last_id)
 
-    def stats(self, *, since_ms: int | None = 3_600_000, proxy: str | None = None,
+    def stats(self, *, window_ms: int | None = 3_600_000, proxy: str | None = None,
               tool: str | None = None) -> StatsReport:
         """Per-tool calls, latency percentiles (p50/p95/p99, nearest rank), errors, bytes;
         all from one state of the database."""
-        since_ts = self._since(since_ms)
+        since_ts = self._since(window_ms)
         return self._run(lambda c: _stats.stats(c, since_ts=since_ts, proxy=proxy, tool=tool))
 
     def live(self, *, window_ms: int = 60_000, buckets: int = 60, proxy: str | None = None,
@@ -186,10 +187,10 @@ class QueryEngine:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def sessions(self, *, limit: int = 50, since_ms: int | None = 3_600_000,
+    def sessions(self, *, limit: int = 50, window_ms: int | None = 3_600_000,
                  proxy: str | None = None, client: str | None = None) -> list[SessionRow]:
         """Sessions started in the window, most recently seen first."""
-        since_ts, limit = self._since(since_ms), _limit(limit)
+        since_ts, limit = self._since(window_ms), _limit(limit)
         return self._run(lambda c: _sessions.sessions(
             c, now_ms=_now_ms(), limit=limit, since_ts=since_ts, proxy=proxy, client=client))
 
@@ -218,10 +219,10 @@ class QueryEngine:
         ids = list(session_ids)
         return self._run(lambda c: _sessions.short_ids(c, ids))
 
-    def clients(self, *, since_ms: int | None = 7 * 86_400_000, proxy: str | None = None,
+    def clients(self, *, window_ms: int | None = 7 * 86_400_000, proxy: str | None = None,
                 limit: int = 50) -> list[ClientRow]:
         """Sessions grouped by client; most calls first."""
-        since_ts, limit = self._since(since_ms), _limit(limit)
+        since_ts, limit = self._since(window_ms), _limit(limit)
         return self._run(lambda c: _sessions.clients(c, since_ts=since_ts, proxy=proxy,
                                                      limit=limit))
 
@@ -238,9 +239,9 @@ class QueryEngine:
                                                          method=method))
 
     def schema_changes(self, *, limit: int = 50, proxy: str | None = None,
-                       since_ms: int | None = None) -> list[SchemaChange]:
+                       window_ms: int | None = None) -> list[SchemaChange]:
         """The schema change log, newest first."""
-        since_ts, limit = self._since(since_ms), _limit(limit)
+        since_ts, limit = self._since(window_ms), _limit(limit)
         return self._run(lambda c: _server_schema.changes(c, limit=limit, proxy=proxy,
                                                           since_ts=since_ts))
 
@@ -249,9 +250,9 @@ class QueryEngine:
         return self._run(lambda c: _server_schema.upstream_status(c, proxy=proxy))
 
     def schema_tool_usage(self, *, proxy: str | None = None,
-                          since_ms: int | None = None) -> list[ToolUsage]:
+                          window_ms: int | None = None) -> list[ToolUsage]:
         """Each captured tool once per proxy, with its use; unused first."""
-        since_ts = self._since(since_ms)
+        since_ts = self._since(window_ms)
         return self._run(lambda c: _server_schema.tool_usage(c, proxy=proxy,
                                                              since_ts=since_ts))
 
@@ -263,23 +264,24 @@ class QueryEngine:
         server's WAL is shared by all its databases)."""
         return self._run(lambda c: _maintenance.db_stats(c, self._backend))
 
-    def vacuum(self, *, before_ms: int, proxy: str | None = None,
+    def vacuum(self, *, older_than_ms: int, proxy: str | None = None,
                dry_run: bool = False) -> VacuumResult:
-        """Delete what is older than ``before_ms`` ago (see ``_maintenance.vacuum``), then
+        """Delete what is older than ``older_than_ms`` ago (see ``_maintenance.vacuum``), then
         VACUUM. Opens its own read-write connection. ``QueryError`` for a cutoff in the
         future, or a database that cannot be written."""
-        if before_ms < 0:
+        if older_than_ms < 0:
             raise QueryError("the vacuum cutoff is in the future")
         try:
-            return _maintenance.vacuum(self._backend, before_ts=_now_ms() - before_ms,
+            return _maintenance.vacuum(self._backend, before_ts=_now_ms() - older_than_ms,
                                        proxy=proxy, dry_run=dry_run)
         except StoreError as exc:
             raise QueryError(str(exc)) from exc
 
-    def _since(self, since_ms: int | None) -> int | None:
-        if since_ms is None:
+    def _since(self, window_ms: int | None) -> int | None:
+        """The oldest ``ts`` of a window of ``window_ms`` ending now; None for all time."""
+        if window_ms is None:
             return None
-        return _now_ms() - _nonnegative(since_ms, "window")
+        return _now_ms() - _nonnegative(window_ms, "window")
 
 
 def _session(conn: Conn, session: str | None) -> str | None:

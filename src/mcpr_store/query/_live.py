@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from .._backend import Conn
 from .._batch import parse_books
-from ._backend import Conn
 from ._filters import Where
 from ._logs import LOG_COLUMNS
 from ._sessions import ACTIVE_WINDOW_MS

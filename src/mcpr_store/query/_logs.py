@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from .. import _rollups
-from ._backend import Conn
+from .._backend import Conn
 from ._filters import Where
 from ._maintenance import proxies
 from ._types import LogRow

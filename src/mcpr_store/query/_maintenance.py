@@ -2,11 +2,11 @@
 
 Retention runs beside a live writer, so it never holds the database for long: it deletes in
 chunks of a few thousand rows, each its own short transaction, and pauses after each commit
-long enough for a waiting writer to take the lock (``Backend.write_chunks``). A chunk is a
+long enough for a waiting writer to take the lock (``ReadBackend.write_chunks``). A chunk is a
 range of the ``(ts, id)`` order over the rows to delete (of ``requests``; of ``session_id``
 for the session sweep), found by an index scan of at most one chunk: memory stays flat
 whatever the size, and every chunk's work is bounded. Only then is space given back, as the
-backend allows without a long lock (``Backend.reclaim``).
+backend allows without a long lock (``ReadBackend.reclaim``).
 
 The per-minute and per-hour rollups are kept right as the chunks go, in each chunk's
 transaction: the hours wholly behind the deleted part are recomputed from what is left in
@@ -20,8 +20,8 @@ A hook (``on_chunk``) sees every chunk of requests inside its transaction, befor
 go (``RequestChunk``).
 
 The SQL is the same on both databases; what differs (file or relation sizes, the
-transactions, what reclaims space) is the backend's (``_backend``). Nothing else here reads
-every row: the request count comes from the rollups, the proxies from a walk of
+transactions, what reclaims space) is the backend's (``_backend.ReadBackend``). Nothing else
+here reads every row: the request count comes from the rollups, the proxies from a walk of
 ``idx_requests_proxy``.
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from .. import _rollups
-from ._backend import Backend, Conn
+from .._backend import Conn, ReadBackend
 from ._filters import Where
 from ._types import DbStats, VacuumResult
 
@@ -68,7 +68,7 @@ def request_count(conn: Conn) -> int:
     return int(folded) + int(unseen)
 
 
-def db_stats(conn: Conn, backend: Backend) -> DbStats:
+def db_stats(conn: Conn, backend: ReadBackend) -> DbStats:
     """Row counts (exact), time span, proxies, and the sizes the backend can tell."""
     requests = request_count(conn)
     oldest = conn.execute("SELECT MIN(ts) FROM requests").fetchone()[0]
@@ -124,11 +124,11 @@ class _Sizer:
             self.rows = min(high, self.rows * 2)
 
 
-def vacuum(backend: Backend, *, before_ts: int, proxy: str | None, dry_run: bool,
+def vacuum(backend: ReadBackend, *, before_ts: int, proxy: str | None, dry_run: bool,
            on_chunk: ChunkHook | None = None) -> VacuumResult:
     """Delete requests older than ``before_ts`` (of one proxy, if given), then sessions of
     any proxy that ended before it and have no requests left, as the original does; then
-    give the space back as the database allows (``Backend.reclaim``).
+    give the space back as the database allows (``ReadBackend.reclaim``).
 
     The deletes are many short transactions (see the module): a crash or an interrupt
     between two leaves the older rows deleted and the rest in place, and a later run

@@ -6,16 +6,15 @@ import json
 from typing import Any
 
 from .. import _rollups
+from .._backend import Conn
+from .._schema_diff import LIST_METHODS
 from . import _stats
-from ._backend import Conn
 from ._filters import Where
 from ._maintenance import proxies
 from ._stats import ERRORS
 from ._types import SchemaChange, SchemaSnapshot, ToolUsage, UpstreamStatus
 
 __all__ = ["changes", "latest", "snapshots", "tool_usage", "upstream_status"]
-
-_LIST_METHODS = ("tools/list", "resources/list", "resources/templates/list", "prompts/list")
 
 
 def snapshots(conn: Conn, *, proxy: str | None = None,
@@ -71,7 +70,7 @@ def upstream_status(conn: Conn, *,
     for (proxy_name, upstream), snaps in by_upstream.items():
         methods = sorted(s.method for s in snaps)
         init = next((s for s in snaps if s.method == "initialize"), None)
-        has_list = any(m in _LIST_METHODS for m in methods)
+        has_list = any(m in LIST_METHODS for m in methods)
         loaded = _loads(init.payload) if init else None
         doc: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
         info = doc.get("serverInfo")

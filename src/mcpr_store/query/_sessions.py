@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._backend import Conn
+from .._backend import Conn
 from ._filters import Where
 from ._logs import LOG_COLUMNS
 from ._stats import error_pct

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from .. import _rollups
-from ._backend import Conn
+from .._backend import Conn
 from ._filters import Where
 from ._types import StatsReport, ToolStats
 

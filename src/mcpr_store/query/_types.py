@@ -8,16 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._errors import QueryError
+
 __all__ = [
     "BooksRow", "ClientRow", "ClientSessions", "DbStats", "LiveSeries", "LiveSnapshot", "LogRow",
     "QueryError", "SchemaChange", "SchemaSnapshot", "SessionDetail", "SessionRow",
     "StatsReport", "ToolStats", "ToolUsage", "UpstreamStatus", "VacuumResult", "WriterSeen",
 ]
-
-
-class QueryError(Exception):
-    """A query that cannot be answered as asked: missing database, ambiguous prefix, bad
-    argument. The message is one line meant for the person who asked."""
 
 
 class _Row:

@@ -23,16 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
 import psycopg
 
-from .. import _db, _rollups
+from .. import _rollups
+from .._backend import SCHEMA_VERSION, Kind
 from .._errors import StorePostgresError, StoreSQLiteError
 from .._events import RequestEvent
-from ._batch import ROW_ERRORS, RowRefused, insert_requests, prepare_connection
-from ._database import CONNECT_TIMEOUT, Connection, connect, describe_error, migrate
-from ._tables import SCHEMA_VERSION
+from ..sqlite._file import DEFAULT_BUSY_TIMEOUT_MS, identify, read_only_uri
+from ._database import CONNECT_TIMEOUT, Connection, connect_migrated, describe_error
+from ._target import ROW_ERRORS, RowRefused, insert_requests, prepare_connection
 from ._url import mask_url
 
 __all__ = ["TABLES", "ExportProgress", "ExportResult", "export_sqlite"]
@@ -125,9 +125,8 @@ def export_sqlite(
     report = progress or (lambda _: None)
     source_conn = _open_source(Path(source).expanduser())
     try:
-        target = connect(url, connect_timeout=connect_timeout)
+        target, _ = connect_migrated(url, mcpr_version, connect_timeout=connect_timeout)
         try:
-            migrate(target, url, mcpr_version)
             prepare_connection(target)
             return _copy_all(source_conn, target, url, report, max(1, chunk_rows))
         finally:
@@ -137,27 +136,23 @@ def export_sqlite(
 
 
 def _open_source(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store at ``path``, once ``identify`` found it a store
+    of the current version; raises ``StoreSQLiteError`` (or ``StoreIOError``) saying what
+    it is instead."""
     if not path.is_file():
         raise StoreSQLiteError(f"no SQLite store at {path} to export")
+    found = identify(path)
+    if found.kind is Kind.STORE and found.version != SCHEMA_VERSION:
+        raise StoreSQLiteError(
+            f"{path} has schema version {found.version}; export reads version "
+            f"{SCHEMA_VERSION} (open it once with the store to upgrade an older one)")
+    if found.kind is not Kind.STORE:
+        raise StoreSQLiteError(f"{path} is {found.describe()}; nothing to export")
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
-                               timeout=_db.BUSY_TIMEOUT_MS / 1000)
-        tables = {name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = _db.schema_version(conn)
+        return sqlite3.connect(read_only_uri(path), uri=True,
+                               timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
     except sqlite3.DatabaseError as exc:
         raise StoreSQLiteError(f"cannot read {path}: {exc}") from exc
-    if {"responses", "schema_items"} & tables:
-        conn.close()
-        raise StoreSQLiteError(
-            f"{path} is the later, incompatible layout of the original mcpr, not an "
-            "mcpr-store database; nothing to export")
-    if version != SCHEMA_VERSION:
-        conn.close()
-        raise StoreSQLiteError(
-            f"{path} has schema version {version}; export reads version {SCHEMA_VERSION} "
-            "(open it once with the store to upgrade an older one)")
-    return conn
 
 
 def _copy_all(source: sqlite3.Connection, target: Connection, url: str,

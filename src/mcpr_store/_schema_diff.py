@@ -2,7 +2,10 @@
 
 "Schema" here is the server's: the ``result`` of ``tools/list`` and friends, stored in the
 ``server_schema`` table, with one ``schema_changes`` row per difference. It has nothing to
-do with our own tables (``_migrations``).
+do with our own tables (``sqlite/_migrations``, ``postgres/_tables``).
+
+``LIST_METHODS`` is the one table of the MCP list methods whose results are schemas: the
+recorder (``_traffic``) and the ``schema`` command (``query/_server_schema``) read it too.
 
 The diff is the original's, value for value: a payload is read as serde_json reads it into
 a ``Value`` (``_value``), items are compared as such values (object key order is no

@@ -1,6 +1,6 @@
 """The SQL of one batch on PostgreSQL, and the writer's handle that stores batches.
 
-Owns what ``_batch.store_batch`` does on SQLite, with the same meaning: sessions are
+Owns what ``sqlite._target.store_batch`` does on SQLite, with the same meaning: sessions are
 inserted or ignored (a session arriving after its requests starts from a recount of them),
 requests go in with a ``request_id`` that is already stored rejected and counted (never an
 error for the batch), session counters change in the same transaction as the rows they
@@ -44,16 +44,16 @@ from typing import Any, Final, Protocol, TypeVar
 import psycopg
 
 from .. import _rollups
-from .._batch import Stored, books_key, books_value, parse_books
+from .._batch import Stored, books_key, books_value, count_per_session, parse_books
 from .._errors import StorePostgresError
 from .._events import RequestEvent
-from .._server_schema import capture
+from .._schema_diff import capture
 from ._database import (
     CONNECT_TIMEOUT,
     Connection,
     connect,
+    connect_migrated,
     describe_error,
-    migrate,
     rollback,
 )
 from ._url import mask_url
@@ -475,23 +475,11 @@ def insert_requests(conn: Connection, rows: list[tuple[Any, ...]], *, careful: b
 
 
 def _count_requests(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    per_session: dict[str, list[int]] = {}
-    for row in rows:
-        session_id = row[3]
-        if session_id is None:
-            continue
-        counts = per_session.get(session_id)
-        if counts is None:
-            per_session[session_id] = [row[1], 1, int(row[9] != "ok")]
-            continue
-        if row[1] > counts[0]:
-            counts[0] = row[1]
-        counts[1] += 1
-        counts[2] += row[9] != "ok"
+    per_session = count_per_session(rows)
     if per_session:
-        conn.execute(_COUNT_REQUESTS, (list(per_session),
-                                       *(list(c) for c in zip(*per_session.values(),
-                                                              strict=True))))
+        counts = per_session.values()
+        conn.execute(_COUNT_REQUESTS, (list(per_session), [c.last_seen_at for c in counts],
+                                       [c.calls for c in counts], [c.errors for c in counts]))
 
 
 def _close_sessions(conn: Connection, rows: list[tuple[Any, ...]], written: _Written, *,
@@ -574,12 +562,7 @@ class PostgresTarget:
         Raises ``StorePostgresError`` (URL masked) when the server is down, refuses the
         login, or holds a database that is newer or not ours (left untouched).
         """
-        conn = connect(url, connect_timeout=connect_timeout)
-        try:
-            migrate(conn, url, mcpr_version)
-        except BaseException:
-            conn.close()
-            raise
+        conn, _ = connect_migrated(url, mcpr_version, connect_timeout=connect_timeout)
         return cls(url, mcpr_version, conn, connect_timeout=connect_timeout)
 
     @property
@@ -587,8 +570,14 @@ class PostgresTarget:
         """The database, as logs may show it (password masked)."""
         return self.masked_url
 
+    @property
+    def reopens(self) -> int:
+        """Always 0: a database on a server has no file to be deleted or replaced (a lost
+        connection is reconnected, which is not counted here)."""
+        return 0
+
     def store(self, batch: BatchRows, books: tuple[str, int, int]) -> Stored:
-        """The writer's call (``_batch.Target``): ``store_batch`` with the store's books;
+        """The writer's call (``_backend.WriteTarget``): ``store_batch`` with the store's books;
         then, every ``COMPACT_BATCHES`` batches or ``COMPACT_AGE`` seconds, the rollup
         deltas compacted (a failure there is logged: the batch is committed, and the
         deltas wait for the next try)."""
@@ -672,12 +661,8 @@ class PostgresTarget:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
             return self.conn
         self._drop()
-        conn = connect(self.url, connect_timeout=self.connect_timeout)
-        try:
-            migrate(conn, self.url, self.mcpr_version)
-        except BaseException:
-            conn.close()
-            raise
+        conn, _ = connect_migrated(self.url, self.mcpr_version,
+                                   connect_timeout=self.connect_timeout)
         self.conn = conn
         self.reconnects += 1
         return conn

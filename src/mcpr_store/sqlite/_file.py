@@ -27,7 +27,6 @@ the same file at once serialise and the second finds the work done.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import pwd
 import sqlite3
@@ -39,25 +38,27 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-from . import _rollups
-from ._errors import StoreIOError, StoreSQLiteError
-from ._migrations import MIGRATIONS, SCHEMA_VERSION, TABLES_SINCE
+from .. import _rollups
+from .._backend import DatabaseFile, Kind, judge
+from .._errors import StoreIOError, StoreSQLiteError
+from ._migrations import MIGRATIONS
 
 __all__ = [
-    "DatabaseFile", "Kind", "ReadOnlyConnection", "classify", "connect", "identify",
-    "migrate", "open_database", "prepare_file", "read_only_uri", "schema_version",
+    "ReadOnlyConnection", "classify", "connect", "identify", "migrate", "open_database",
+    "prepare_file", "read_only_uri", "schema_version",
 ]
 
 T = TypeVar("T")
 
-#: Milliseconds a statement waits for another connection's lock before SQLITE_BUSY.
-BUSY_TIMEOUT_MS = 5000
+#: Milliseconds a statement of a connection opened here waits for another connection's lock
+#: before SQLITE_BUSY (the writer's own is shorter: ``_target.WRITER_BUSY_TIMEOUT_MS``).
+DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA cache_size = -64000",
     "PRAGMA temp_store = MEMORY",
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+    f"PRAGMA busy_timeout = {DEFAULT_BUSY_TIMEOUT_MS}",
 )
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -68,66 +69,6 @@ _MCPR_NEXT_TABLES = frozenset({"responses", "schema_items"})
 #: Reads of a file at rest that may be repeated because a writer changed it meanwhile.
 _READ_ATTEMPTS = 5
 
-#: How many table names a description lists.
-_LISTED_TABLES = 6
-
-
-class Kind(enum.Enum):
-    """What a file is, as far as mcpr-store is concerned."""
-
-    MISSING = "missing"
-    EMPTY = "empty"  # zero bytes, or an SQLite database without tables or views
-    STORE = "store"  # an mcpr store of schema version 1 to SCHEMA_VERSION
-    NEWER_STORE = "newer-store"  # an mcpr store of a later version than this code knows
-    MCPR_NEXT = "mcpr-next"  # the original's incompatible layout of May 2026
-    FOREIGN = "foreign"  # an SQLite database of another application
-    NOT_SQLITE = "not-sqlite"
-
-
-@dataclass(frozen=True)
-class DatabaseFile:
-    """What ``identify`` found: the kind, the stored schema version (0 when none), the
-    tables and views (sorted), and for a foreign file what tells it apart from a store."""
-
-    kind: Kind
-    version: int = 0
-    tables: tuple[str, ...] = ()
-    detail: str = ""
-
-    def describe(self) -> str:
-        """What the file is, as the end of a sentence "X is ..."."""
-        if self.kind is Kind.MISSING:
-            return "missing"
-        if self.kind is Kind.EMPTY:
-            return "an empty database"
-        if self.kind is Kind.STORE:
-            return f"an mcpr store of schema version {self.version}"
-        if self.kind is Kind.NEWER_STORE:
-            return (f"an mcpr store of schema version {self.version}, newer than this "
-                    f"mcpr-store understands ({SCHEMA_VERSION})")
-        if self.kind is Kind.MCPR_NEXT:
-            return ("a database of the newer mcpr layout (mcpr since May 2026: "
-                    "meta.schema_version '1' with tables responses and schema_items), "
-                    "which mcpr-store neither reads nor converts")
-        if self.kind is Kind.FOREIGN:
-            return f"not an mcpr store: {self.detail or self._another_application()}"
-        return "not an SQLite database"
-
-    def _another_application(self) -> str:
-        listed = ", ".join(self.tables[:_LISTED_TABLES])
-        more = len(self.tables) - _LISTED_TABLES
-        return (f"an SQLite database of another application (tables: {listed}"
-                f"{f' and {more} more' if more > 0 else ''})")
-
-    def refusal(self, path: Path) -> str | None:
-        """Why a store must not open this file (one line naming the file, what it is, and
-        what to do), or None when the file is the store's to create, fill or upgrade."""
-        if self.kind in (Kind.MISSING, Kind.EMPTY, Kind.STORE):
-            return None
-        remedy = "point StoreConfig.db_path or MCPR_DB at another file"
-        if self.kind is Kind.NEWER_STORE:
-            remedy = f"upgrade mcpr-store, or {remedy}"
-        return f"database {path} is {self.describe()}; it was left untouched; {remedy}"
 
 
 def prepare_file(path: Path) -> bool:
@@ -266,37 +207,15 @@ def identify(path: Path) -> DatabaseFile:
 
 
 def classify(conn: sqlite3.Connection) -> DatabaseFile:
-    """What the database behind ``conn`` is, from its tables and ``meta.schema_version``.
-
-    A store is marked by ``meta.schema_version``; a file with that key is a store only if it
-    also has every table its version implies (and not the later layout's tables). Tables a
-    user added beside ours do not make a store foreign.
-    """
+    """What the database behind ``conn`` is (``_backend.judge``), from its tables and views
+    and ``meta.schema_version``."""
     objects = dict(conn.execute(
         "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
         "AND name NOT LIKE 'sqlite!_%' ESCAPE '!'").fetchall())
-    names = tuple(sorted(objects))
-    if not names:
-        return DatabaseFile(Kind.EMPTY)
     stored = _stored_version(conn) if objects.get("meta") == "table" else None
-    if stored is None:
-        return DatabaseFile(Kind.FOREIGN, tables=names)
-    if _MCPR_NEXT_TABLES & set(objects):
-        return DatabaseFile(Kind.MCPR_NEXT, tables=names)
-    try:
-        version = int(stored)
-    except ValueError:
-        return DatabaseFile(Kind.FOREIGN, tables=names, detail=(
-            f"its meta.schema_version is {stored!r}, not a version number"))
-    if version > SCHEMA_VERSION:
-        return DatabaseFile(Kind.NEWER_STORE, version=version, tables=names)
-    missing = [table for since, tables in TABLES_SINCE if version >= since for table in tables
-               if objects.get(table) != "table"]
-    if version < 1 or missing:
-        return DatabaseFile(Kind.FOREIGN, version=version, tables=names, detail=(
-            f"it has meta.schema_version {stored!r} but not the mcpr tables "
-            f"{', '.join(missing) or 'of any version'}"))
-    return DatabaseFile(Kind.STORE, version=version, tables=names)
+    return judge({name: kind == "table" for name, kind in objects.items()}, stored,
+                 engine="an SQLite database", first_version=1,
+                 later_layout=bool(_MCPR_NEXT_TABLES & set(objects)))
 
 
 def _stored_version(conn: sqlite3.Connection) -> str | None:
@@ -362,7 +281,7 @@ class ReadOnlyConnection:
             uri = read_only_uri(self.path)
             self._conn = sqlite3.connect(uri + ("&immutable=1" if self._state else ""),
                                          uri=True, isolation_level=None,
-                                         timeout=BUSY_TIMEOUT_MS / 1000,
+                                         timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000,
                                          check_same_thread=False)
         return self._conn
 
@@ -435,7 +354,7 @@ def connect(path: Path) -> sqlite3.Connection:
     if refusal is not None:
         raise StoreIOError(refusal)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+        conn = sqlite3.connect(path, isolation_level=None, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False)
     except sqlite3.Error as exc:
         raise StoreSQLiteError(f"failed to open database {path}: {exc}") from exc

@@ -1,6 +1,6 @@
 """The query side's PostgreSQL backend: read-only transactions on one connection.
 
-Owns how the read side reads a PostgreSQL database of ours: the connection (``pg.connect``:
+Owns how the read side reads a PostgreSQL database of ours: the connection (``_database.connect``:
 its failures say the URL with the password masked), what the database is before anything
 is read from it (only a store of the current version is read; an empty database, a newer
 store or another application's tables are refused with the words SQLite's files get), the
@@ -8,7 +8,7 @@ translation of ``?`` placeholders, the sizes of ``db stats`` and the transaction
 VACUUM of ``db vacuum``.
 
 It never writes outside ``write_chunks`` and ``reclaim`` and never creates a table
-(``pg.migrate`` is not called: a database the writer has not set up is refused, not set
+(``_database.migrate`` is not called: a database the writer has not set up is refused, not set
 up). Every read is ``REPEATABLE READ READ ONLY``, and the session's
 ``default_transaction_read_only`` is on as well, so no statement of this connection can
 write. REPEATABLE READ because under PostgreSQL's default,
@@ -29,13 +29,10 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 
-from .. import _db
-from .._errors import StorePostgresError
-from .._migrations import SCHEMA_VERSION, TABLES_SINCE
-from ..pg._database import Connection, connect, describe_error, rollback
-from ..pg._url import mask_url
-from ._backend import Backend, Conn, Rows, Sizes, refusal
-from ._types import QueryError
+from .._backend import Conn, ReadBackend, Rows, Sizes, refusal
+from .._errors import QueryError, StorePostgresError
+from ._database import Connection, classify, connect, describe_error, rollback
+from ._url import mask_url
 
 __all__ = ["PostgresBackend"]
 
@@ -46,8 +43,6 @@ _BEGIN: Final = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _TABLES: Final = ("requests", "sessions", "server_schema", "schema_changes", "meta")
 #: The pause after each chunk of ``db vacuum``.
 _PAUSE: Final = 0.005
-#: How many table names a refusal lists.
-_LISTED: Final = 6
 
 
 @functools.lru_cache(maxsize=256)
@@ -67,63 +62,7 @@ class _PgConn:
         return self._conn.execute(_translate(sql), tuple(parameters) or None)
 
 
-def _relations(conn: Connection) -> dict[str, str]:
-    """Tables and views of the schema our unqualified names resolve to (``current_schema``,
-    as the writer's ``pg.migrate`` uses), by name: their ``relkind``."""
-    return dict(conn.execute(
-        b"SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
-        b"ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
-        b"AND c.relkind IN ('r', 'p', 'v', 'm', 'f')").fetchall())
-
-
-def _stored_version(conn: Connection) -> str | None:
-    """``meta.schema_version``, or None when another application's ``meta`` has no such
-    column or key (tried under a savepoint, so the read transaction survives)."""
-    conn.execute(b"SAVEPOINT mcpr_classify")
-    try:
-        row = conn.execute(b"SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except psycopg.DatabaseError:
-        conn.execute(b"ROLLBACK TO SAVEPOINT mcpr_classify")
-        return None
-    conn.execute(b"RELEASE SAVEPOINT mcpr_classify")
-    return None if row is None else str(row[0])
-
-
-def classify(conn: Connection) -> _db.DatabaseFile:
-    """What the database behind ``conn`` is, in ``_db``'s terms (the kinds SQLite files
-    have), read inside the caller's transaction and changing nothing. A PostgreSQL store is
-    born at the current version (``pg._tables``), so a lower version is another program's."""
-    objects = _relations(conn)
-    names = tuple(sorted(objects))
-    listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more"
-                                           if len(names) > _LISTED else "")
-    if not names:
-        return _db.DatabaseFile(_db.Kind.EMPTY)
-    stored = _stored_version(conn) if objects.get("meta") in ("r", "p") else None
-    if stored is None:
-        return _db.DatabaseFile(_db.Kind.FOREIGN, tables=names, detail=(
-            f"a PostgreSQL database of another application (tables: {listed})"))
-    try:
-        version = int(stored)
-    except ValueError:
-        return _db.DatabaseFile(_db.Kind.FOREIGN, tables=names, detail=(
-            f"its meta.schema_version is {stored!r}, not a version number"))
-    if version > SCHEMA_VERSION:
-        return _db.DatabaseFile(_db.Kind.NEWER_STORE, version=version, tables=names)
-    if version < SCHEMA_VERSION:
-        return _db.DatabaseFile(_db.Kind.FOREIGN, version=version, tables=names, detail=(
-            f"its meta.schema_version is {stored!r}, which no mcpr-store PostgreSQL database "
-            f"has (they start at {SCHEMA_VERSION}): another program's layout"))
-    missing = [table for _, tables in TABLES_SINCE for table in tables
-               if objects.get(table) not in ("r", "p")]
-    if missing:
-        return _db.DatabaseFile(_db.Kind.FOREIGN, version=version, tables=names, detail=(
-            f"it has meta.schema_version {stored!r} but not the mcpr tables "
-            f"{', '.join(missing)}"))
-    return _db.DatabaseFile(_db.Kind.STORE, version=version, tables=names)
-
-
-class PostgresBackend(Backend):
+class PostgresBackend(ReadBackend):
     """A PostgreSQL database of ours, read on one connection kept between reads (a server
     restart is noticed at the next read, which reconnects and reads again)."""
 

@@ -23,11 +23,13 @@ import psycopg
 from psycopg import sql
 
 from .. import _rollups
+from .._backend import SCHEMA_VERSION, DatabaseFile, Kind, judge
 from .._errors import StorePostgresError
-from ._tables import MIGRATIONS, SCHEMA_VERSION
+from ._tables import MIGRATIONS
 from ._url import mask_url, scrub
 
-__all__ = ["Connection", "connect", "describe_error", "migrate", "open_database", "rollback"]
+__all__ = ["Connection", "classify", "connect", "connect_migrated", "describe_error", "migrate",
+           "open_database", "rollback"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -128,45 +130,54 @@ def _current_schema(conn: Connection, where: str) -> str:
     return str(row[0])
 
 
+def _relations(conn: Connection) -> dict[str, str]:
+    """Tables and views of the schema our unqualified names resolve to (``current_schema``,
+    as ``migrate`` uses), by name: their ``relkind``."""
+    return dict(conn.execute(
+        b"SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+        b"ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+        b"AND c.relkind IN ('r', 'p', 'v', 'm', 'f')").fetchall())
+
+
+def _stored_version(conn: Connection) -> str | None:
+    """``meta.schema_version``, or None when another application's ``meta`` has no such
+    column or key (tried under a savepoint, so the read transaction survives)."""
+    conn.execute(b"SAVEPOINT mcpr_classify")
+    try:
+        row = conn.execute(b"SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except psycopg.DatabaseError:
+        conn.execute(b"ROLLBACK TO SAVEPOINT mcpr_classify")
+        return None
+    conn.execute(b"RELEASE SAVEPOINT mcpr_classify")
+    return None if row is None else str(row[0])
+
+
+def classify(conn: Connection) -> DatabaseFile:
+    """What the database behind ``conn`` is (``_backend.judge``), read inside the caller's
+    transaction and changing nothing: the read side refuses what is not a store of the
+    current version, ``migrate`` what it may not create or upgrade. A PostgreSQL store is
+    born at the first version of ``_tables`` (5), so a lower version is another program's."""
+    objects = _relations(conn)
+    stored = _stored_version(conn) if objects.get("meta") in ("r", "p") else None
+    return judge({name: kind in ("r", "p") for name, kind in objects.items()}, stored,
+                 engine="a PostgreSQL database", first_version=_FIRST_VERSION)
+
+
 def _check_version(conn: Connection, schema: str, where: str) -> int:
     """The stored schema version (0 for an empty schema); raises for newer or foreign."""
-    tables = [name for (name,) in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1",
-        (schema,),
-    )]
-    stored: str | None = None
-    if "meta" in tables:
-        row = conn.execute(
-            sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'")
-            .format(sql.Identifier(schema))
-        ).fetchone()
-        stored = None if row is None else str(row[0])
-    if stored is None:
-        if tables:
-            shown = ", ".join(tables[:8]) + (", ..." if len(tables) > 8 else "")
-            raise StorePostgresError(
-                f"{where} (schema {schema}) holds tables that are not mcpr-store's ({shown}) "
-                f"and no meta.schema_version; it was left untouched: point at an empty "
-                f"database or schema {_WHERE}")
+    found = classify(conn)
+    if found.kind is Kind.EMPTY:
         return 0
-    try:
-        found = int(stored)
-    except ValueError:
+    if found.kind is Kind.STORE:
+        return found.version
+    if found.kind is Kind.NEWER_STORE:
         raise StorePostgresError(
-            f"{where}: meta.schema_version is not a number ({stored!r}); it was left "
-            "untouched") from None
-    if found > SCHEMA_VERSION:
-        raise StorePostgresError(
-            f"{where} has schema version {found}, newer than this mcpr-store understands "
-            f"({SCHEMA_VERSION}); it was left untouched: upgrade mcpr-store or use another "
-            "database")
-    if found < _FIRST_VERSION:
-        raise StorePostgresError(
-            f"{where} has schema version {found}, which no mcpr-store PostgreSQL database "
-            f"has (they start at {_FIRST_VERSION}): another program's layout; it was left "
-            "untouched")
-    return found
+            f"{where} has schema version {found.version}, newer than this mcpr-store "
+            f"understands ({SCHEMA_VERSION}); it was left untouched: upgrade mcpr-store or "
+            "use another database")
+    raise StorePostgresError(
+        f"{where} (schema {schema}) is {found.describe()}; it was left untouched: point at "
+        f"an empty database or schema {_WHERE}")
 
 
 def _run_step(conn: Connection, schema: str, version: int, script: str) -> None:
@@ -194,8 +205,19 @@ def open_database(url: str, mcpr_version: str, *,
     For ``Store.open`` to fail early and clearly. Raises ``StorePostgresError`` as
     ``connect`` and ``migrate`` do.
     """
+    conn, found = connect_migrated(url, mcpr_version, connect_timeout=connect_timeout)
+    conn.close()
+    return found
+
+
+def connect_migrated(url: str, mcpr_version: str, *,
+                     connect_timeout: float = CONNECT_TIMEOUT) -> tuple[Connection, int]:
+    """A connection to a database whose tables are created or migrated (``mcpr_version``
+    stamped), and the version found before; nothing is left open on failure. Raises
+    ``StorePostgresError`` as ``connect`` and ``migrate`` do."""
     conn = connect(url, connect_timeout=connect_timeout)
     try:
-        return migrate(conn, url, mcpr_version)
-    finally:
+        return conn, migrate(conn, url, mcpr_version)
+    except BaseException:
         conn.close()
+        raise

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES_SINCE"]
-
-SCHEMA_VERSION: Final = 5
+__all__ = ["MIGRATIONS"]
 
 _V1: Final = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -128,8 +126,3 @@ ALTER TABLE requests ADD COLUMN prompt_name TEXT;
 
 #: (version reached, SQL script). Step N runs when the stored version is below N.
 MIGRATIONS: Final = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
-
-#: The tables each version introduced: a database stamped version N has all of them up to N
-#: (telling a store from another application's file that happens to have a ``meta`` table).
-TABLES_SINCE: Final = ((1, ("meta", "requests", "sessions")),
-                       (2, ("schema_changes", "server_schema")))

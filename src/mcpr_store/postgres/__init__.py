@@ -1,13 +1,16 @@
 """PostgreSQL back end: a fleet of proxies writing to one database.
 
-Owns everything PostgreSQL-specific: URLs and their masking (``_url``, importable without
-psycopg), connections and migrations (``_database``), the schema translated to PostgreSQL
-(``_tables``), the SQL of one batch (``_batch``) and the copy of a SQLite store into
-PostgreSQL (``_export``). The core never imports this package except for ``_url``; psycopg
-comes with the ``postgres`` extra.
+Shaped like ``sqlite/``, one module per job:
 
-The names that need psycopg are loaded on first use (PEP 562), so ``is_postgres_url`` and
-``mask_url`` cost the core nothing.
+- ``_url``: URLs and their masking (importable without psycopg),
+- ``_database``: connections and migrations, and ``classify``: what a database is,
+- ``_tables``: the schema translated to PostgreSQL,
+- ``_target``: the writer's ``WriteTarget`` (one batch, one transaction),
+- ``_reader``: the query side's ``ReadBackend``,
+- ``_export``: the copy of a SQLite store into PostgreSQL (``db export``).
+
+psycopg comes with the ``postgres`` extra, so the names that need it are loaded on first use
+(PEP 562): ``is_postgres_url`` and ``mask_url`` cost the core nothing.
 """
 
 from __future__ import annotations
@@ -18,36 +21,40 @@ from typing import TYPE_CHECKING, Any
 from ._url import is_postgres_url, mask_url, url_scheme
 
 if TYPE_CHECKING:
-    from ._batch import PostgresTarget, store_batch
-    from ._database import connect, migrate, open_database
+    from ._database import classify, connect, migrate, open_database
     from ._export import ExportProgress, ExportResult, export_sqlite
-    from ._tables import SCHEMA_VERSION
+    from ._reader import PostgresBackend
+    from ._target import PostgresTarget, read_stored_books, store_batch
 
 __all__ = [
-    "SCHEMA_VERSION",
     "ExportProgress",
     "ExportResult",
+    "PostgresBackend",
     "PostgresTarget",
+    "classify",
     "connect",
     "export_sqlite",
     "is_postgres_url",
     "mask_url",
     "migrate",
     "open_database",
+    "read_stored_books",
     "store_batch",
     "url_scheme",
 ]
 
 _LAZY = {
-    "PostgresTarget": "_batch",
-    "store_batch": "_batch",
+    "PostgresTarget": "_target",
+    "read_stored_books": "_target",
+    "store_batch": "_target",
+    "PostgresBackend": "_reader",
+    "classify": "_database",
     "connect": "_database",
     "migrate": "_database",
     "open_database": "_database",
     "ExportProgress": "_export",
     "ExportResult": "_export",
     "export_sqlite": "_export",
-    "SCHEMA_VERSION": "_tables",
 }
 
 

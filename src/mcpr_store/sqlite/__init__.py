@@ -1,0 +1,23 @@
+"""SQLite back end: a store in one file, the default.
+
+Shaped like ``postgres/``, one module per job:
+
+- ``_file``: turning a path into a usable database (creation, adoption of an existing file,
+  ``identify``, connections, the read-only connection that leaves no file behind,
+  migrations run step by step),
+- ``_migrations``: the SQL of every schema version, as the original lays it out,
+- ``_target``: the writer's ``WriteTarget`` (one batch, one transaction),
+- ``_reader``: the query side's ``ReadBackend`` (reads, and ``db vacuum``'s chunks).
+
+It needs nothing beyond the standard library, so its names are imported eagerly (the
+PostgreSQL package loads its own on first use, for psycopg is an extra).
+"""
+
+from __future__ import annotations
+
+from ._file import identify, open_database
+from ._reader import SqliteBackend
+from ._target import SqliteTarget, read_stored_books, store_batch
+
+__all__ = ["SqliteBackend", "SqliteTarget", "identify", "open_database", "read_stored_books",
+           "store_batch"]
