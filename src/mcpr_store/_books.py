@@ -52,12 +52,14 @@ from __future__ import annotations
 import ctypes
 import enum
 import multiprocessing
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["G", "ProducerBooks", "SharedBooks", "StoreStats"]
+# The writer imports ``process_alive`` from here (until its split lands); it lives in ``_proc``.
+from ._proc import process_alive as process_alive
+
+__all__ = ["G", "ProducerBooks", "SharedBooks"]
 
 
 class G(enum.IntEnum):
@@ -379,75 +381,3 @@ class ProducerBooks:
     def report(self) -> tuple[int, int, int]:
         """(recorded, dropped, sent), as carried by every message."""
         return self.recorded, self.dropped(), self.sent
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """A snapshot of the store's books and the writer's health.
-
-    The books (see ``mcpr_store._books`` for who counts what): every event ``record()``
-    accepted (``recorded``) is ``committed``, ``rejected`` by the writer (invalid, or a
-    ``request_id`` already stored), ``dropped`` by a producer before it was handed over
-    (``dropped_by_reason``), or ``lost`` with a process that died after it was handed over
-    (``lost_by_reason``: ``writer_died``, ``in_queue``, ``worker_died``). Each is counted
-    where it happens, so after the owner's ``shutdown()`` (once every other process has
-    detached or died) ``recorded == committed + rejected + dropped + lost`` is a real check.
-
-    In the owner, ``recorded`` and ``dropped`` cover every process that holds the store (a
-    worker's as of its last message the writer received); in any other process they are
-    that process's own. Cannot be known: what a worker SIGKILLed before its first message
-    (or after its last one) recorded, and what a worker still running at the owner's
-    shutdown will do next.
-
-    Gauges: ``buffered`` (events this process holds: in its buffers, or encoded and waiting
-    for room in a full queue), ``queue_depth`` (events on the queue: sent, not yet
-    received), ``writer_pending`` (received by the writer, not yet committed),
-    ``queue_bytes`` (what the queue's messages take of its ``queue_capacity_bytes``; None
-    where the platform cannot tell).
-    """
-
-    recorded: int
-    committed: int
-    rejected: int
-    dropped: int
-    lost: int
-    queue_depth: int
-    writer_pid: int | None
-    writer_alive: bool
-    writer_rss_bytes: int | None
-    writer_cpu_seconds: float | None
-    writer_restarts: int
-    queue_repairs: int
-    db_reopens: int
-    buffered: int
-    batches: int
-    commit_failures: int
-    last_commit_ms: int | None
-    writer_pending: int = 0
-    producers: int = 0
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    lost_by_reason: dict[str, int] = field(default_factory=dict)
-    queue_bytes: int | None = None
-    queue_capacity_bytes: int = 0
-
-
-def process_alive(pid: int, start: int) -> bool:
-    """Whether process ``pid`` still runs and is the one that started at ``start`` (clock
-    ticks since boot, from /proc; 0 when unknown): a reused pid is another process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat[stat.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return not start or int(fields[19]) == start

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from ._books import ProducerBooks
 from ._events import KINDS, SessionEvent
+from ._proc import process_start
 from ._wire import Detach, Stop, WireEncoder, shrink_request
 
 __all__ = ["MESSAGE_EVENTS", "Producer"]
@@ -92,17 +93,6 @@ def _write_or_not(fd: int, data: bytes) -> None:
 _write: Final = _gil_holding_write()
 
 
-def _process_start() -> int:
-    """This process's start time in clock ticks since boot (0 where /proc is missing): with
-    the pid it names the process, so the writer can tell a reused pid from ours."""
-    try:
-        with open(f"/proc/{os.getpid()}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class Producer:
     """This process's buffers, its sender thread and its books.
 
@@ -125,7 +115,7 @@ class Producer:
         self._deques = tuple(self.buffers.values())
         self.capacity = buffer_events
         self.accepting = True
-        self._encoder = WireEncoder(self.token, os.getpid(), _process_start())
+        self._encoder = WireEncoder(self.token, os.getpid(), process_start())
         # A message may take half the queue, so one always fits once the queue drains.
         self._max_message = queue_bytes // 2
         self._queue_bytes = queue_bytes

@@ -33,12 +33,13 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from . import _db
-from ._books import G, P, SharedBooks, StoreStats
+from ._books import G, P, SharedBooks
 from ._config import StoreConfig, is_url
 from ._events import Event
 from ._launch import WriterSpec
 from ._producer import Producer
 from ._queue import bytes_in_use, create_queue
+from ._stats import StoreStats
 from ._supervisor import Supervisor
 from .pg._url import mask_url
 

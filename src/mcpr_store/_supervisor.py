@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from ._books import G, P, SharedBooks, process_alive
+from ._books import G, P, SharedBooks
 from ._errors import WriterStartError
 from ._launch import WriterProcess, WriterSpec, start_writer
+from ._proc import process_alive
 from ._queue import repair_if_wedged
 
 __all__ = ["Supervisor"]
