@@ -54,12 +54,12 @@ import enum
 import multiprocessing
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 # The writer imports ``process_alive`` from here (until its split lands); it lives in ``_proc``.
 from ._proc import process_alive as process_alive
 
-__all__ = ["G", "ProducerBooks", "SharedBooks"]
+__all__ = ["FlushAnswer", "G", "ProducerBooks", "SharedBooks"]
 
 
 class G(enum.IntEnum):
@@ -79,7 +79,7 @@ class G(enum.IntEnum):
     UNDECODABLE = 11  # messages that were not ours (their events show up as in_queue)
     UNTRACKED = 12  # events from producers that found the table full (their reports lost)
     ACTIVE_BANK = 13
-    WRITER_EPOCH = 14  # bumped by each writer at start: flush waiters re-ask a new writer
+    WRITER_EPOCH = 14  # bumped by each writer at start: requests are owed to each (_lifecycle)
     LOST_QUEUE_OWNER = 15  # the owner's events sent and never received (absolute, at the end)
 
 
@@ -105,7 +105,9 @@ class P(enum.IntEnum):
     DROPPED = 4
     SENT = 5
     RECEIVED = 6  # counted by the writer
-    FLUSHED = 7  # highest flush sequence answered
+    #: The highest flush sequence answered, with the epoch of the writer that answered it,
+    #: in one word (``answer_flush``, ``flush_answer``).
+    FLUSHED = 7
     #: Of RECEIVED, how many are known settled (committed or rejected, or booked lost): set
     #: to RECEIVED by a writer that holds nothing uncommitted (after the commit that answers
     #: a flush, and at its start once its predecessor's loss is booked).
@@ -116,6 +118,12 @@ class P(enum.IntEnum):
     EXPOSED = 9
 
 
+#: A flush answer is one 64-bit word, so a reader never sees the sequence of one answer with
+#: the epoch of another: the sequence in the low bits (a trillion flushes per producer), the
+#: writer's epoch above it (counted modulo 2**23: answers are compared for equality only).
+_SEQ_BITS: Final = 40
+_SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
+_EPOCH_MASK: Final = (1 << (63 - _SEQ_BITS)) - 1
 _GLOBALS: Final = 16
 _BANK: Final = len(B)
 _ROW: Final = len(P)
@@ -125,6 +133,14 @@ MAX_PRODUCERS: Final = 1024
 _BANKS_AT: Final = _GLOBALS
 _ROWS_AT: Final = _BANKS_AT + 2 * _BANK
 SIZE: Final = _ROWS_AT + MAX_PRODUCERS * _ROW
+
+
+class FlushAnswer(NamedTuple):
+    """The last flush answered for a producer: its sequence, and the epoch of the writer that
+    answered it (``G.WRITER_EPOCH`` as that writer started)."""
+
+    epoch: int
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -284,6 +300,19 @@ class SharedBooks:
                     a[self.row(index) + P.EXPOSED] += 1
         self.settle(index for index, _ in rows)
         return max(0, held)
+
+    def answer_flush(self, index: int, seq: int) -> None:
+        """Writer only, once everything producer ``index`` sent before its flush request
+        ``seq`` is committed (or rejected): answer it, under this writer's epoch."""
+        at = self.row(index) + P.FLUSHED
+        if (self.array[at] & _SEQ_MASK) < seq:
+            epoch = self[G.WRITER_EPOCH] & _EPOCH_MASK
+            self.array[at] = (epoch << _SEQ_BITS) | (seq & _SEQ_MASK)
+
+    def flush_answer(self, index: int) -> FlushAnswer:
+        """The last flush answered for producer ``index`` (0, 0 before any)."""
+        word = int(self.array[self.row(index) + P.FLUSHED])
+        return FlushAnswer(word >> _SEQ_BITS, word & _SEQ_MASK)
 
     def flush_clean(self, index: int) -> bool:
         """Whether nothing producer ``index`` handed over was lost: none of its events

@@ -34,15 +34,14 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
 import select
 import time
 from collections import deque
 from queue import Full
 from typing import Any, Final
 
-from ._books import ProducerBooks
-from ._events import KINDS, SessionEvent
+from ._events import KINDS
+from ._lifecycle import Lifecycle
 from ._proc import process_start
 from ._wire import Detach, Stop, WireEncoder, shrink_request
 
@@ -66,6 +65,12 @@ _BUSY_LINGER: Final = 0.02
 #: The sender's safety net while idle: a wake-up lost to a race (a ``record()`` that saw a
 #: non-empty buffer the sender emptied a moment later) costs at most this.
 _IDLE_WAKE_MS: Final = 100
+#: While a flush is asked and not answered: how often the sender looks whether the writer
+#: that was asked has been replaced (and so must be asked again, ``_lifecycle``).
+_OWED_CHECK_MS: Final = 10
+#: The kinds in the order one round sends them: sessions first, as their requests may be in
+#: the same round.
+_SEND_ORDER: Final = ("session", "request", "close", "schema")
 #: While closing: how long to wait for ``record()`` calls in progress on other threads.
 _IN_FLIGHT_GRACE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
@@ -101,20 +106,20 @@ class Producer:
     each event what it is.
     """
 
-    def __init__(self, queue: Any, *, owner: bool, buffer_events: int, queue_bytes: int) -> None:
+    def __init__(self, queue: Any, life: Lifecycle, *, buffer_events: int,
+                 queue_bytes: int) -> None:
         import threading
 
         self.queue = queue
-        self.is_owner = owner
-        self.token = secrets.randbits(62) | 1
-        self.books = ProducerBooks()
+        self.life = life
+        self.token = life.token
+        self.books = life.counts
         self.buffers: dict[type, deque[Any]] = {cls: deque() for cls in KINDS.values()}
-        # Sessions first: their requests may be in the same round.
-        self._order = sorted(enumerate(self.buffers.values()),
-                             key=lambda kb: list(KINDS.values())[kb[0]] is not SessionEvent)
         self._deques = tuple(self.buffers.values())
+        names = list(KINDS)
+        self._order = tuple((names.index(name), self._deques[names.index(name)])
+                            for name in _SEND_ORDER)
         self.capacity = buffer_events
-        self.accepting = True
         self._encoder = WireEncoder(self.token, os.getpid(), process_start())
         # A message may take half the queue, so one always fits once the queue drains.
         self._max_message = queue_bytes // 2
@@ -122,11 +127,7 @@ class Producer:
         self.flush_requests: deque[int] = deque()
         self._outbox: list[tuple[bytes, int]] = []  # encoded, waiting for room in the queue
         self._outbox_events = 0
-        self.close_deadline: float | None = None  # set by close(): send what is left, then
-        self.done_closing = False  # the sender has sent (or given up on) its last message
-        self.resend_final = False  # the owner's writer was replaced after our stop
-        self.retired = False  # the store is done with this thread
-        self._final: bytes | None = None
+        self._final: bytes | None = None  # the last message, once put (the owner's stop)
         self._log_at: dict[str, float] = {}
         self._full_said = 0  # buffer_full drops a warning has told of
         self._wake_r, self._wake_w = os.pipe()
@@ -152,7 +153,6 @@ class Producer:
     def forget_after_fork(self) -> None:
         """In a forked child: this producer (the parent's) has no thread here; close its
         descriptors so they do not pile up over generations of forks."""
-        self.retired = True
         fds = (self._wake_r, self._wake_w)
         # A stale wake() (a handler bound to this producer) must not write into whatever
         # file reuses the number: -1 makes it a harmless EBADF.
@@ -180,12 +180,10 @@ class Producer:
         """Events this process holds: buffered, or encoded and waiting for room in the queue."""
         return self.buffered() + self._outbox_events
 
-    def close(self, deadline: float) -> None:
-        """Stop accepting; the sender sends what is left, then its last message, by
-        ``deadline``. Never blocks (safe in a signal handler)."""
-        self.accepting = False
-        if self.close_deadline is None:
-            self.close_deadline = deadline
+    def ask_flush(self, seq: int) -> None:
+        """Ask the writer to answer ``seq`` once everything buffered now is committed. Never
+        blocks (safe in a signal handler)."""
+        self.flush_requests.append(seq)
         self.wake()
 
     def sweep(self) -> int:
@@ -202,9 +200,6 @@ class Producer:
         self.books.closed += swept
         return swept
 
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
     # -- the sender thread --------------------------------------------------------------
 
     def _sleep_until_woken(self) -> bool:
@@ -212,16 +207,20 @@ class Producer:
         Returns whether it slept (the sender was idle)."""
         if self.flush_requests or self._outbox or any(self._deques):
             return False
-        self._poller.poll(_IDLE_WAKE_MS)
+        self._poller.poll(_OWED_CHECK_MS if self.life.flush_outstanding() else _IDLE_WAKE_MS)
         with contextlib.suppress(OSError):  # one read drains it: a byte per wake-up at most
             os.read(self._wake_r, 65536)
         return True
 
     def _run(self) -> None:
-        while not self.retired:
+        life = self.life
+        while not life.retired:
             try:
-                if self.close_deadline is None:
+                if life.deadline is None:
                     idle = self._sleep_until_woken()
+                    owed = life.flush_owed()
+                    if owed:  # the writer asked was replaced before it answered
+                        self.flush_requests.append(owed)
                     if not self.flush_requests:  # a flush is answered at once
                         waiting = self.buffered()
                         if idle and waiting < _FORMED:
@@ -231,12 +230,14 @@ class Producer:
                             time.sleep(_BUSY_LINGER)
                     if self.flush_requests or self._outbox or any(self._deques):
                         self._cycle()
-                elif not self.done_closing:
-                    self._close(self.close_deadline)
+                elif not life.sender_done:
+                    self._close(life.deadline)
                 else:
-                    if self.resend_final and self._final is not None:
-                        self.resend_final = False
-                        self._put_control(self._final, float("inf"))
+                    if life.stop_owed() and self._final is not None:
+                        # The writer that took the stop died: its successor is owed it too.
+                        epoch = life.epoch()
+                        if self._put_control(self._final, float("inf")):
+                            life.stop_put(epoch)
                     time.sleep(_LINGER)
             except Exception as exc:  # the sender never dies
                 self._warn("sender", f"mcpr-store: the sender thread survived an error: {exc!r}")
@@ -251,8 +252,10 @@ class Producer:
         self._send_all(everything=bool(seq))
         if seq:
             # Behind everything it answers for: through the outbox, never past it.
+            epoch = self.life.epoch()
             self._outbox.append((self._encoder.flush(self._report(0), seq), 0))
             self._put_outbox()
+            self.life.flush_put(seq, epoch)
 
     def _report(self, extra: int) -> tuple[int, int, int]:
         """(recorded, dropped, sent) for a message carrying ``extra`` events: ``sent``
@@ -333,7 +336,7 @@ class Producer:
                 self.queue.put_nowait(message)
                 return True
             except Full:
-                if time.monotonic() >= deadline or self.retired:
+                if time.monotonic() >= deadline or self.life.retired:
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, _PUT_RETRY_MAX)
@@ -367,20 +370,17 @@ class Producer:
             log.error("mcpr-store: could not hand %d events to the writer by the shutdown "
                       "deadline (the queue stayed full); they are dropped", stranded)
         report = self.books.report()
-        final = self._encoder.control(Stop if self.is_owner else Detach, report)
+        owner = self.life.owner
+        final = self._encoder.control(Stop if owner else Detach, report)
+        epoch = self.life.epoch()
         if self._put_control(final, deadline):
             self._final = final
+            self.life.stop_put(epoch)
         else:
             log.error("mcpr-store: could not put the %s message by the shutdown deadline",
-                      "stop" if self.is_owner else "detach")
+                      "stop" if owner else "detach")
         self._say_drops(at_close=True)
-        self.done_closing = True
-
-    @property
-    def final_sent(self) -> bool:
-        """Whether this producer's last message (the owner's stop, a worker's detach) is on
-        the queue."""
-        return self._final is not None
+        self.life.sender_done = True
 
     def _say_drops(self, at_close: bool = False) -> None:
         """Warn of the events ``record()`` dropped for a full buffer since the last warning
