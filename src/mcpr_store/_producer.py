@@ -19,10 +19,15 @@ Why it looks like this:
 - Nothing here takes a lock or waits on a ``threading.Event`` that another thread may be
   holding: a signal handler can interrupt any line of the main thread, and a handler that
   calls ``shutdown()`` must never wait for something the interrupted code holds. Requests to
-  the sender (flush, close) are plain attributes; to wake it, a byte is written to a
-  non-blocking pipe (one syscall, async-signal-safe), by ``record()`` when it finds its buffer
-  empty and by ``flush()``/``close()``. So an idle process's sender sleeps (with a
-  ``_IDLE_WAKE_MS`` safety net), and a busy one is woken about once per batch.
+  the sender are a plain deque (flush) and the lifecycle's stage (close, ``_lifecycle``); to
+  wake it, a byte is written to a non-blocking pipe (one syscall, async-signal-safe), by
+  ``record()`` when it finds its buffer empty and by ``flush()``/``shutdown()``. So an idle
+  process's sender sleeps (with a ``_IDLE_WAKE_MS`` safety net), and a busy one is woken
+  about once per batch.
+
+- A flush request and the owner's stop are owed to every writer (``_lifecycle``): the sender
+  reads the writer's epoch before it puts one and puts it again once the epoch has moved
+  (the writer that took it may have died with it) until it is answered, or the writer done.
 
 The sender never dies: anything it cannot turn into a message is counted as dropped
 (``unreadable``, ``too_large``) and logged, and every other error is logged and survived.
@@ -99,7 +104,8 @@ _write: Final = _gil_holding_write()
 
 
 class Producer:
-    """This process's buffers, its sender thread and its books.
+    """This process's buffers and its sender thread; its identity in the books, its counters
+    and its stage are the lifecycle's (``life``), shared with the store handle.
 
     One buffer per event class, so ``record()`` finds the buffer and checks the type with
     one dict lookup, and the sender turns a run of one class into a message without asking
