@@ -47,6 +47,8 @@ __all__ = ["Lifecycle", "Stage"]
 
 
 class Stage(enum.IntEnum):
+    """Where a handle is in its life (the table above), as ``Lifecycle.stage`` tells it."""
+
     OPEN = 0
     CLOSING = 1
     STOP_SENT = 2
