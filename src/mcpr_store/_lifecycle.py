@@ -140,10 +140,6 @@ class Lifecycle:
             return 0
         return asked.seq
 
-    def flush_outstanding(self) -> bool:
-        """Whether a flush was asked that no answer covers yet."""
-        return self._flush is not None and self.answered() < self._flush.seq
-
     def stop_put(self, epoch: int) -> None:
         """The last message was put, ``epoch`` read just before (the owner's stop, or a
         worker's detach)."""
