@@ -18,6 +18,7 @@ import pytest
 from helpers import request, scalar, wait_for
 
 from mcpr_store import RequestEvent, Store
+from mcpr_store._testing import flush_asks_waiting, sender_thread_id, sender_wake_fd
 
 
 def test_burst__100000_back_to_back_events_are_absorbed_with_the_defaults(
@@ -243,7 +244,7 @@ def test_flush__never_overtakes_events_waiting_for_room_in_a_full_queue(
         answers: list[bool] = []
         flusher = threading.Thread(target=lambda: answers.append(store.flush(timeout=30)))
         flusher.start()
-        wait_for(lambda: answers or not store._producer.flush_requests,
+        wait_for(lambda: answers or not flush_asks_waiting(store),
                  what="the sender to take the flush request")
     finally:
         writer.resume()
@@ -271,7 +272,7 @@ def test_sender__holds_back_without_spinning_while_the_queue_stays_full(
         for i in range(10_000):
             store.record(request(f"r{i}", error_msg="x" * 100))
         wait_for(lambda: store.stats().buffered > 5_000, what="the queue to fill")
-        sender = store._producer.thread.native_id or 0
+        sender = sender_thread_id(store)
         cpu = _thread_cpu(sender)
         started = time.monotonic()
         wait_for(lambda: time.monotonic() - started >= 1.0, what="a second to pass")
@@ -298,7 +299,7 @@ def test_descriptors_above_1024__writer_replaced_and_sender_woken(
         while not held or held[-1] < 1_050:
             held.append(os.open(os.devnull, os.O_RDONLY))
         store = open_store()
-        assert store._producer._wake_r > 1_024
+        assert sender_wake_fd(store) > 1_024
         store.record(request("before"))
         assert store.flush(timeout=10)
         first = store.stats().writer_pid or 0

@@ -271,3 +271,27 @@ def test_open__writer_not_ready_in_time_is_a_clear_error(db_path: Path) -> None:
 
     with pytest.raises(WriterStartError, match="not ready within"):
         Store.open(StoreConfig(db_path=db_path, start_timeout=0.001))
+
+
+def test_store__is_made_by_open_only(open_store: Callable[..., Store]) -> None:
+    with pytest.raises(TypeError, match=r"Store\.open"):
+        Store()
+    store = open_store()
+    with pytest.raises(AttributeError):
+        store.db_path = "elsewhere"  # type: ignore[misc]
+    assert str(store.db_path).endswith("store.db") and store.config.batch_size == 500
+
+
+def test_store__shut_down_and_dropped_is_collected(db_path: Path) -> None:
+    """The exit hook holds open stores weakly: a store nobody references is not kept alive
+    until the interpreter exits."""
+    import gc
+    import weakref
+
+    store = Store.open(StoreConfig(db_path=db_path, mcpr_version="test"))
+    store.record(request("r1"))
+    assert store.shutdown()
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    assert ref() is None

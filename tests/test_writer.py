@@ -317,6 +317,7 @@ def test_stored_books__read_from_a_path_with_question_mark_and_hash(
     """The owner's read after a kill (``read_stored_books``) opens the file it names, and
     creates nothing: unquoted, ``?`` and ``#`` cut the URI and SQLite created ``a``."""
     from mcpr_store._open import read_stored_books
+    from mcpr_store._testing import store_token
 
     folder = tmp_path / "dir"
     db = folder / "a?b#c.db"
@@ -325,6 +326,6 @@ def test_stored_books__read_from_a_path_with_question_mark_and_hash(
         store.record(request(f"r{i}"))
     assert store.flush()
     before = sorted(p.name for p in folder.iterdir())
-    assert read_stored_books(str(db), store._spec.store_token) == (3, 0)
+    assert read_stored_books(str(db), store_token(store)) == (3, 0)
     assert sorted(p.name for p in folder.iterdir()) == before
     assert not (folder / "a").exists()

@@ -20,7 +20,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._books import StoreStats as StoreStats
     from ._config import StoreConfig as StoreConfig
     from ._config import resolve_db_path as resolve_db_path
     from ._errors import StoreError as StoreError
@@ -34,11 +33,12 @@ if TYPE_CHECKING:
     from ._events import SessionClosed as SessionClosed
     from ._events import SessionEvent as SessionEvent
     from ._events import platform_for_client as platform_for_client
+    from ._store_stats import StoreStats as StoreStats
     from ._store import Store as Store
 
 _WHERE = {
     "Store": "_store",
-    "StoreStats": "_books",
+    "StoreStats": "_store_stats",
     "StoreConfig": "_config",
     "resolve_db_path": "_config",
     "StoreError": "_errors",

@@ -52,12 +52,14 @@ from __future__ import annotations
 import ctypes
 import enum
 import multiprocessing
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
-__all__ = ["G", "ProducerBooks", "SharedBooks", "StoreStats"]
+# The writer imports ``process_alive`` from here (until its split lands); it lives in ``_proc``.
+from ._proc import process_alive as process_alive
+
+__all__ = ["FlushAnswer", "G", "ProducerBooks", "SharedBooks"]
 
 
 class G(enum.IntEnum):
@@ -77,7 +79,7 @@ class G(enum.IntEnum):
     UNDECODABLE = 11  # messages that were not ours (their events show up as in_queue)
     UNTRACKED = 12  # events from producers that found the table full (their reports lost)
     ACTIVE_BANK = 13
-    WRITER_EPOCH = 14  # bumped by each writer at start: flush waiters re-ask a new writer
+    WRITER_EPOCH = 14  # bumped by each writer at start: requests are owed to each (_lifecycle)
     LOST_QUEUE_OWNER = 15  # the owner's events sent and never received (absolute, at the end)
 
 
@@ -103,7 +105,9 @@ class P(enum.IntEnum):
     DROPPED = 4
     SENT = 5
     RECEIVED = 6  # counted by the writer
-    FLUSHED = 7  # highest flush sequence answered
+    #: The highest flush sequence answered, with the epoch of the writer that answered it,
+    #: in one word (``answer_flush``, ``flush_answer``).
+    FLUSHED = 7
     #: Of RECEIVED, how many are known settled (committed or rejected, or booked lost): set
     #: to RECEIVED by a writer that holds nothing uncommitted (after the commit that answers
     #: a flush, and at its start once its predecessor's loss is booked).
@@ -114,6 +118,12 @@ class P(enum.IntEnum):
     EXPOSED = 9
 
 
+#: A flush answer is one 64-bit word, so a reader never sees the sequence of one answer with
+#: the epoch of another: the sequence in the low bits (a trillion flushes per producer), the
+#: writer's epoch above it (counted modulo 2**23: answers are compared for equality only).
+_SEQ_BITS: Final = 40
+_SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
+_EPOCH_MASK: Final = (1 << (63 - _SEQ_BITS)) - 1
 _GLOBALS: Final = 16
 _BANK: Final = len(B)
 _ROW: Final = len(P)
@@ -123,6 +133,14 @@ MAX_PRODUCERS: Final = 1024
 _BANKS_AT: Final = _GLOBALS
 _ROWS_AT: Final = _BANKS_AT + 2 * _BANK
 SIZE: Final = _ROWS_AT + MAX_PRODUCERS * _ROW
+
+
+class FlushAnswer(NamedTuple):
+    """The last flush answered for a producer: its sequence, and the epoch of the writer that
+    answered it (``G.WRITER_EPOCH`` as that writer started)."""
+
+    epoch: int
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -283,6 +301,19 @@ class SharedBooks:
         self.settle(index for index, _ in rows)
         return max(0, held)
 
+    def answer_flush(self, index: int, seq: int) -> None:
+        """Writer only, once everything producer ``index`` sent before its flush request
+        ``seq`` is committed (or rejected): answer it, under this writer's epoch."""
+        at = self.row(index) + P.FLUSHED
+        if (self.array[at] & _SEQ_MASK) < seq:
+            epoch = self[G.WRITER_EPOCH] & _EPOCH_MASK
+            self.array[at] = (epoch << _SEQ_BITS) | (seq & _SEQ_MASK)
+
+    def flush_answer(self, index: int) -> FlushAnswer:
+        """The last flush answered for producer ``index`` (0, 0 before any)."""
+        word = int(self.array[self.row(index) + P.FLUSHED])
+        return FlushAnswer(word >> _SEQ_BITS, word & _SEQ_MASK)
+
     def flush_clean(self, index: int) -> bool:
         """Whether nothing producer ``index`` handed over was lost: none of its events
         vanished from the queue (what it reported sent, all received: the queue is FIFO per
@@ -379,75 +410,3 @@ class ProducerBooks:
     def report(self) -> tuple[int, int, int]:
         """(recorded, dropped, sent), as carried by every message."""
         return self.recorded, self.dropped(), self.sent
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """A snapshot of the store's books and the writer's health.
-
-    The books (see ``mcpr_store._books`` for who counts what): every event ``record()``
-    accepted (``recorded``) is ``committed``, ``rejected`` by the writer (invalid, or a
-    ``request_id`` already stored), ``dropped`` by a producer before it was handed over
-    (``dropped_by_reason``), or ``lost`` with a process that died after it was handed over
-    (``lost_by_reason``: ``writer_died``, ``in_queue``, ``worker_died``). Each is counted
-    where it happens, so after the owner's ``shutdown()`` (once every other process has
-    detached or died) ``recorded == committed + rejected + dropped + lost`` is a real check.
-
-    In the owner, ``recorded`` and ``dropped`` cover every process that holds the store (a
-    worker's as of its last message the writer received); in any other process they are
-    that process's own. Cannot be known: what a worker SIGKILLed before its first message
-    (or after its last one) recorded, and what a worker still running at the owner's
-    shutdown will do next.
-
-    Gauges: ``buffered`` (events this process holds: in its buffers, or encoded and waiting
-    for room in a full queue), ``queue_depth`` (events on the queue: sent, not yet
-    received), ``writer_pending`` (received by the writer, not yet committed),
-    ``queue_bytes`` (what the queue's messages take of its ``queue_capacity_bytes``; None
-    where the platform cannot tell).
-    """
-
-    recorded: int
-    committed: int
-    rejected: int
-    dropped: int
-    lost: int
-    queue_depth: int
-    writer_pid: int | None
-    writer_alive: bool
-    writer_rss_bytes: int | None
-    writer_cpu_seconds: float | None
-    writer_restarts: int
-    queue_repairs: int
-    db_reopens: int
-    buffered: int
-    batches: int
-    commit_failures: int
-    last_commit_ms: int | None
-    writer_pending: int = 0
-    producers: int = 0
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    lost_by_reason: dict[str, int] = field(default_factory=dict)
-    queue_bytes: int | None = None
-    queue_capacity_bytes: int = 0
-
-
-def process_alive(pid: int, start: int) -> bool:
-    """Whether process ``pid`` still runs and is the one that started at ``start`` (clock
-    ticks since boot, from /proc; 0 when unknown): a reused pid is another process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat[stat.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return not start or int(fields[19]) == start

@@ -36,12 +36,21 @@ from ._errors import WriterStartError
 
 __all__ = ["WriterProcess", "WriterSpec", "start_writer"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+#: The directory this copy of the package was loaded from. The writer must import this very
+#: copy. An installed package's directory (site-packages, or an editable install's finder) is
+#: on the child's own path already, and stays where it is: put first (as a ``PYTHONPATH``
+#: entry would be), site-packages would shadow the standard library. A source tree that only
+#: the caller's ``sys.path`` names (a checkout, a test runner's ``pythonpath``) is not, and
+#: goes first.
+_PACKAGE_ROOT = os.path.realpath(Path(__file__).parent.parent)
 # SIGINT, SIGTERM and SIGHUP are ignored from the first line, before any import, so a
 # signal to the whole process group cannot end the writer even while it starts (see _writer).
 _BOOT = ("import signal\n"
          "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
          "    signal.signal(s, signal.SIG_IGN)\n"
+         "import os, sys\n"
+         f"if {_PACKAGE_ROOT!r} not in {{os.path.realpath(p or '.') for p in sys.path}}:\n"
+         f"    sys.path.insert(0, {_PACKAGE_ROOT!r})\n"
          "from mcpr_store._writer import main\n"
          "main()\n")
 
@@ -172,8 +181,6 @@ def start_writer(spec: WriterSpec, timeout: float,
     """
     data, fds = _pickle_for_child(spec)
     env = dict(os.environ)
-    # The child must import this very copy of the package, wherever it was loaded from.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     to_child, from_parent = os.pipe()[::-1]  # (write end, read end): close-on-exec both
     from_child, to_parent = os.pipe()
     executable = get_executable()

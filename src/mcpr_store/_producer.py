@@ -19,10 +19,15 @@ Why it looks like this:
 - Nothing here takes a lock or waits on a ``threading.Event`` that another thread may be
   holding: a signal handler can interrupt any line of the main thread, and a handler that
   calls ``shutdown()`` must never wait for something the interrupted code holds. Requests to
-  the sender (flush, close) are plain attributes; to wake it, a byte is written to a
-  non-blocking pipe (one syscall, async-signal-safe), by ``record()`` when it finds its buffer
-  empty and by ``flush()``/``close()``. So an idle process's sender sleeps (with a
-  ``_IDLE_WAKE_MS`` safety net), and a busy one is woken about once per batch.
+  the sender are a plain deque (flush) and the lifecycle's stage (close, ``_lifecycle``); to
+  wake it, a byte is written to a non-blocking pipe (one syscall, async-signal-safe), by
+  ``record()`` when it finds its buffer empty and by ``flush()``/``shutdown()``. So an idle
+  process's sender sleeps (with a ``_IDLE_WAKE_MS`` safety net), and a busy one is woken
+  about once per batch.
+
+- A flush request and the owner's stop are owed to every writer (``_lifecycle``): the sender
+  reads the writer's epoch before it puts one and puts it again once the epoch has moved
+  (the writer that took it may have died with it) until it is answered, or the writer done.
 
 The sender never dies: anything it cannot turn into a message is counted as dropped
 (``unreadable``, ``too_large``) and logged, and every other error is logged and survived.
@@ -34,15 +39,15 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
 import select
 import time
 from collections import deque
 from queue import Full
 from typing import Any, Final
 
-from ._books import ProducerBooks
-from ._events import KINDS, SessionEvent
+from ._events import KINDS
+from ._lifecycle import Lifecycle
+from ._proc import process_start
 from ._wire import Detach, Stop, WireEncoder, shrink_request
 
 __all__ = ["MESSAGE_EVENTS", "Producer"]
@@ -63,8 +68,14 @@ _FORMED: Final = 256
 #: here and stalls them: the fewer cycles per event under load, the cheaper the store.
 _BUSY_LINGER: Final = 0.02
 #: The sender's safety net while idle: a wake-up lost to a race (a ``record()`` that saw a
-#: non-empty buffer the sender emptied a moment later) costs at most this.
+#: non-empty buffer the sender emptied a moment later) costs at most this. It is also how
+#: soon an idle sender sees that the writer it asked for a flush was replaced (a writer start
+#: takes longer); waking more often while a flush waits cost a fifth more of the sender's CPU
+#: in a record-and-flush loop (every wake-up takes the GIL from the busy threads).
 _IDLE_WAKE_MS: Final = 100
+#: The kinds in the order one round sends them: sessions first, as their requests may be in
+#: the same round.
+_SEND_ORDER: Final = ("session", "request", "close", "schema")
 #: While closing: how long to wait for ``record()`` calls in progress on other threads.
 _IN_FLIGHT_GRACE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
@@ -92,51 +103,37 @@ def _write_or_not(fd: int, data: bytes) -> None:
 _write: Final = _gil_holding_write()
 
 
-def _process_start() -> int:
-    """This process's start time in clock ticks since boot (0 where /proc is missing): with
-    the pid it names the process, so the writer can tell a reused pid from ours."""
-    try:
-        with open(f"/proc/{os.getpid()}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class Producer:
-    """This process's buffers, its sender thread and its books.
+    """This process's buffers and its sender thread; its identity in the books, its counters
+    and its stage are the lifecycle's (``life``), shared with the store handle.
 
     One buffer per event class, so ``record()`` finds the buffer and checks the type with
     one dict lookup, and the sender turns a run of one class into a message without asking
     each event what it is.
     """
 
-    def __init__(self, queue: Any, *, owner: bool, buffer_events: int, queue_bytes: int) -> None:
+    def __init__(self, queue: Any, life: Lifecycle, *, buffer_events: int,
+                 queue_bytes: int) -> None:
         import threading
 
         self.queue = queue
-        self.is_owner = owner
-        self.token = secrets.randbits(62) | 1
-        self.books = ProducerBooks()
+        self.life = life
+        self.token = life.token
+        self.books = life.counts
         self.buffers: dict[type, deque[Any]] = {cls: deque() for cls in KINDS.values()}
-        # Sessions first: their requests may be in the same round.
-        self._order = sorted(enumerate(self.buffers.values()),
-                             key=lambda kb: list(KINDS.values())[kb[0]] is not SessionEvent)
         self._deques = tuple(self.buffers.values())
+        names = list(KINDS)
+        self._order = tuple((names.index(name), self._deques[names.index(name)])
+                            for name in _SEND_ORDER)
         self.capacity = buffer_events
-        self.accepting = True
-        self._encoder = WireEncoder(self.token, os.getpid(), _process_start())
+        self._encoder = WireEncoder(self.token, os.getpid(), process_start())
         # A message may take half the queue, so one always fits once the queue drains.
         self._max_message = queue_bytes // 2
         self._queue_bytes = queue_bytes
         self.flush_requests: deque[int] = deque()
         self._outbox: list[tuple[bytes, int]] = []  # encoded, waiting for room in the queue
         self._outbox_events = 0
-        self.close_deadline: float | None = None  # set by close(): send what is left, then
-        self.done_closing = False  # the sender has sent (or given up on) its last message
-        self.resend_final = False  # the owner's writer was replaced after our stop
-        self.retired = False  # the store is done with this thread
-        self._final: bytes | None = None
+        self._final: bytes | None = None  # the last message, once put (the owner's stop)
         self._log_at: dict[str, float] = {}
         self._full_said = 0  # buffer_full drops a warning has told of
         self._wake_r, self._wake_w = os.pipe()
@@ -162,7 +159,6 @@ class Producer:
     def forget_after_fork(self) -> None:
         """In a forked child: this producer (the parent's) has no thread here; close its
         descriptors so they do not pile up over generations of forks."""
-        self.retired = True
         fds = (self._wake_r, self._wake_w)
         # A stale wake() (a handler bound to this producer) must not write into whatever
         # file reuses the number: -1 makes it a harmless EBADF.
@@ -190,12 +186,10 @@ class Producer:
         """Events this process holds: buffered, or encoded and waiting for room in the queue."""
         return self.buffered() + self._outbox_events
 
-    def close(self, deadline: float) -> None:
-        """Stop accepting; the sender sends what is left, then its last message, by
-        ``deadline``. Never blocks (safe in a signal handler)."""
-        self.accepting = False
-        if self.close_deadline is None:
-            self.close_deadline = deadline
+    def ask_flush(self, seq: int) -> None:
+        """Ask the writer to answer ``seq`` once everything buffered now is committed. Never
+        blocks (safe in a signal handler)."""
+        self.flush_requests.append(seq)
         self.wake()
 
     def sweep(self) -> int:
@@ -212,9 +206,6 @@ class Producer:
         self.books.closed += swept
         return swept
 
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
     # -- the sender thread --------------------------------------------------------------
 
     def _sleep_until_woken(self) -> bool:
@@ -228,10 +219,14 @@ class Producer:
         return True
 
     def _run(self) -> None:
-        while not self.retired:
+        life = self.life
+        while not life.retired:
             try:
-                if self.close_deadline is None:
+                if life.deadline is None:
                     idle = self._sleep_until_woken()
+                    owed = life.flush_owed()
+                    if owed:  # the writer asked was replaced before it answered
+                        self.flush_requests.append(owed)
                     if not self.flush_requests:  # a flush is answered at once
                         waiting = self.buffered()
                         if idle and waiting < _FORMED:
@@ -241,12 +236,14 @@ class Producer:
                             time.sleep(_BUSY_LINGER)
                     if self.flush_requests or self._outbox or any(self._deques):
                         self._cycle()
-                elif not self.done_closing:
-                    self._close(self.close_deadline)
+                elif not life.sender_done:
+                    self._close(life.deadline)
                 else:
-                    if self.resend_final and self._final is not None:
-                        self.resend_final = False
-                        self._put_control(self._final, float("inf"))
+                    if life.stop_owed() and self._final is not None:
+                        # The writer that took the stop died: its successor is owed it too.
+                        epoch = life.epoch()
+                        if self._put_control(self._final, float("inf")):
+                            life.stop_put(epoch)
                     time.sleep(_LINGER)
             except Exception as exc:  # the sender never dies
                 self._warn("sender", f"mcpr-store: the sender thread survived an error: {exc!r}")
@@ -261,8 +258,10 @@ class Producer:
         self._send_all(everything=bool(seq))
         if seq:
             # Behind everything it answers for: through the outbox, never past it.
+            epoch = self.life.epoch()
             self._outbox.append((self._encoder.flush(self._report(0), seq), 0))
             self._put_outbox()
+            self.life.flush_put(seq, epoch)
 
     def _report(self, extra: int) -> tuple[int, int, int]:
         """(recorded, dropped, sent) for a message carrying ``extra`` events: ``sent``
@@ -343,7 +342,7 @@ class Producer:
                 self.queue.put_nowait(message)
                 return True
             except Full:
-                if time.monotonic() >= deadline or self.retired:
+                if time.monotonic() >= deadline or self.life.retired:
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, _PUT_RETRY_MAX)
@@ -377,20 +376,17 @@ class Producer:
             log.error("mcpr-store: could not hand %d events to the writer by the shutdown "
                       "deadline (the queue stayed full); they are dropped", stranded)
         report = self.books.report()
-        final = self._encoder.control(Stop if self.is_owner else Detach, report)
+        owner = self.life.owner
+        final = self._encoder.control(Stop if owner else Detach, report)
+        epoch = self.life.epoch()
         if self._put_control(final, deadline):
             self._final = final
+            self.life.stop_put(epoch)
         else:
             log.error("mcpr-store: could not put the %s message by the shutdown deadline",
-                      "stop" if self.is_owner else "detach")
+                      "stop" if owner else "detach")
         self._say_drops(at_close=True)
-        self.done_closing = True
-
-    @property
-    def final_sent(self) -> bool:
-        """Whether this producer's last message (the owner's stop, a worker's detach) is on
-        the queue."""
-        return self._final is not None
+        self.life.sender_done = True
 
     def _say_drops(self, at_close: bool = False) -> None:
         """Warn of the events ``record()`` dropped for a full buffer since the last warning

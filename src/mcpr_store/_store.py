@@ -14,7 +14,14 @@ detaches, and never stops the writer.
 
 ``shutdown()`` only asks the sender thread (and, in the owner, the supervisor) to do the
 work, then polls for the result: it is safe in a signal handler, including one that fires
-during another ``shutdown()`` (the nested call waits for the first one's result).
+during another ``shutdown()`` (the nested call waits for the first one's result). The steps
+of that, and who takes each, are the handle's lifecycle (``_lifecycle``), given to the
+producer and the supervisor as they are made.
+
+Process-wide hooks, registered once, by the first store opened (or attached) in a process:
+one ``atexit`` hook that shuts down every store still open (it holds them weakly, so a store
+nobody references can still be collected), and one ``os.register_at_fork`` hook that gives
+every store a fresh producer in a forked child.
 """
 
 from __future__ import annotations
@@ -28,16 +35,20 @@ import os
 import secrets
 import time
 import weakref
+from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
-from ._books import G, P, SharedBooks, StoreStats
+from ._books import G, ProducerBooks, SharedBooks
 from ._config import StoreConfig
 from ._events import Event
 from ._launch import WriterSpec
+from ._lifecycle import Lifecycle
 from ._open import open_database
 from ._producer import Producer
 from ._queue import bytes_in_use, create_queue
+from ._store_stats import StoreStats
 from ._supervisor import Supervisor
 from .postgres._url import mask_url
 
@@ -50,6 +61,18 @@ _MARGIN: Final = 1.0
 _POLL: Final = 0.002
 
 _stores: weakref.WeakSet[Store] = weakref.WeakSet()
+_hooks_registered = False
+
+
+def _register_process_hooks() -> None:
+    """Once per process, at the first store: the exit hook and the fork hook (see the
+    module's docstring). Registered lazily so that importing ``mcpr_store`` changes nothing
+    in a process that never opens a store."""
+    global _hooks_registered
+    if not _hooks_registered:
+        _hooks_registered = True
+        atexit.register(_shut_down_at_exit)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Store:
@@ -61,30 +84,60 @@ class Store:
     argument.
     """
 
-    def __init__(self, config: StoreConfig, spec: WriterSpec,
-                 supervisor: Supervisor | None) -> None:
-        self.config = config
-        self.queue = spec.queue
-        self.books: SharedBooks = spec.books
-        self.db_path = mask_url(spec.db_path)  # a path, or a URL without its password
+    _config: StoreConfig
+    _queue: Any  # the faster-fifo queue
+    _shared: SharedBooks
+    _db_path: str
+    _spec: WriterSpec
+    _owner_pid: int
+    _supervisor: Supervisor | None
+    _life: Lifecycle
+    _flush_seq: itertools.count[int]
+    # What record() reads on every call (``_bind``):
+    _producer: Producer
+    _buffers: dict[type, deque[Any]]
+    _books: ProducerBooks
+    _wake: Callable[[], None]
+    _room: int
+
+    def __init__(self) -> None:
+        raise TypeError("a Store is made by Store.open(config)")
+
+    @classmethod
+    def _create(cls, config: StoreConfig, spec: WriterSpec, life: Lifecycle,
+                supervisor: Supervisor | None) -> Store:
+        """The handle over a writer that runs (``open``, or ``_attach`` in a child)."""
+        self = cls.__new__(cls)
+        self._config = config
+        self._queue = spec.queue
+        self._shared = spec.books
+        self._db_path = mask_url(spec.db_path)  # a path, or a URL without its password
         self._spec = spec
         self._owner_pid = spec.owner_pid
         self._supervisor = supervisor
-        self._bind(self._new_producer(owner=supervisor is not None))
-        if supervisor is not None:
-            supervisor.stop_sent = lambda: self._producer.final_sent
-            supervisor.on_replaced = self._resend_final
-            supervisor.owner_sent = lambda: (self._producer.token, self._producer.books.sent)
+        self._begin(life)
         self._flush_seq = itertools.count(1)
-        self._deadline: float | None = None  # set by the first shutdown()
-        self._result: bool | None = None
+        _register_process_hooks()
         _stores.add(self)
-        atexit.register(self._at_exit)
         multiprocessing.util.register_after_fork(self, Store._exit_with_multiprocessing)
+        return self
 
-    def _new_producer(self, *, owner: bool) -> Producer:
-        return Producer(self.queue, owner=owner, buffer_events=self.config.buffer_events,
-                        queue_bytes=self.config.queue_bytes)
+    def _begin(self, life: Lifecycle) -> None:
+        """Start this process's life of the handle: its lifecycle and its producer."""
+        self._life = life
+        self._bind(Producer(self._queue, life, buffer_events=self._config.buffer_events,
+                            queue_bytes=self._config.queue_bytes))
+
+    @property
+    def config(self) -> StoreConfig:
+        """The configuration the store was opened with (its ``repr`` masks a password)."""
+        return self._config
+
+    @property
+    def db_path(self) -> str:
+        """The database: a SQLite file's path, or a ``postgresql://`` URL with its password
+        masked."""
+        return self._db_path
 
     @classmethod
     def open(cls, config: StoreConfig | None = None) -> Store:
@@ -105,9 +158,10 @@ class Store:
         spec = WriterSpec(create_queue(config.queue_bytes), SharedBooks(), str(database),
                           config.mcpr_version, os.getpid(), config.batch_interval,
                           config.batch_size, secrets.token_hex(8))
-        supervisor = Supervisor(spec, config.start_timeout)
+        life = Lifecycle(spec.books, owner=True)
+        supervisor = Supervisor(spec, config.start_timeout, life)
         supervisor.start()
-        return cls(config, spec, supervisor)
+        return cls._create(config, spec, life, supervisor)
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -134,7 +188,7 @@ class Store:
     def _refuse(self) -> None:
         """Count a dropped event: full buffer, or closed store (each in one step)."""
         books = self._books
-        if self._producer.accepting:
+        if not self._life.closing:
             books.recorded += 1
             books.buffer_full += 1
         else:
@@ -148,7 +202,7 @@ class Store:
         self._books = producer.books
         self._wake = producer.wake
         #: Room in a buffer: its capacity while accepting, none once closed.
-        self._room = producer.capacity if producer.accepting else 0
+        self._room = 0 if self._life.closing else producer.capacity
 
     # -- control ----------------------------------------------------------------------------
 
@@ -170,27 +224,20 @@ class Store:
         gets its own answer. After ``shutdown()`` returns what it returned.
         """
         deadline = time.monotonic() + timeout
-        if self._deadline is not None:
-            while self._result is None and time.monotonic() < deadline:
+        life = self._life
+        if life.closing:
+            while life.result is None and time.monotonic() < deadline:
                 time.sleep(_POLL)
-            return bool(self._result)
-        producer = self._producer
+            return bool(life.result)
         seq = next(self._flush_seq)
-        epoch = self.books[G.WRITER_EPOCH]
-        producer.flush_requests.append(seq)
-        producer.wake()
-        row: int | None = None
+        # The sender owes the request to every writer until one answers (``_lifecycle``).
+        self._producer.ask_flush(seq)
         while True:
-            if row is None or self.books.get(row, P.TOKEN) != producer.token:
-                row = self.books.find(producer.token)
-            if row is not None and self.books.get(row, P.FLUSHED) >= seq:
-                # A replacement writer answers a re-asked flush from its own, empty batch:
-                # what its predecessor lost is in the books, booked before the epoch moved.
-                return producer.books.dropped() == 0 and self.books.flush_clean(row)
-            if self.books[G.WRITER_EPOCH] != epoch:  # a new writer: ask it again
-                epoch = self.books[G.WRITER_EPOCH]
-                producer.flush_requests.append(seq)
-                producer.wake()
+            row = life.row()
+            if row is not None and self._shared.flush_answer(row).seq >= seq:
+                # The answer may be a replacement's, asked again, from its own empty batch:
+                # what its predecessor lost of ours is booked in our row before it reads.
+                return life.counts.dropped() == 0 and self._shared.flush_clean(row)
             if time.monotonic() >= deadline:
                 return False
             time.sleep(_POLL)
@@ -208,48 +255,39 @@ class Store:
         Returns whether everything recorded was committed or rejected (owner), or handed to
         the writer (any other process: it cannot see what became of them).
         """
-        if self._result is not None:
-            return self._result
-        if self._deadline is None:
-            timeout = self.config.shutdown_timeout if timeout is None else timeout
-            self._deadline = time.monotonic() + timeout
-            atexit.unregister(self._at_exit)
-            self._producer.close(self._deadline)
-            self._room = 0  # record() drops (closed) from here on
-            if self._supervisor is not None and self.is_owner:
-                self._supervisor.request_stop(self._deadline)
-        until = self._deadline + _MARGIN
-        while not self._finished() and time.monotonic() < until:
+        life = self._life
+        if life.result is not None:
+            return life.result
+        if life.deadline is None:
+            timeout = self._config.shutdown_timeout if timeout is None else timeout
+            if life.close(time.monotonic() + timeout):
+                self._room = 0  # record() drops (closed) from here on
+                self._producer.wake()  # the sender sends what is left, then the stop
+        assert life.deadline is not None
+        until = life.deadline + _MARGIN
+        # The owner waits for the sender and the writer: a writer killed at the deadline can
+        # finish a moment before the sender has counted what it could not hand over.
+        while not life.done and time.monotonic() < until:
             time.sleep(_POLL)
-        if self._result is None:
-            self._result = self._settle()
-        return self._result
-
-    def _finished(self) -> bool:
-        # The owner waits for both: a writer killed at the deadline can finish a moment
-        # before the sender has counted what it could not hand over (``shutdown_timeout``).
-        done = self._producer.done_closing
-        if self._supervisor is not None and self.is_owner:
-            return done and self._supervisor.finished
-        return done
+        if life.result is None:
+            life.result = self._settle()
+        return life.result
 
     def _settle(self) -> bool:
-        producer = self._producer
-        if producer.done_closing:
-            producer.sweep()
-        producer.retired = True
-        if self._supervisor is not None and self.is_owner:
-            if not self._supervisor.finished:
+        life = self._life
+        if life.sender_done:
+            self._producer.sweep()
+        life.retire()
+        if life.owner:
+            if not life.writer_done:
                 return False
-            totals = self.books.totals((producer.token, producer.books.report()))
+            totals = self._shared.totals((life.token, life.counts.report()))
             return totals.recorded == totals.committed + totals.rejected
-        return producer.final_sent and producer.books.sent == producer.books.recorded
-
-    def _resend_final(self) -> None:
-        self._producer.resend_final = True
+        return life.final_sent and life.counts.sent == life.counts.recorded
 
     def _at_exit(self) -> None:
-        self.shutdown(timeout=min(self.config.shutdown_timeout, _EXIT_TIMEOUT))
+        if not self._life.closing:  # shut down (or shutting down) by the application
+            self.shutdown(timeout=min(self._config.shutdown_timeout, _EXIT_TIMEOUT))
 
     def _exit_with_multiprocessing(self) -> None:
         # A multiprocessing child leaves through os._exit(), past atexit; its own exit hook
@@ -272,12 +310,13 @@ class Store:
     def stats(self) -> StoreStats:
         """A snapshot of the books and the writer's health. Never blocks."""
         producer = self._producer
-        if self._result is not None and producer.done_closing:
+        life = self._life
+        if life.result is not None and life.sender_done:
             producer.sweep()  # a record() in progress at the close landed after it
-        books = self.books
-        mine = producer.books
-        if self.is_owner:
-            totals = books.totals((producer.token, mine.report()))
+        books = self._shared
+        mine = life.counts
+        if life.owner:
+            totals = books.totals((life.token, mine.report()))
             recorded, dropped = totals.recorded, totals.dropped
             by_reason = mine.dropped_by_reason()
             others = totals.dropped - mine.dropped()
@@ -314,15 +353,16 @@ class Store:
             producers=totals.producers,
             dropped_by_reason=by_reason,
             lost_by_reason=lost_by_reason,
-            queue_bytes=bytes_in_use(self.queue),
-            queue_capacity_bytes=self.config.queue_bytes,
+            queue_bytes=bytes_in_use(self._queue),
+            queue_capacity_bytes=self._config.queue_bytes,
         )
 
     def _writer_health(self, pid: int | None) -> tuple[int, float] | None:
         """(RSS bytes, CPU seconds) of a live writer, None if there is none."""
         if pid is None:
             return None
-        if self._supervisor is not None and self.is_owner and not self._supervisor.writer_alive():
+        if self._supervisor is not None and self._life.owner \
+                and not self._supervisor.writer_alive():
             return None
         import psutil
 
@@ -338,7 +378,7 @@ class Store:
 
     def __repr__(self) -> str:
         role = "owner" if self.is_owner else "worker"
-        state = "open" if self._deadline is None else "closed"
+        state = "closed" if self._life.closing else "open"
         return f"<Store {self.db_path!r} {role} {state}>"
 
     # -- handing the store to other processes -----------------------------------------------
@@ -349,24 +389,24 @@ class Store:
                 "a Store can only be passed to a multiprocessing child as a Process argument "
                 "(spawn or forkserver); a forked child inherits it, and other processes "
                 "should open their own")
-        return (_attach, (self.config, self._spec))
+        return (_attach, (self._config, self._spec))
 
     def _after_fork_in_child(self) -> None:
         # Threads do not survive fork: a fresh producer with its own sender, empty buffers
         # (what the parent had buffered is the parent's to send), and no supervisor.
         self._supervisor = None
         self._producer.forget_after_fork()
-        producer = self._new_producer(owner=False)
-        if self._deadline is not None:  # shut down in the parent before the fork
-            producer.accepting = False
-            producer.retired = True
-            self._result = True
-        self._bind(producer)
+        life = Lifecycle(self._shared, owner=False)
+        if self._life.closing:  # shut down in the parent before the fork: nothing to do
+            life.close(self._life.deadline or 0.0)
+            life.retire()
+            life.result = True
+        self._begin(life)
 
 
 def _attach(config: StoreConfig, spec: WriterSpec) -> Store:
     """A non-owner handle in a spawned child (see ``Store.__reduce__``)."""
-    return Store(config, spec, None)
+    return Store._create(config, spec, Lifecycle(spec.books, owner=False), None)
 
 
 def _after_fork_in_child() -> None:
@@ -374,4 +414,7 @@ def _after_fork_in_child() -> None:
         store._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _shut_down_at_exit() -> None:
+    """Shut down every store the application left open, each bounded by ``_EXIT_TIMEOUT``."""
+    for store in list(_stores):
+        store._at_exit()

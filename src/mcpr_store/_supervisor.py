@@ -7,11 +7,13 @@ while the owner lives): a dead writer is replaced within a writer start (about 0
 dead holder's lock released within half a second. A writer that cannot start is retried
 with backoff, not in a tight loop of new interpreters.
 
-Stopping: once ``request_stop(deadline)`` is called, the supervisor waits for the writer's
-clean exit after the owner's sentinel; a writer that dies meanwhile is replaced (with a start
-timeout that ends at the deadline) and the sentinel sent again; at the deadline the writer is
-killed, whatever it is doing, and what it held is booked as lost. Nothing here ever waits on
-the queue or on a lock that the proxy's threads take, so the deadline holds.
+Stopping: once the store's lifecycle (``_lifecycle``) is closing, the supervisor waits for
+the writer's clean exit after the owner's sentinel; a writer that dies meanwhile is replaced
+(with a start timeout that ends at the deadline), and the sender owes the sentinel to the
+replacement as to any writer; at the deadline the writer is killed, whatever it is doing, and
+what it held is booked as lost. Either way the supervisor moves the lifecycle to "writer
+done", and its thread ends. Nothing here ever waits on the queue or on a lock that the
+proxy's threads take, so the deadline holds.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Final
 
-from ._books import G, P, SharedBooks, process_alive
+from ._books import G, P, SharedBooks
 from ._errors import WriterStartError
 from ._launch import WriterProcess, WriterSpec, start_writer
+from ._lifecycle import Lifecycle
+from ._proc import process_alive
 from ._queue import repair_if_wedged
 
 __all__ = ["Supervisor"]
@@ -41,20 +44,15 @@ _RESTART_MAX: Final = 5.0
 
 
 class Supervisor:
-    """Owns the writer process of one store (in the owner process only)."""
+    """Owns the writer process of one store (in the owner process only), and the lifecycle's
+    step from "stop sent" to "writer done"."""
 
-    def __init__(self, spec: WriterSpec, start_timeout: float) -> None:
+    def __init__(self, spec: WriterSpec, start_timeout: float, life: Lifecycle) -> None:
         self.spec = spec
         self.books: SharedBooks = spec.books
         self.start_timeout = start_timeout
+        self.life = life
         self.writer: WriterProcess | None = None
-        self.deadline: float | None = None  # set by request_stop()
-        self.stop_sent: Callable[[], bool] = lambda: False
-        self.on_replaced: Callable[[], None] = lambda: None
-        #: (token, events sent) of the owner's producer, for the books after a kill.
-        self.owner_sent: Callable[[], tuple[int, int]] = lambda: (0, 0)
-        self.finished = False  # the writer has exited after a stop (or was killed)
-        self.clean_exit = False
         self._restart_delay = _WATCH_EVERY
         self._restart_at = 0.0
         self._thread: threading.Thread | None = None
@@ -68,12 +66,6 @@ class Supervisor:
                                         daemon=True)
         self._thread.start()
 
-    def request_stop(self, deadline: float) -> None:
-        """The owner's sentinel is on its way; the writer must be gone by ``deadline``.
-        Never blocks (safe in a signal handler)."""
-        if self.deadline is None:
-            self.deadline = deadline
-
     def writer_alive(self) -> bool:
         writer = self.writer
         return writer is not None and writer.running()
@@ -81,7 +73,7 @@ class Supervisor:
     # -- the watch thread ---------------------------------------------------------------
 
     def _watch(self) -> None:
-        while not self.finished:
+        while not self.life.writer_done:
             try:
                 self._wait()
                 self._tick()
@@ -98,8 +90,9 @@ class Supervisor:
             time.sleep(_WATCH_EVERY)
             return
         timeout = _LOCK_CHECK_EVERY
-        if self.deadline is not None:
-            timeout = min(timeout, max(0.0, self.deadline - time.monotonic()) + 0.01)
+        deadline = self.life.deadline
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()) + 0.01)
         writer.wait_exit(timeout)
 
     def _tick(self) -> None:
@@ -107,7 +100,8 @@ class Supervisor:
         writer = self.writer
         code = None if writer is None else writer.poll()
         now = time.monotonic()
-        past_deadline = self.deadline is not None and now >= self.deadline
+        deadline = self.life.deadline
+        past_deadline = deadline is not None and now >= deadline
         if writer is not None and code is None:
             if past_deadline:
                 log.error("mcpr-store: the writer (pid %d) did not finish by the shutdown "
@@ -115,15 +109,14 @@ class Supervisor:
                 writer.kill()
                 writer.wait()
                 self._settle_dead_writer()
-                self.finished = True
+                self.life.writer_done = True
             return
-        if code == 0 and self.stop_sent():
-            self.clean_exit = True
-            self.finished = True
+        if code == 0 and self.life.final_sent:  # it took the stop, committed and exited
+            self.life.writer_done = True
             return
         if past_deadline:
             self._settle_dead_writer()
-            self.finished = True
+            self.life.writer_done = True
             return
         if now >= self._restart_at:
             self._replace(code)
@@ -131,8 +124,9 @@ class Supervisor:
     def _replace(self, code: int | None) -> None:
         dead = self.writer
         timeout = self.start_timeout
-        if self.deadline is not None:
-            timeout = max(0.05, min(timeout, self.deadline - time.monotonic()))
+        deadline = self.life.deadline
+        if deadline is not None:
+            timeout = max(0.05, min(timeout, deadline - time.monotonic()))
         try:
             self.writer = start_writer(self.spec, timeout, self._while_starting)
         except WriterStartError as exc:
@@ -147,8 +141,6 @@ class Supervisor:
         log.warning("mcpr-store: started writer pid %d to replace %s", self.writer.pid,
                     f"pid {dead.pid} (exit code {code})" if dead is not None else "a writer "
                     "that could not start")
-        if self.stop_sent():  # the dead writer may have taken the sentinel with it
-            self.on_replaced()
 
     def _repair_lock(self) -> None:
         if repair_if_wedged(self.spec.queue) is not None:
@@ -157,7 +149,8 @@ class Supervisor:
     def _while_starting(self) -> bool:
         """Keep watching the queue lock while a writer starts; give up at the deadline."""
         self._repair_lock()
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        deadline = self.life.deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def _settle_dead_writer(self) -> None:
         """No writer will start again: take its commits from the database and book what it
@@ -173,11 +166,12 @@ class Supervisor:
         if held:
             log.warning("mcpr-store: the writer died holding %d events it had not committed; "
                         "they are lost", held)
+        owner = self.life
         for index, fields in books.rows():  # nobody will read the queue again
             token, pid, start = fields[P.TOKEN], fields[P.PID], fields[P.START]
-            if token != self.owner_sent()[0] and not process_alive(pid, start):
+            if token != owner.token and not process_alive(pid, start):
                 books.retire(index, died=True)
-        lost = books.settle_owner(*self.owner_sent())
+        lost = books.settle_owner(owner.token, owner.counts.sent)
         if lost:
             log.warning("mcpr-store: %d events sent to the writer were still queued when it "
                         "was killed; they are lost", lost)

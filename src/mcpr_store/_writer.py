@@ -453,8 +453,7 @@ class Writer:
         books = self.books
         books.settle(self.rows.values())  # nothing pending: all received is settled
         for row, seq in self.flushes.items():
-            if books.get(row, P.FLUSHED) < seq:
-                books.set(row, P.FLUSHED, seq)
+            books.answer_flush(row, seq)
         self.flushes.clear()
         return True
 

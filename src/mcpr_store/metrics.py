@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from ._books import DROP_REASONS
 
 if TYPE_CHECKING:
-    from ._books import StoreStats
+    from ._store_stats import StoreStats
     from ._store import Store
 
 __all__ = ["DROP_REASONS_EXPOSED", "LOST_REASONS", "StoreCollector"]

@@ -24,6 +24,7 @@ from faultkit import FaultReport, assert_accounted, exited
 from helpers import request, scalar, wait_for
 
 from mcpr_store import Store
+from mcpr_store._testing import events_put, lose_buffered_events, queue_of
 
 INJECT = Path(__file__).with_name("inject")
 
@@ -266,8 +267,7 @@ def test_books__a_message_whose_events_vanished_breaks_the_identity(
     if worker == 0:
         for i in range(100):
             store.record(request(f"w{i}"))
-        for buffer in store._producer.buffers.values():  # a sender that "loses" them
-            buffer.clear()
+        lose_buffered_events(store)  # a sender that "loses" them
         os._exit(0 if not store.shutdown(timeout=10) else 1)
     _reap(worker)
     store.record(request("owner"))
@@ -295,7 +295,7 @@ def test_worker_killed_with_events_unsent__booked_as_worker_died_while_still_a_z
         if worker == 0:
             for event in events:
                 store.record(event)
-            wait_for(lambda: store._producer.books.sent > 0, what="a full queue")
+            wait_for(lambda: events_put(store) > 0, what="a full queue")
             ready.touch()
             time.sleep(60)
             os._exit(1)
@@ -340,7 +340,7 @@ def test_worker_dead_with_messages_queued_behind_a_stalled_writer__all_committed
         # The writer retries with backoff (0.05 s doubling): six failures take 1.5 s, past
         # its check of producers' processes (every second).
         wait_for(lambda: store.stats().commit_failures >= 6, what="1.5 s of failed commits")
-        assert store.queue.qsize() >= 30  # messages the writer has not read
+        assert queue_of(store).qsize() >= 30  # messages the writer has not read
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

@@ -17,6 +17,7 @@ from helpers import request, scalar, wait_for
 
 from mcpr_store import Store
 from mcpr_store._queue import _MUTEX, lock_holder
+from mcpr_store._testing import queue_of
 
 needs_lock_inspection = pytest.mark.skipif(
     lock_holder(__import__("mcpr_store._queue", fromlist=["create_queue"]).create_queue(65536))
@@ -98,11 +99,11 @@ def _hold_queue_lock_then_die(store: Store) -> int:
     if pid == 0:
         libc = ctypes.CDLL(None)
         libc.pthread_mutex_lock(ctypes.c_void_p(
-            ctypes.addressof(store.queue.queue_obj_buffer) + _MUTEX))
+            ctypes.addressof(queue_of(store).queue_obj_buffer) + _MUTEX))
         os.write(1, b"")
         time.sleep(60)
         os._exit(0)
-    wait_for(lambda: lock_holder(store.queue) == pid, what="the child to hold the lock")
+    wait_for(lambda: lock_holder(queue_of(store)) == pid, what="the child to hold the lock")
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return pid
@@ -143,7 +144,7 @@ def _suspend_outside_the_queue(writer: psutil.Process, store: Store) -> None:
     every poll): suspended holding it, it would wedge the queue for everyone."""
     def suspended_outside() -> bool:
         writer.suspend()
-        if lock_holder(store.queue) == 0:
+        if lock_holder(queue_of(store)) == 0:
             return True
         writer.resume()
         return False
@@ -166,11 +167,11 @@ def test_lock_repair__of_a_queue_holding_messages_empties_it_whole(
             for i in range(20):
                 store.record(request(f"old{burst}-{i}"))
             wait_for(lambda: store.stats().buffered == 0, what="the burst put")
-        assert store.queue.qsize() == 5
+        assert queue_of(store).qsize() == 5
         _hold_queue_lock_then_die(store)
         wait_for(lambda: store.stats().queue_repairs == 1, timeout=5,
                  what="the owner to repair the lock")
-        assert (store.queue.qsize(), store.queue.data_size()) == (0, 0)
+        assert (queue_of(store).qsize(), queue_of(store).data_size()) == (0, 0)
     finally:
         writer.resume()
     for i in range(50):
@@ -196,13 +197,14 @@ def test_orphaned_writer__repairs_the_lock_its_dead_owner_held(tmp_path: Path) -
         import ctypes, os, sys, time
         from mcpr_store import Store, StoreConfig, RequestEvent
         from mcpr_store._queue import _MUTEX
+        from mcpr_store._testing import queue_of, stop_watching_the_writer
         store = Store.open(StoreConfig(db_path={str(tmp_path / "o.db")!r}))
         for i in range(100):
             store.record(RequestEvent(request_id=f"r{{i}}", ts=i, proxy="p", method="m"))
         assert store.flush()
-        store._supervisor.finished = True  # the owner would repair it; we play dead
+        stop_watching_the_writer(store)  # the owner would repair it; we play dead
         ctypes.CDLL(None).pthread_mutex_lock(
-            ctypes.c_void_p(ctypes.addressof(store.queue.queue_obj_buffer) + _MUTEX))
+            ctypes.c_void_p(ctypes.addressof(queue_of(store).queue_obj_buffer) + _MUTEX))
         print(store.stats().writer_pid, flush=True)
         time.sleep(60)
     """))
