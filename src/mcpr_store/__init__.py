@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from ._events import SessionClosed as SessionClosed
     from ._events import SessionEvent as SessionEvent
     from ._events import platform_for_client as platform_for_client
-    from ._store_stats import StoreStats as StoreStats
     from ._store import Store as Store
+    from ._store_stats import StoreStats as StoreStats
 
 _WHERE = {
     "Store": "_store",
