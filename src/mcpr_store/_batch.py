@@ -81,7 +81,7 @@ class Batch:
     schemas: list[Any] = field(default_factory=list)
 
     def rows(self, kind: str) -> list[Any]:
-        return getattr(self, kind + "s" if kind != "close" else "closes")  # type: ignore[no-any-return]
+        return getattr(self, kind + "s")  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         return len(self.sessions) + len(self.requests) + len(self.closes) + len(self.schemas)
@@ -374,6 +374,10 @@ class Target(Protocol):
     """Where a writer commits: the one interface of both back ends (``SqliteTarget`` here,
     ``pg.PostgresTarget`` for a ``postgresql://`` URL). Everything that differs between
     SQLite and PostgreSQL sits behind it; the writer loop is the same for both."""
+
+    #: Times the target found its database gone (a SQLite file deleted or replaced) and
+    #: opened it again; 0 where there is no file to lose.
+    reopens: int
 
     @property
     def name(self) -> str:

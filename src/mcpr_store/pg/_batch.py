@@ -561,6 +561,7 @@ class PostgresTarget:
         self.connect_timeout = connect_timeout
         self.conn: Connection | None = conn
         self.reconnects = 0
+        self.reopens = 0  # ``Target.reopens``: a server's database has no file to lose
         self.appended = 0  # batches whose rollup deltas this writer has not compacted
         self.appended_since: float | None = None  # monotonic: the oldest of them
         self._in_doubt: list[tuple[str, list[str]]] = []  # (xid, request ids it inserted)
