@@ -95,11 +95,13 @@ class QueueReader:
     """
 
     def __init__(self, queue: Any, pending: Pending, lock: threading.Lock, *,
-                 batch_size: int) -> None:
+                 batch_size: int, max_events: int = _MAX_PENDING,
+                 max_bytes: int = _MAX_PENDING_BYTES) -> None:
         self.queue = queue
         self.pending = pending
         self.lock = lock
         self.batch_size = batch_size
+        self.max_events, self.max_bytes = max_events, max_bytes
         self.decoder = WireDecoder()
         queue.loads = self._decode  # decode in place, before the buffer is reused
         self.queue_bytes = int(queue.max_size_bytes)
@@ -112,12 +114,14 @@ class QueueReader:
     def read(self, handle: Handler, *, drain: bool = False,
              until: float = float("inf")) -> int:
         """Read what the next batch needs, or everything queued when the queue is over half
-        full or ``drain``; never past the memory bounds, never after ``until`` (monotonic).
+        full or ``drain``; never once the memory bounds are reached (they are checked before
+        each queue call, and one call may take up to all that is queued), never after
+        ``until`` (monotonic).
         Each message goes to ``handle`` before the next is read. Returns how many messages.
         """
         pending = self.pending
         taken = 0
-        while len(pending) < _MAX_PENDING and pending.bytes < _MAX_PENDING_BYTES:
+        while len(pending) < self.max_events and pending.bytes < self.max_bytes:
             if time.monotonic() >= until:
                 break
             queued = self.queue.qsize()  # the message count, read without the lock

@@ -38,9 +38,11 @@ _LIVENESS_EVERY: Final = 1.0
 class ProducerRegistry:
     """The producers this writer knows, by token, and their rows in ``books``."""
 
-    def __init__(self, books: SharedBooks, log: RateLimitedLog) -> None:
+    def __init__(self, books: SharedBooks, log: RateLimitedLog, *,
+                 check_every: float = _LIVENESS_EVERY) -> None:
         self.books = books
         self.log = log
+        self.check_every = check_every
         self.rows: dict[int, int] = {}  # producer token -> row in the books
         self.dying: dict[int, float] = {}  # row -> monotonic: when its death was noticed
         self.owner_token: int | None = None  # learnt from the owner's stop message
@@ -97,12 +99,12 @@ class ProducerRegistry:
     def retire_dead(self, last_empty: float, *, final: bool = False) -> list[int]:
         """Retire producers whose process is gone, once all they put on the queue has been
         read: the queue was found empty (``last_empty``, monotonic) after their death was
-        noticed, or ``final`` (nothing more will be read). At most once per
-        ``_LIVENESS_EVERY`` unless ``final``. Returns the rows retired."""
+        noticed, or ``final`` (nothing more will be read). Looks at most once per
+        ``check_every`` seconds unless ``final``. Returns the rows retired."""
         now = time.monotonic()
         if not final and now < self.next_check:
             return []
-        self.next_check = now + _LIVENESS_EVERY
+        self.next_check = now + self.check_every
         retired = []
         for token, row in list(self.rows.items()):
             if token == self.owner_token:
