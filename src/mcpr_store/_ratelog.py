@@ -40,5 +40,6 @@ class RateLimitedLog:
             return False
         more = self._held_back.pop(key, 0)
         self._last[key] = time.monotonic()
-        self._logger.warning("%s%s", message, f" (and {more} more like it)" if more else "")
+        self._logger.warning("%s%s", message, f" (and {more} more like it)" if more else "",
+                             stacklevel=2)
         return True
