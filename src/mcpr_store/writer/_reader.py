@@ -161,8 +161,9 @@ class QueueReader:
 
     def _decode(self, buffer: memoryview) -> tuple[int, Message | Undecodable]:
         """faster-fifo's deserialiser: decode in place; never raises (a message that is not
-        ours must not cost the messages around it)."""
+        ours must not cost the messages around it). The ``Undecodable`` handed on is a
+        fresh one: the raised one's traceback would keep the receive buffer referenced."""
         try:
             return len(buffer), self.decoder.decode(buffer)
         except Undecodable as exc:
-            return len(buffer), exc
+            return len(buffer), Undecodable(str(exc))
