@@ -17,7 +17,7 @@ from helpers import scalar, wait_for, wire_requests
 from mcpr_store._batch import Batch, Stored, Target, open_target
 from mcpr_store._books import G, P, SharedBooks
 from mcpr_store._ratelog import RateLimitedLog
-from mcpr_store._wire import WireDecoder, WireEncoder
+from mcpr_store._wire import Flush, WireDecoder, WireEncoder
 from mcpr_store.writer._committer import Committer
 from mcpr_store.writer._reader import Pending
 from mcpr_store.writer._registry import ProducerRegistry
@@ -136,7 +136,7 @@ def test_committer__answers_a_flush_only_once_what_came_before_it_is_committed(
     c = committing(failures=1)
     c.receive([f"r{i}" for i in range(50)])
     assert c.row is not None
-    c.committer.ask_flush(c.row, 7)
+    c.committer.ask_flush(11, 7)
     assert c.committer.commit_due() is False  # due at once, and refused
     assert (c.field(P.FLUSHED), c.field(P.SETTLED), rows(db_path)) == (0, 0, 0)
     wait_for(c.committer.commit_due, timeout=5, what="the retried flush")
@@ -169,3 +169,18 @@ def test_committer__books_a_reopen_of_a_deleted_database_file(
     c.receive(["b"])
     assert c.committer.commit_pending()
     assert (c.books[G.DB_REOPENS], rows(db_path), c.books[G.COMMITTED]) == (1, 1, 2)
+
+
+def test_committer__a_flush_of_a_producer_retired_meanwhile_answers_no_one(
+    committing: Callable[..., Committing], db_path: Path
+) -> None:
+    c = committing()
+    c.receive(["a"])
+    assert c.row is not None
+    c.committer.ask_flush(11, 7)
+    c.registry.retire(c.row, died=False)  # it detached before the commit
+    other = c.registry.row_for(Flush(12, os.getpid(), 0, 0, 0, 0, seq=1))
+    assert other == c.row  # its row is another producer's now
+    assert c.committer.commit_pending()
+    assert (c.books.get(other, P.TOKEN), c.books.get(other, P.FLUSHED)) == (12, 0)
+    assert rows(db_path) == 1

@@ -61,7 +61,9 @@ class Committer:
         self.interval = interval
         self.committed = 0  # this store's totals, as written in the database
         self.refused = 0
-        self.flushes: dict[int, int] = {}  # producer row -> flush sequence to answer
+        #: Producer token -> the flush sequence to answer. By token, not row: a producer
+        #: retired meanwhile has no row to answer in (and its row may be another's now).
+        self.flushes: dict[int, int] = {}
         self.retry_at = 0.0  # monotonic: no commit before (after a failed one)
         self.retry_delay = _RETRY_MIN
         self.idle_retry_at = 0.0
@@ -77,14 +79,10 @@ class Committer:
             books[G.REJECTED_DB] = max(books[G.REJECTED_DB], refused)
         self.committed, self.refused = books[G.COMMITTED], books[G.REJECTED_DB]
 
-    def ask_flush(self, row: int, seq: int) -> None:
-        """The producer at ``row`` asks that everything it sent before be committed, then
-        ``seq`` be published as its flush answer."""
-        self.flushes[row] = max(self.flushes.get(row, 0), seq)
-
-    def forget(self, row: int) -> None:
-        """The producer at ``row`` is retired: nobody waits for its flush any more."""
-        self.flushes.pop(row, None)
+    def ask_flush(self, token: int, seq: int) -> None:
+        """Producer ``token`` asks that everything it sent before be committed, then ``seq``
+        be published as its flush answer (in its row, if it still has one then)."""
+        self.flushes[token] = max(self.flushes.get(token, 0), seq)
 
     def commit_due(self, *, everything: bool = False) -> bool:
         """Commit one batch when one is due (so the queue is read between batches), or
@@ -113,8 +111,9 @@ class Committer:
                 return False
         books = self.books
         books.settle(self.registry.indices())  # nothing pending: all received is settled
-        for row, seq in self.flushes.items():
-            if books.get(row, P.FLUSHED) < seq:
+        for token, seq in self.flushes.items():
+            row = self.registry.rows.get(token)
+            if row is not None and books.get(row, P.FLUSHED) < seq:
                 books.set(row, P.FLUSHED, seq)
         self.flushes.clear()
         return True

@@ -174,8 +174,7 @@ class Writer:
         return True
 
     def _retire_dead(self, final: bool = False) -> None:
-        for row in self.registry.retire_dead(self.reader.last_empty, final=final):
-            self.committer.forget(row)
+        self.registry.retire_dead(self.reader.last_empty, final=final)
 
     # -- what each message does -----------------------------------------------------------
 
@@ -192,13 +191,12 @@ class Writer:
             return message.count()
         if isinstance(message, Flush):
             if row is not None:
-                self.committer.ask_flush(row, message.seq)
+                self.committer.ask_flush(message.token, message.seq)
         elif isinstance(message, Stop):
             self.registry.owner_token = message.token
             self._stop()
         elif isinstance(message, Detach) and row is not None:
             self.registry.retire(row, died=False)
-            self.committer.forget(row)
         return 0
 
     def _accept(self, message: Events, row: int | None, size: int) -> None:
