@@ -72,13 +72,13 @@ class Writer:
         self.owner_pid = spec.owner_pid
         self.log = RateLimitedLog(log)
         self.state = threading.Lock()  # see the module's docstring
-        pending = Pending()
-        self.reader = QueueReader(spec.queue, pending, self.state, batch_size=spec.batch_size)
+        self.pending = Pending()  # filled by the reader, emptied by the committer
+        self.reader = QueueReader(spec.queue, self.pending, self.state,
+                                  batch_size=spec.batch_size)
         self.registry = ProducerRegistry(self.books, self.log)
-        self.committer = Committer(target, pending, self.books, self.registry, self.log,
+        self.committer = Committer(target, self.pending, self.books, self.registry, self.log,
                                    store_token=spec.store_token, batch_size=spec.batch_size,
                                    interval=spec.batch_interval)
-        self.pending = pending
         self.stopping = False
         self.stop_reading_at = float("inf")
         self.orphaned_at: float | None = None  # when we found the owner gone
