@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mcpr_store import RequestEvent, RequestStatus, SessionEvent
+from mcpr_store._wire import WireEncoder
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -51,3 +52,13 @@ def query(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[t
 
 def scalar(db_path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> Any:
     return query(db_path, sql, params)[0][0]
+
+
+def wire_requests(encoder: WireEncoder, ids: list[str],
+                  report: tuple[int, int, int] | None = None) -> bytes:
+    """One ``Events`` message of request events named ``ids``, as a producer's sender puts
+    it on the queue; ``report`` (recorded, dropped, sent) defaults to just these, sent."""
+    if report is None:
+        report = (len(ids), 0, len(ids))
+    message, _, _ = encoder.events(report, 0, [request(i) for i in ids])
+    return message

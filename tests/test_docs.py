@@ -834,9 +834,10 @@ def test_operations__explains_every_stats_field_and_reason() -> None:
 
 
 def test_docs__numbers_they_state_are_the_code_s() -> None:
-    from mcpr_store import _config, _writer
+    from mcpr_store import _config
     from mcpr_store._store import _EXIT_TIMEOUT, _MARGIN
     from mcpr_store.proxy._serve import DRAIN_SECONDS, GRACE_SECONDS
+    from mcpr_store.writer import _loop, _reader
 
     operations = " ".join((ROOT / "docs" / "operations.md").read_text().split())
     architecture = " ".join((ROOT / "docs" / "architecture.md").read_text().split())
@@ -850,10 +851,10 @@ def test_docs__numbers_they_state_are_the_code_s() -> None:
         (operations, f"({shutdown:g} s by default)"),
         (architecture, f"default {_config.DEFAULT_BUFFER_EVENTS:,}"),
         (architecture, f"default {_config.DEFAULT_QUEUE_BYTES // 2**20} MiB"),
-        (architecture, f"{_writer._MAX_PENDING:,} events or "
-                       f"{_writer._MAX_PENDING_BYTES // 2**20} MiB of messages"),
-        (architecture, f"at most {_writer._DRAIN_LIMIT:g} s"),
-        (architecture, f"retries for {_writer._ORPHAN_GRACE:g} s"),
+        (architecture, f"{_reader._MAX_PENDING:,} events or "
+                       f"{_reader._MAX_PENDING_BYTES // 2**20} MiB of messages"),
+        (architecture, f"at most {_loop._DRAIN_LIMIT:g} s"),
+        (architecture, f"retries for {_loop._ORPHAN_GRACE:g} s"),
         (architecture, f"({StoreConfig().batch_interval * 1000:g} ms)"),
     ]:
         assert expected in text, expected

@@ -42,7 +42,7 @@ def _tree(pid: int) -> dict[str, set[int]]:
             cmdline = " ".join(child.cmdline())
         except psutil.Error:
             continue
-        roles["writers" if "mcpr_store._writer" in cmdline else "workers"].add(child.pid)
+        roles["writers" if "mcpr_store.writer" in cmdline else "workers"].add(child.pid)
     return roles
 
 

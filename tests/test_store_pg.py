@@ -98,7 +98,7 @@ def test_writer_process__on_postgresql_loads_psycopg_only_there(
     import subprocess
     import sys
 
-    code = ("import signal\nimport sys\nimport mcpr_store._writer\n"
+    code = ("import signal\nimport sys\nimport mcpr_store.writer\n"
             "print('psycopg' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env={**os.environ})

@@ -4,7 +4,7 @@ The proxy records events with a non-blocking ``Store.record()``; a separate writ
 commits them to SQLite in batches. Data flow, by module::
 
     record() ─▶ buffers ─sender thread─▶ faster-fifo queue ─▶ writer process ─▶ batch ─▶ SQLite
-    (_store)    (_producer)  (_wire)      (_queue)            (_writer)         (_batch)  (_db)
+    (_store)    (_producer)  (_wire)      (_queue)            (writer/)         (_batch)  (_db)
                         the books (_books), the writer's supervision (_supervisor)
 
 See ``docs/architecture.md``.

@@ -56,9 +56,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
-# The writer imports ``process_alive`` from here (until its split lands); it lives in ``_proc``.
-from ._proc import process_alive as process_alive
-
 __all__ = ["FlushAnswer", "G", "ProducerBooks", "SharedBooks"]
 
 

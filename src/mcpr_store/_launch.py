@@ -3,7 +3,7 @@
 Why not ``multiprocessing``: ``fork`` copies the caller's threads' locks (an asyncio proxy
 with a thread pool can deadlock the child), and ``spawn``/``forkserver`` re-import the
 caller's ``__main__``, which re-runs a script that has no ``if __name__ == "__main__":``
-guard. So the writer is ``python -c "from mcpr_store._writer import main; main()"`` started
+guard. So the writer is ``python -c "from mcpr_store.writer import main; main()"`` started
 with ``os.posix_spawn``: nothing of the caller's state comes along except what we hand over.
 
 What we hand over (the faster-fifo queue and the shared books) lives in ``multiprocessing``
@@ -44,14 +44,15 @@ __all__ = ["WriterProcess", "WriterSpec", "start_writer"]
 #: goes first.
 _PACKAGE_ROOT = os.path.realpath(Path(__file__).parent.parent)
 # SIGINT, SIGTERM and SIGHUP are ignored from the first line, before any import, so a
-# signal to the whole process group cannot end the writer even while it starts (see _writer).
+# signal to the whole process group cannot end the writer even while it starts (see
+# writer._loop).
 _BOOT = ("import signal\n"
          "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
          "    signal.signal(s, signal.SIG_IGN)\n"
          "import os, sys\n"
          f"if {_PACKAGE_ROOT!r} not in {{os.path.realpath(p or '.') for p in sys.path}}:\n"
          f"    sys.path.insert(0, {_PACKAGE_ROOT!r})\n"
-         "from mcpr_store._writer import main\n"
+         "from mcpr_store.writer import main\n"
          "main()\n")
 
 

@@ -48,6 +48,7 @@ from typing import Any, Final
 from ._events import KINDS
 from ._lifecycle import Lifecycle
 from ._proc import process_start
+from ._ratelog import RateLimitedLog
 from ._wire import Detach, Stop, WireEncoder, shrink_request
 
 __all__ = ["MESSAGE_EVENTS", "Producer"]
@@ -80,7 +81,6 @@ _SEND_ORDER: Final = ("session", "request", "close", "schema")
 _IN_FLIGHT_GRACE: Final = 0.05
 _PUT_RETRY_MIN: Final = 0.001
 _PUT_RETRY_MAX: Final = 0.02
-_LOG_EVERY: Final = 10.0
 
 
 def _gil_holding_write() -> Any:
@@ -134,7 +134,7 @@ class Producer:
         self._outbox: list[tuple[bytes, int]] = []  # encoded, waiting for room in the queue
         self._outbox_events = 0
         self._final: bytes | None = None  # the last message, once put (the owner's stop)
-        self._log_at: dict[str, float] = {}
+        self.log = RateLimitedLog(log)  # the sender's warnings, by reason
         self._full_said = 0  # buffer_full drops a warning has told of
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -246,7 +246,8 @@ class Producer:
                             life.stop_put(epoch)
                     time.sleep(_LINGER)
             except Exception as exc:  # the sender never dies
-                self._warn("sender", f"mcpr-store: the sender thread survived an error: {exc!r}")
+                self.log.warn("sender", f"mcpr-store: the sender thread survived an error: "
+                                        f"{exc!r}")
                 time.sleep(_LINGER)
 
     def _cycle(self) -> None:
@@ -287,8 +288,8 @@ class Producer:
             message, events, invalid = self._encoder.events(self._report(len(rows)), kind, rows)
         except Exception as exc:
             self.books.unreadable += len(rows)
-            self._warn("unreadable", f"mcpr-store: dropped {len(rows)} events that could not "
-                                     f"be encoded: {exc!r}")
+            self.log.warn("unreadable", f"mcpr-store: dropped {len(rows)} events that could "
+                                        f"not be encoded: {exc!r}")
             return
         if len(message) > self._max_message:
             if len(rows) > 1:
@@ -301,13 +302,13 @@ class Producer:
                 self._encode(kind, [shrunk])
                 return
             self.books.too_large += 1
-            self._warn("too_large", f"mcpr-store: dropped a {list(KINDS)[kind]} event of "
-                                    f"{len(message)} bytes, larger than a queue message may be "
-                                    f"({self._max_message})")
+            self.log.warn("too_large", f"mcpr-store: dropped a {list(KINDS)[kind]} event of "
+                                       f"{len(message)} bytes, larger than a queue message may "
+                                       f"be ({self._max_message})")
             return
         if invalid:
-            self._warn("invalid", f"mcpr-store: sending {len(invalid)} events the writer will "
-                                  f"reject: {invalid[0]}")
+            self.log.warn("invalid", f"mcpr-store: sending {len(invalid)} events the writer "
+                                     f"will reject: {invalid[0]}")
         self._outbox.append((message, events))
         self._outbox_events += events
 
@@ -391,21 +392,12 @@ class Producer:
     def _say_drops(self, at_close: bool = False) -> None:
         """Warn of the events ``record()`` dropped for a full buffer since the last warning
         (``record()`` only counts: it must not log). Rate-limited; the last ones are told
-        at close, whatever the rate."""
+        at close, whatever the rate. A line held back is not counted as one more like it:
+        the next line tells its drops too."""
         full = self.books.buffer_full
-        if full > self._full_said and self._warn(
-                "buffer_full", f"mcpr-store: dropped {full - self._full_said:,} events: this "
-                f"process's buffer was full ({full:,} dropped as buffer_full in all); the "
-                f"writer is not keeping up, or the buffer is too small for the bursts",
-                force=at_close):
+        if full > self._full_said and (at_close or self.log.due("buffer_full")):
+            self.log.warn("buffer_full", f"mcpr-store: dropped {full - self._full_said:,} "
+                          f"events: this process's buffer was full ({full:,} dropped as "
+                          f"buffer_full in all); the writer is not keeping up, or the buffer "
+                          f"is too small for the bursts", force=True)
             self._full_said = full
-
-    def _warn(self, key: str, message: str, force: bool = False) -> bool:
-        """Log ``message`` unless one of ``key`` was logged in the last ``_LOG_EVERY``
-        seconds; whether it was logged."""
-        now = time.monotonic()
-        if force or now - self._log_at.get(key, -_LOG_EVERY) >= _LOG_EVERY:
-            self._log_at[key] = now
-            log.warning("%s", message)
-            return True
-        return False

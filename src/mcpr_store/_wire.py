@@ -34,6 +34,7 @@ __all__ = [
     "Flush",
     "Message",
     "Stop",
+    "Undecodable",
     "WireDecoder",
     "WireEncoder",
 ]
@@ -78,9 +79,6 @@ class Events(_Header, tag=1, frozen=True):
     def count(self) -> int:
         return (len(self.requests) + len(self.sessions) + len(self.closes)
                 + len(self.schemas) + len(self.invalid))
-
-    def rows(self, kind: str) -> list[Any]:
-        return getattr(self, _LISTS[kind])  # type: ignore[no-any-return]
 
 
 _LISTS: Final = {"request": "requests", "session": "sessions", "close": "closes",
@@ -241,7 +239,10 @@ def shrink_request(row: Any) -> list[Any] | None:
 # --- the writer's side --------------------------------------------------------------------
 
 class Undecodable(Exception):
-    """A message that is not ours at all (corrupt bytes): its events cannot be counted."""
+    """A message that is not ours at all (corrupt bytes): its events cannot be counted.
+
+    ``WireDecoder.decode`` raises it; the writer's queue reader, whose decoder must not
+    raise, hands the exception on in place of the message, and its ``str`` is the reason."""
 
 
 class WireDecoder:

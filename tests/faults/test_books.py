@@ -457,7 +457,7 @@ def test_writer_process__imports_nothing_of_the_proxy_side(
         import signal, sys
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
-        import mcpr_store._writer
+        import mcpr_store.writer
         open({str(probe)!r}, "w").write("\\n".join(sorted(sys.modules)))
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -185,7 +185,7 @@ def test_gunicorn_recycling_workers__books_exact_through_a_writer_kill(
         for i in range(600):
             if i == 300:
                 writer = next(c for c in master.children()
-                              if "mcpr_store._writer" in " ".join(c.cmdline()))
+                              if "mcpr_store.writer" in " ".join(c.cmdline()))
                 writer.kill()
             while True:  # a worker being recycled may refuse a connection: ask again
                 try:

@@ -549,6 +549,7 @@ class PostgresTarget:
         self.connect_timeout = connect_timeout
         self.conn: Connection | None = conn
         self.reconnects = 0
+        self.reopens = 0  # ``Target.reopens``: a server's database has no file to lose
         self.appended = 0  # batches whose rollup deltas this writer has not compacted
         self.appended_since: float | None = None  # monotonic: the oldest of them
         self._in_doubt: list[tuple[str, list[str]]] = []  # (xid, request ids it inserted)
@@ -569,12 +570,6 @@ class PostgresTarget:
     def name(self) -> str:
         """The database, as logs may show it (password masked)."""
         return self.masked_url
-
-    @property
-    def reopens(self) -> int:
-        """Always 0: a database on a server has no file to be deleted or replaced (a lost
-        connection is reconnected, which is not counted here)."""
-        return 0
 
     def store(self, batch: BatchRows, books: tuple[str, int, int]) -> Stored:
         """The writer's call (``_backend.WriteTarget``): ``store_batch`` with the store's books;
