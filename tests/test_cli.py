@@ -89,7 +89,8 @@ def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Pa
         "    main(sys.argv[1:])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "bad = {'faster_fifo', 'mcpr_store._store', 'mcpr_store._producer', 'psutil'}\n"
+        "bad = {'faster_fifo', 'mcpr_store.engine._store', 'mcpr_store.engine._producer',\n"
+        "       'psutil'}\n"
         "print(sorted(bad & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(db), command],

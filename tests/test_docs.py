@@ -210,7 +210,7 @@ def _free_port() -> int:
 def proxy_worst_stop() -> float:
     """Seconds ``mcpr-store proxy`` may take from SIGTERM to exit: gunicorn's grace for the
     workers, then the store's shutdown and its margin."""
-    from mcpr_store._store import _MARGIN
+    from mcpr_store.engine._store import _MARGIN
     from mcpr_store.proxy._serve import GRACE_SECONDS
 
     return GRACE_SECONDS + StoreConfig().shutdown_timeout + _MARGIN
@@ -835,7 +835,7 @@ def test_operations__explains_every_stats_field_and_reason() -> None:
 
 def test_docs__numbers_they_state_are_the_code_s() -> None:
     from mcpr_store import _config
-    from mcpr_store._store import _EXIT_TIMEOUT, _MARGIN
+    from mcpr_store.engine._store import _EXIT_TIMEOUT, _MARGIN
     from mcpr_store.proxy._serve import DRAIN_SECONDS, GRACE_SECONDS
     from mcpr_store.writer import _loop, _reader
 

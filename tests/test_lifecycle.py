@@ -4,7 +4,7 @@ owed, over real shared books (no processes: the writer's epoch is moved by hand)
 from __future__ import annotations
 
 from mcpr_store._books import G, SharedBooks
-from mcpr_store._lifecycle import Lifecycle, Stage
+from mcpr_store.engine._lifecycle import Lifecycle, Stage
 
 
 def _life(*, owner: bool = True, epoch: int = 1) -> tuple[SharedBooks, Lifecycle]:

@@ -1,11 +1,11 @@
 """mcpr-store: the storage engine of an MCP proxy.
 
 The proxy records events with a non-blocking ``Store.record()``; a separate writer process
-commits them to SQLite in batches. Data flow, by module::
+commits them to SQLite or PostgreSQL in batches. Data flow, by folder::
 
-    record() ─▶ buffers ─sender thread─▶ faster-fifo queue ─▶ writer process ─▶ batch ─▶ SQLite
-    (_store)    (_producer)  (_wire)      (_queue)            (writer/)         (_batch)  (_db)
-                        the books (_books), the writer's supervision (_supervisor)
+    record() ─▶ buffers, sender ─▶ faster-fifo queue ─▶ writer process ─▶ back end
+    (engine/_store, engine/_producer)  (_wire, _queue)     (writer/)     (sqlite/, postgres/)
+         the books (_books), the writer's supervision (engine/_supervisor)
 
 See ``docs/architecture.md``.
 
@@ -33,11 +33,11 @@ if TYPE_CHECKING:
     from ._events import SessionClosed as SessionClosed
     from ._events import SessionEvent as SessionEvent
     from ._events import platform_for_client as platform_for_client
-    from ._store import Store as Store
     from ._store_stats import StoreStats as StoreStats
+    from .engine._store import Store as Store
 
 _WHERE = {
-    "Store": "_store",
+    "Store": "engine._store",
     "StoreStats": "_store_stats",
     "StoreConfig": "_config",
     "resolve_db_path": "_config",

@@ -262,9 +262,24 @@ class SharedBooks:
         a[at + P.TOKEN] = 0  # and only now the row is free
         return lost_queue, lost_worker
 
-    def finish_interrupted_retire(self) -> None:
-        """Writer start: a predecessor killed between publishing a fold and freeing the row
-        left the row in use; it is in the bank already, so free it."""
+    def settle_dead_writer(self, stored: tuple[int, int] | None) -> int:
+        """What a dead writer left, settled by whoever comes after it: the next writer at its
+        start, or the owner's supervisor once no writer will run (both before anything else
+        reads the queue). Its totals as the database has them (``stored``: committed and
+        refused, written with its last transaction; None when unreadable) count where the
+        shared ones are behind (it may have died between COMMIT and publishing them); a
+        retirement it was in the middle of is finished; what it received and never committed
+        is booked as lost. Returns how many events were lost."""
+        if stored is not None:
+            committed, refused = stored
+            self[G.COMMITTED] = max(self[G.COMMITTED], committed)
+            self[G.REJECTED_DB] = max(self[G.REJECTED_DB], refused)
+        self._finish_interrupted_retire()
+        return self._book_dead_writer()
+
+    def _finish_interrupted_retire(self) -> None:
+        """A writer killed between publishing a fold and freeing the row left the row in
+        use; it is in the bank already, so free it (retiring it again would count it twice)."""
         folded = self.bank()[B.FOLDED_TOKEN]
         index = self.find(folded) if folded else None
         if index is not None:
@@ -280,13 +295,10 @@ class SharedBooks:
             at = self.row(index)
             a[at + P.SETTLED] = a[at + P.RECEIVED]
 
-    def book_dead_writer(self) -> int:
+    def _book_dead_writer(self) -> int:
         """A writer died, and nobody else will commit what it held: book what it received and
         never settled as lost (``writer_died``), mark each producer that had events not known
-        settled as exposed to that loss, then settle every row. Returns the events lost.
-
-        Only by the next writer at its start, or by the owner once no writer will run; both
-        before anything else reads the queue."""
+        settled as exposed to that loss, then settle every row. Returns the events lost."""
         held = self.held_by_writer()
         rows = self.rows()
         if held > 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._store import Store
+    from .engine._store import Store
 
 __all__ = ["events_put", "flush_asks_waiting", "lose_buffered_events", "queue_of",
            "sender_thread_id", "sender_wake_fd", "stop_watching_the_writer", "store_token"]

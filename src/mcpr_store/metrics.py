@@ -24,8 +24,8 @@ from prometheus_client.registry import Collector
 from ._books import DROP_REASONS
 
 if TYPE_CHECKING:
-    from ._store import Store
     from ._store_stats import StoreStats
+    from .engine._store import Store
 
 __all__ = ["DROP_REASONS_EXPOSED", "LOST_REASONS", "StoreCollector"]
 

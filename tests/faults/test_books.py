@@ -462,6 +462,7 @@ def test_writer_process__imports_nothing_of_the_proxy_side(
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
     loaded = set(probe.read_text().split())
-    proxy_side = {"mcpr_store._store", "mcpr_store._producer", "mcpr_store._supervisor",
-                  "psutil", "mcpr_store.cli", "mcpr_store.query"}
+    proxy_side = {"mcpr_store.engine._store", "mcpr_store.engine._producer",
+                  "mcpr_store.engine._supervisor", "mcpr_store.engine._lifecycle", "psutil",
+                  "mcpr_store.cli", "mcpr_store.query"}
     assert not loaded & proxy_side, loaded & proxy_side

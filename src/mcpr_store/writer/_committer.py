@@ -69,14 +69,10 @@ class Committer:
         self.idle_retry_at = 0.0
         self.reopens_counted = 0  # of ``target.reopens``, booked as DB_REOPENS
 
-    def take_over(self, stored: tuple[int, int] | None) -> None:
-        """At start: the totals a predecessor wrote in the database (``read_books``) count
-        where the shared ones are behind; then continue from the shared ones."""
+    def resume(self) -> None:
+        """At start, once a predecessor's books are settled (``settle_dead_writer``):
+        continue this store's totals from the shared ones."""
         books = self.books
-        if stored is not None:
-            committed, refused = stored
-            books[G.COMMITTED] = max(books[G.COMMITTED], committed)
-            books[G.REJECTED_DB] = max(books[G.REJECTED_DB], refused)
         self.committed, self.refused = books[G.COMMITTED], books[G.REJECTED_DB]
 
     def ask_flush(self, token: int, seq: int) -> None:

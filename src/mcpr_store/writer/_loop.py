@@ -37,11 +37,11 @@ from typing import Final
 
 from .._backend import WriteTarget
 from .._books import G, SharedBooks
-from .._launch import WriterSpec, child_read_spec
 from .._open import open_target
 from .._queue import repair_if_wedged
 from .._ratelog import RateLimitedLog
 from .._wire import KIND_NAMES, Detach, Events, Flush, Message, Stop, Undecodable
+from ..engine._launch import WriterSpec, child_read_spec
 from ._committer import Committer
 from ._reader import Pending, QueueReader
 from ._registry import ProducerRegistry
@@ -94,9 +94,9 @@ class Writer:
         """Take over the books from a writer that died: its commits are read back from the
         database, and what it held and never committed is booked as lost."""
         books = self.books
-        self.committer.take_over(self.target.read_books(self.spec.store_token))
-        books.finish_interrupted_retire()
-        held = books.book_dead_writer()  # before the epoch: a flush re-asked sees the loss
+        # Before the epoch moves: a flush asked again of this writer sees the loss.
+        held = books.settle_dead_writer(self.target.read_books(self.spec.store_token))
+        self.committer.resume()
         if held:
             log.warning("the previous writer died holding %d events it had not committed; "
                         "they are lost", held)

@@ -32,7 +32,7 @@ from multiprocessing.spawn import get_executable
 from pathlib import Path
 from typing import Any
 
-from ._errors import WriterStartError
+from .._errors import WriterStartError
 
 __all__ = ["WriterProcess", "WriterSpec", "start_writer"]
 
@@ -42,7 +42,7 @@ __all__ = ["WriterProcess", "WriterSpec", "start_writer"]
 #: entry would be), site-packages would shadow the standard library. A source tree that only
 #: the caller's ``sys.path`` names (a checkout, a test runner's ``pythonpath``) is not, and
 #: goes first.
-_PACKAGE_ROOT = os.path.realpath(Path(__file__).parent.parent)
+_PACKAGE_ROOT = os.path.realpath(Path(__file__).parent.parent.parent)
 # SIGINT, SIGTERM and SIGHUP are ignored from the first line, before any import, so a
 # signal to the whole process group cannot end the writer even while it starts (see
 # writer._loop).
@@ -70,7 +70,7 @@ class WriterSpec:
     store_token: str  # names this store's row of committed totals in the database
 
     def __repr__(self) -> str:
-        from ._config import masked_repr
+        from .._config import masked_repr
 
         return masked_repr(self, "db_path")
 

@@ -40,17 +40,17 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
-from ._books import G, ProducerBooks, SharedBooks
-from ._config import StoreConfig
-from ._events import Event
+from .._books import G, ProducerBooks, SharedBooks
+from .._config import StoreConfig
+from .._events import Event
+from .._open import open_database
+from .._queue import bytes_in_use, create_queue
+from .._store_stats import StoreStats
+from ..postgres._url import mask_url
 from ._launch import WriterSpec
 from ._lifecycle import Lifecycle
-from ._open import open_database
 from ._producer import Producer
-from ._queue import bytes_in_use, create_queue
-from ._store_stats import StoreStats
 from ._supervisor import Supervisor
-from .postgres._url import mask_url
 
 __all__ = ["Store"]
 

@@ -23,12 +23,12 @@ import threading
 import time
 from typing import Final
 
-from ._books import G, P, SharedBooks
-from ._errors import WriterStartError
+from .._books import G, P, SharedBooks
+from .._errors import WriterStartError
+from .._proc import process_alive
+from .._queue import repair_if_wedged
 from ._launch import WriterProcess, WriterSpec, start_writer
 from ._lifecycle import Lifecycle
-from ._proc import process_alive
-from ._queue import repair_if_wedged
 
 __all__ = ["Supervisor"]
 
@@ -153,16 +153,14 @@ class Supervisor:
         return deadline is not None and time.monotonic() >= deadline
 
     def _settle_dead_writer(self) -> None:
-        """No writer will start again: take its commits from the database and book what it
-        held as lost (what a replacement writer does at its start)."""
-        from ._open import read_stored_books
+        """No writer will start again: settle what it left as a replacement writer would at
+        its start (``SharedBooks.settle_dead_writer``), then retire the producers that are
+        gone and book what the owner sent that nobody will read."""
+        from .._open import read_stored_books
 
-        stored = read_stored_books(self.spec.db_path, self.spec.store_token)
         books = self.books
-        if stored is not None:
-            books[G.COMMITTED] = max(books[G.COMMITTED], stored[0])
-            books[G.REJECTED_DB] = max(books[G.REJECTED_DB], stored[1])
-        held = books.book_dead_writer()
+        held = books.settle_dead_writer(read_stored_books(self.spec.db_path,
+                                                          self.spec.store_token))
         if held:
             log.warning("mcpr-store: the writer died holding %d events it had not committed; "
                         "they are lost", held)

@@ -45,11 +45,11 @@ from collections import deque
 from queue import Full
 from typing import Any, Final
 
-from ._events import KINDS
+from .._events import KINDS
+from .._proc import process_start
+from .._ratelog import RateLimitedLog
+from .._wire import Detach, Stop, WireEncoder, shrink_request
 from ._lifecycle import Lifecycle
-from ._proc import process_start
-from ._ratelog import RateLimitedLog
-from ._wire import Detach, Stop, WireEncoder, shrink_request
 
 __all__ = ["MESSAGE_EVENTS", "Producer"]
 

@@ -41,7 +41,7 @@ import enum
 import secrets
 from typing import NamedTuple
 
-from ._books import G, P, ProducerBooks, SharedBooks
+from .._books import G, P, ProducerBooks, SharedBooks
 
 __all__ = ["Lifecycle", "Stage"]
 
