@@ -38,11 +38,11 @@ import asyncio
 import gc
 import json
 import logging
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
 
+from ._ratelog import RateLimitedLog
 from ._sse import SSEData
 from ._traffic import Call, Traffic
 
@@ -57,8 +57,6 @@ Headers = Mapping[bytes, bytes]
 SLICE_BYTES: Final = 64 * 1024
 #: Elements of a batch read between two yields to the event loop (~1 ms on a busy core).
 SLICE_ITEMS: Final = 64
-#: Seconds between two warnings of a batch passing unrecorded.
-_SKIP_LOG_EVERY: Final = 10.0
 
 _WHITESPACE: Final = " \t\n\r"
 
@@ -196,7 +194,7 @@ class Exchanges:
         self.tasks: set[asyncio.Task[None]] = set()
         self.batch_reading = False  # a big request body is being read (one at a time)
         self._gc_was_enabled = False
-        self._skipped_at = -_SKIP_LOG_EVERY
+        self._log = RateLimitedLog(log)
 
     def begin_batch(self) -> bool:
         """Take the one place for reading a big request body; False if it is taken (the
@@ -206,11 +204,9 @@ class Exchanges:
         batch makes millions of objects, every one freed by reference counting, and the
         full collections their number triggers were most of the event loop's stalls."""
         if self.batch_reading:
-            now = time.monotonic()
-            if now - self._skipped_at >= _SKIP_LOG_EVERY:
-                self._skipped_at = now
-                log.warning("mcpr-store: a batch of more than %d bytes passes unrecorded: "
-                            "another is being read in this process", SLICE_BYTES)
+            self._log.warn("skipped", f"mcpr-store: a batch of more than {SLICE_BYTES} bytes "
+                                      "passes unrecorded: another is being read in this "
+                                      "process")
             return False
         self.batch_reading = True
         self._gc_was_enabled = gc.isenabled()
