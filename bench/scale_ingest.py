@@ -14,9 +14,11 @@ equal what was committed.
 
 Baselines, on the same rows (the requests of the first owner's stream) in the same run, in
 a process with nothing else to do: PostgreSQL, one plain ``COPY`` into ``requests`` (no
-duplicate handling, no sessions, no counters); SQLite, plain ``executemany`` INSERTs into
-``requests`` in transactions of 500 (the store's batch). PostgreSQL is a real server
-(``tests/pgserver.py``) with durable settings (fsync and synchronous_commit on).
+duplicate handling, no sessions, no counters), and the same COPY in transactions of 500
+rows (the store's batch: the most a writer that commits every 500 events could reach);
+SQLite, plain ``executemany`` INSERTs into ``requests`` in transactions of 500 (the store's
+batch). PostgreSQL is a real server (``tests/pgserver.py``) with durable settings (fsync
+and synchronous_commit on).
 
 ``section()`` is what ``python -m bench.scale`` calls. The machine is shared: medians of
 ``--runs``, and read the ratios (each to its baseline of the same run).
@@ -60,6 +62,8 @@ class IngestRun:
     seconds: float
     events_per_s: float
     baseline_rows_per_s: float  # plain COPY (PostgreSQL) / plain executemany (SQLite)
+    #: The baseline in transactions of 500 rows (SQLite's baseline already is).
+    batched_baseline_rows_per_s: float
     cpu_us_per_event: float  # CPU of the owners and their writers (not the server), per event
     rows_equal: bool  # rows in the database == events committed
     commit_failures: int
@@ -132,6 +136,20 @@ def plain_executemany(path: Path, rows: list[tuple[Any, ...]]) -> float:
     return len(rows) / took
 
 
+def copy_batches(url: str, rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of plain COPYs of ``rows`` into ``requests``, one transaction per 500."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        for at in range(0, len(rows), SLICE):
+            with conn.transaction(), conn.cursor().copy(
+                    f"COPY requests ({COLUMNS}) FROM STDIN".encode()) as copy:
+                for row in rows[at:at + SLICE]:
+                    copy.write_row(row)
+        return len(rows) / (time.perf_counter() - started)
+
+
 def _count_rows(database: str) -> int:
     if database.startswith("postgresql://"):
         import psycopg
@@ -165,8 +183,9 @@ def section(owner_counts: tuple[int, ...] = (1, 2, 4),
         with tempfile.TemporaryDirectory(prefix="mcpr-bench-ingest-") as tmp:
             for run in range(runs):
                 for backend in backends:
-                    baseline = _baseline(backend, server, Path(tmp) / f"base{run}.db",
-                                         _rows(900 + run, 100_000))
+                    baseline, batched = _baseline(backend, server,
+                                                  Path(tmp) / f"base{run}.db",
+                                                  _rows(900 + run, 100_000))
                     for owners in owner_counts:
                         if backend == "sqlite":
                             database = str(Path(tmp) / f"ingest{run}-{owners}.db")
@@ -178,6 +197,7 @@ def section(owner_counts: tuple[int, ...] = (1, 2, 4),
                             backend=backend, owners=owners, committed=committed,
                             seconds=took, events_per_s=committed / took,
                             baseline_rows_per_s=baseline,
+                            batched_baseline_rows_per_s=batched,
                             cpu_us_per_event=cpu / committed * 1e6 if committed else 0.0,
                             rows_equal=_count_rows(database) == committed,
                             commit_failures=failures, dropped=dropped))
@@ -192,37 +212,48 @@ def section(owner_counts: tuple[int, ...] = (1, 2, 4),
     return _table(results, seconds), results
 
 
-def _baseline(backend: str, server: Any, path: Path, rows: list[tuple[Any, ...]]) -> float:
+def _baseline(backend: str, server: Any, path: Path, rows: list[tuple[Any, ...]]
+              ) -> tuple[float, float]:
+    """(baseline, batched baseline) rows/s, each into a fresh database."""
     if backend == "sqlite":
         from mcpr_store._db import open_database
 
         open_database(path, "bench")
-        return plain_executemany(path, rows)
+        rate = plain_executemany(path, rows)
+        return rate, rate
     from mcpr_store.pg import open_database as open_pg
 
-    url = server.url(server.create_database())
-    open_pg(url, "bench")
-    return copy_rows(url, rows)
+    urls = [server.url(server.create_database()) for _ in range(2)]
+    for url in urls:
+        open_pg(url, "bench")
+    return copy_rows(urls[0], rows), copy_batches(urls[1], rows)
 
 
 def _table(results: list[IngestRun], seconds: float) -> list[str]:
     lines = [f"Owner processes recording for {seconds:.0f} s into one database, each with "
              "its own store and writer; committed events/s (medians of the runs) and the "
              "ratio to the baseline measured in the same run (PostgreSQL: one plain COPY "
-             "of the same rows; SQLite: plain executemany, 500 per transaction). Client "
+             "of the same rows; SQLite: plain executemany, 500 per transaction), and to "
+             "the baseline in transactions of 500 rows (the store commits every 500 events: "
+             "for PostgreSQL the most its writer could reach). Client "
              "CPU: the owner processes and their writers (owners spend part of it building "
              "and recording events), without the PostgreSQL server. Shared machine: read "
              "the ratios.", "",
              "| back end | owners | committed events/s | baseline rows/s | ratio | "
+             "baseline per 500 rows/s | ratio to it | "
              "client CPU µs/event | failed commits | dropped | rows = committed |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for backend, owners in sorted({(r.backend, r.owners) for r in results}):
         runs = [r for r in results if (r.backend, r.owners) == (backend, owners)]
         rate = statistics.median(r.events_per_s for r in runs)
         base = statistics.median(r.baseline_rows_per_s for r in runs)
         ratio = statistics.median(r.events_per_s / r.baseline_rows_per_s for r in runs)
+        batched = statistics.median(r.batched_baseline_rows_per_s for r in runs)
+        batched_ratio = statistics.median(r.events_per_s / r.batched_baseline_rows_per_s
+                                          for r in runs)
         cpu = statistics.median(r.cpu_us_per_event for r in runs)
         lines.append(f"| {backend} | {owners} | {rate:,.0f} | {base:,.0f} | {ratio:.2f} | "
+                     f"{batched:,.0f} | {batched_ratio:.2f} | "
                      f"{cpu:.1f} | "
                      f"{sum(r.commit_failures for r in runs)} | "
                      f"{sum(r.dropped for r in runs)} | "
