@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Final
 
-from .._batch import parse_books
 from ._backend import Conn
 from ._filters import Where
 from ._logs import LOG_COLUMNS
@@ -260,6 +259,10 @@ def snapshot(conn: Conn, *, now_ms: int, window_ms: int, buckets: int,
     errors = [LogRow(*row) for row in conn.execute(
         f"SELECT {LOG_COLUMNS} FROM requests{failed_where.sql()} ORDER BY ts DESC, id DESC "
         "LIMIT 5", failed_where.params)]
+
+    # Here, not at the top: the writer's batch module (and logging with it) is not loaded
+    # by every query command for this one helper (``mcpr-store --help`` starts in ~0.1 s).
+    from .._batch import parse_books
 
     books = []
     for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE ?",
