@@ -260,8 +260,8 @@ def snapshot(conn: Conn, *, now_ms: int, window_ms: int, buckets: int,
         f"SELECT {LOG_COLUMNS} FROM requests{failed_where.sql()} ORDER BY ts DESC, id DESC "
         "LIMIT 5", failed_where.params)]
 
-    # Here, not at the top: the writer's batch module (and logging with it) is not loaded
-    # by every query command for this one helper (``mcpr-store --help`` starts in ~0.1 s).
+    # Here, not at the top: every query command imports this module, and the writer's
+    # batch module (with logging) was ~5 ms of each command's start for this one helper.
     from .._batch import parse_books
 
     books = []
