@@ -4,6 +4,7 @@ PostgreSQL, in one run.
     python -m bench.scale                       # quick: 1,000,000 rows, both back ends
     python -m bench.scale 1000000 10000000      # sizes as arguments
     python -m bench.scale 10000000 --backends sqlite --runs 3
+    python -m bench.scale --sections queries,engine   # the queries only
 
 For each size and back end the store is built as ``tests/test_query_scale.py`` builds it
 (7 days, 3 proxies, 10 tools, a session per 100 requests; on PostgreSQL the same rows from
@@ -13,18 +14,26 @@ user runs it: ``mcpr-store --db ... <query>`` in a new process, wall time, media
 ``--runs`` after one warm-up run. Raw baselines in the same run: ``SELECT COUNT(*) FROM
 requests`` through the same kind of process.
 
+Then, per size and back end, ``db vacuum --before 84h`` (half the rows) beside a store
+recording 2,000 events/s (``bench.scale_retention``: its own store of that size, the
+writer's longest stall, failed commits, the vacuum's time and peak RSS; ``--vacuum-runs``);
+and once per back end, ingest per owner count (``bench.scale_ingest``: owner processes with
+their own stores recording as fast as the store takes it for ``--ingest-seconds``, against
+plain COPY / executemany of the same rows in the same run; ``--owners``, ``--runs`` runs).
+
 Results accumulate in ``docs/scale.json`` (a later run of one size replaces that size's
 figures), and ``docs/benchmarks.md`` gets its "Scale" section rewritten from all of them,
 with ``docs/bench_scale.png`` (query time against rows).
 
-Each section is a function in ``SECTIONS`` taking the built stores and returning its
-figures; a section added later (vacuum beside a live writer, ingest per owner count) is one
-more function there and one more renderer in ``RENDERERS``.
+Each section of a built store is a function in ``SECTIONS`` taking the store and the
+options and returning its figures, with a renderer in ``RENDERERS``; ingest does not depend
+on the size and runs once per command (``section_ingest``).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -33,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +93,16 @@ ENGINE: dict[str, Callable[[QueryEngine], object]] = {
     "sessions --since 30d": lambda q: q.sessions(window_ms=DAYS_30),
     "clients --since 30d": lambda q: q.clients(window_ms=DAYS_30),
 }
+
+
+@dataclass
+class Options:
+    """What the sections are asked to do (the command line's options)."""
+
+    runs: int = 3
+    vacuum_runs: int = 1
+    ingest_seconds: float = 10.0
+    owners: tuple[int, ...] = (1, 2, 4)
 
 
 @dataclass
@@ -181,8 +200,9 @@ def _median(run: Callable[[], float], runs: int) -> float:
     return statistics.median(run() for _ in range(runs))
 
 
-def section_queries(store: Built, runs: int) -> dict[str, float]:
+def section_queries(store: Built, options: Options) -> dict[str, float]:
     """Seconds per CLI query (median of ``runs``, warm), and the raw COUNT(*) baseline."""
+    runs = options.runs
     times = {name: _median(lambda a=args: _cli(store.database, a), runs)  # type: ignore[misc]
              for name, args in QUERIES.items()}
     times[COUNT_BASELINE] = _median(lambda: _baseline(store.database), runs)
@@ -190,8 +210,9 @@ def section_queries(store: Built, runs: int) -> dict[str, float]:
     return times
 
 
-def section_engine(store: Built, runs: int) -> dict[str, float]:
+def section_engine(store: Built, options: Options) -> dict[str, float]:
     """Seconds per query inside one process (``QueryEngine``), median of ``runs``, warm."""
+    runs = options.runs
 
     def timed(call: Callable[[QueryEngine], object], q: QueryEngine) -> float:
         started = time.perf_counter()
@@ -203,11 +224,48 @@ def section_engine(store: Built, runs: int) -> dict[str, float]:
                 for name, call in ENGINE.items()}
 
 
-#: (key in the results, what it measures); each run of a store calls every one.
-SECTIONS: list[tuple[str, Callable[[Built, int], dict[str, float]]]] = [
+def section_vacuum(store: Built, options: Options) -> dict[str, float]:
+    """``db vacuum`` of half the rows beside a live writer, in a store of ``store.rows``
+    built for it (``bench.scale_retention``: its rows end 30 minutes before the cutoff so
+    the dry run's count is exact; the vacuum deletes, so the timed store is left alone):
+    medians of ``vacuum_runs`` (failed commits: the most of any run; the checks: 1 if
+    every run passed)."""
+    from bench.scale_retention import section
+
+    _, runs = section(store.rows, (store.backend,), runs=options.vacuum_runs)
+
+    def med(name: str) -> float:
+        return statistics.median(float(getattr(r, name)) for r in runs)
+
+    return {"deleted": med("deleted"), "vacuum_s": med("vacuum_s"),
+            "vacuum_peak_rss_mb": med("vacuum_peak_rss_mb"),
+            "longest_stall_s": med("longest_stall_s"),
+            "commit_failures": float(max(r.commit_failures for r in runs)),
+            "peak_backlog": med("peak_backlog"),
+            "dry_run_exact": float(all(r.dry_run_equal for r in runs)),
+            "books_balance": float(all(r.books_balance for r in runs))}
+
+
+#: (key in the results, what it measures); each run of a store calls every one asked for.
+SECTIONS: list[tuple[str, Callable[[Built, Options], dict[str, float]]]] = [
     ("queries", section_queries),
     ("engine", section_engine),
+    ("vacuum", section_vacuum),
 ]
+
+
+def section_ingest(backends: list[str], options: Options, command: str
+                   ) -> dict[str, dict[str, Any]]:
+    """Ingest per owner count on each back end (``bench.scale_ingest``, with its baselines
+    in the same run and its own PostgreSQL server with durable settings), per back end:
+    the runs, their seconds and the command."""
+    from bench.scale_ingest import section
+
+    _, runs = section(options.owners, tuple(backends), seconds=options.ingest_seconds,
+                      runs=options.runs)
+    return {backend: {"command": command, "seconds": options.ingest_seconds,
+                      "runs": [asdict(r) for r in runs if r.backend == backend]}
+            for backend in backends}
 
 
 def _load(out: Path) -> dict[str, Any]:
@@ -218,9 +276,14 @@ def _load(out: Path) -> dict[str, Any]:
 
 def _render_queries(results: dict[str, Any]) -> list[str]:
     runs = results["runs"]
-    columns = sorted(runs, key=lambda k: (runs[k]["rows"], runs[k]["backend"]))
+    columns = sorted((k for k in runs if "queries" in runs[k]),
+                     key=lambda k: (runs[k]["rows"], runs[k]["backend"]))
+    if not columns:
+        return []
     names = [*list(QUERIES), COUNT_BASELINE, START_FLOOR]
-    head = " | ".join(f"{runs[k]['backend']} {runs[k]['rows']:,}" for k in columns)
+    # * : measured before the benchmark compiled the package first (``compiled``).
+    head = " | ".join(f"{runs[k]['backend']} {runs[k]['rows']:,}"
+                      + ("" if runs[k].get("compiled") else " *") for k in columns)
     lines = [f"| query | {head} |", "|---|" + "--:|" * len(columns)]
     for name in names:
         cells = [_cell(runs[k], name) for k in columns]
@@ -239,7 +302,54 @@ def _cell(run: dict[str, Any], name: str) -> str:
     return text if engine is None else f"{text} ({engine:.3f})"
 
 
-RENDERERS: list[Callable[[dict[str, Any]], list[str]]] = [_render_queries]
+def _render_vacuum(results: dict[str, Any]) -> list[str]:
+    runs = sorted((r for r in results["runs"].values() if "vacuum" in r),
+                  key=lambda r: (r["rows"], r["backend"]))
+    if not runs:
+        return []
+    from bench.scale_retention import CUTOFF
+
+    lines = ["### `db vacuum` beside a live writer", "",
+             f"`db vacuum --before {CUTOFF}` (about half the rows) of a store of that size "
+             "beside a store recording 2,000 events/s into it (`bench.scale_retention`): "
+             "the vacuum's wall time and peak RSS, the live writer's longest gap between two "
+             "commits while it had events waiting (its batch interval, 0.2 s, is the floor), "
+             "its failed commits and peak backlog; medians of the runs.", "",
+             "| back end | rows | deleted | vacuum s | vacuum peak RSS MB | writer's longest "
+             "stall s | failed commits | peak backlog | dry run exact | books balance |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+    for run in runs:
+        v = run["vacuum"]
+        lines.append(
+            f"| {run['backend']} | {run['rows']:,} | {v['deleted']:,.0f} | "
+            f"{v['vacuum_s']:.1f} | {v['vacuum_peak_rss_mb']:.0f} | "
+            f"{v['longest_stall_s']:.2f} | {v['commit_failures']:.0f} | "
+            f"{v['peak_backlog']:,.0f} | {'yes' if v['dry_run_exact'] else 'NO'} | "
+            f"{'yes' if v['books_balance'] else 'NO'} |")
+    return lines
+
+
+def _render_ingest(results: dict[str, Any]) -> list[str]:
+    """One table of every back end's runs (one per back end if their seconds differ)."""
+    ingest = results.get("ingest", {})
+    if not ingest:
+        return []
+    from bench.scale_ingest import IngestRun, _table
+
+    lines = ["### Ingest per back end and owner count", ""]
+    by_seconds: dict[float, list[str]] = {}
+    for backend in sorted(ingest):
+        by_seconds.setdefault(ingest[backend]["seconds"], []).append(backend)
+    for seconds, backends in sorted(by_seconds.items()):
+        commands = sorted({f"`{ingest[b]['command']}`" for b in backends})
+        runs = [IngestRun(**r) for b in backends for r in ingest[b]["runs"]]
+        table = _table(runs, seconds)
+        lines += [f"{table[0]} Measured with {', '.join(commands)}.", *table[1:], ""]
+    return lines[:-1]
+
+
+RENDERERS: list[Callable[[dict[str, Any]], list[str]]] = [
+    _render_queries, _render_vacuum, _render_ingest]
 
 
 def _chart(results: dict[str, Any], out: Path) -> None:
@@ -276,17 +386,24 @@ def _chart(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def _commands(run: dict[str, Any]) -> list[str]:
+    """The commands whose figures a run's entry holds (one per section run apart)."""
+    return list(run.get("commands", [run.get("command", "python -m bench.scale")]))
+
+
 def _write_docs(results: dict[str, Any], out: Path) -> None:
     (out / RESULTS).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     _chart(results, out)
-    commands = sorted({f"`{run.get('command', 'python -m bench.scale')}`"
-                       for run in results["runs"].values()})
+    commands = sorted({f"`{command}`" for run in results["runs"].values()
+                       for command in _commands(run)})
     body = [BEGIN, "", f"Measured with {', '.join(commands)} on {os.cpu_count()} cores "
             "(shared with other work: read the ratio to the COUNT(*) baseline and to the "
             "start floor as much as the seconds). "
             "Seconds of `mcpr-store` wall time, median of the runs after one warm-up, "
-            "interpreter start included; in brackets the query alone (`QueryEngine` in one "
-            "process, median, warm).", ""]
+            "interpreter start included (the package's bytecode compiled first, as `pip "
+            "install` does; columns marked * were measured before the benchmark did that "
+            "and include compiling its modules at every start, about 30 ms); in brackets "
+            "the query alone (`QueryEngine` in one process, median, warm).", ""]
     for render in RENDERERS:
         body += [*render(results), ""]
     body += ["![query time against rows](bench_scale.png)", "", END]
@@ -305,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sizes", nargs="*", type=int, default=[1_000_000])
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sections", default="queries,engine,vacuum,ingest",
+                        help="which to run, of queries, engine, vacuum, ingest")
+    parser.add_argument("--vacuum-runs", type=int, default=1)
+    parser.add_argument("--ingest-seconds", type=float, default=10.0)
+    parser.add_argument("--owners", default="1,2,4", help="owner counts of the ingest")
     parser.add_argument("--out", type=Path, default=DOCS,
                         help="the folder of benchmarks.md, scale.json and the chart")
     parser.add_argument("--render", action="store_true",
@@ -315,7 +437,18 @@ def main(argv: list[str] | None = None) -> int:
         _write_docs(_load(args.out), args.out)
         return 0
     backends = args.backends.split(",")
+    sections = args.sections.split(",")
+    unknown = set(sections) - {key for key, _ in SECTIONS} - {"ingest"}
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    options = Options(runs=args.runs, vacuum_runs=args.vacuum_runs,
+                      ingest_seconds=args.ingest_seconds,
+                      owners=tuple(int(k) for k in args.owners.split(",")))
     results = _load(args.out)
+    # The CLI is timed as installed: pip compiles the package's bytecode at install, an
+    # editable install under PYTHONDONTWRITEBYTECODE never does, and compiling our ~25
+    # modules at every start added 25-35 ms to each command here (`--help` 0.115 -> 0.081 s).
+    compileall.compile_dir(Path(_rollups.__file__).parent, quiet=1)
     server = None
     try:
         with tempfile.TemporaryDirectory(prefix="mcpr-bench-scale-") as tmp:
@@ -329,18 +462,28 @@ def main(argv: list[str] | None = None) -> int:
                              else build_postgres(server, rows))  # type: ignore[arg-type]
                     print(f"{backend} {rows:,}: built in {store.build_s:.1f} s, rollups "
                           f"{store.rollups_s:.1f} s", file=sys.stderr)
-                    entry: dict[str, Any] = {"backend": backend, "rows": rows,
-                                             "command": command,
-                                             "build_s": store.build_s,
-                                             "rollups_s": store.rollups_s}
+                    # A run of some sections keeps the others' figures of this store,
+                    # and the commands that measured them.
+                    before = results["runs"].get(f"{backend}-{rows}", {})
+                    entry: dict[str, Any] = {
+                        **before, "backend": backend, "rows": rows,
+                        "commands": sorted({*(_commands(before) if before else []), command}),
+                        "build_s": store.build_s, "rollups_s": store.rollups_s,
+                        "compiled": True}
+                    entry.pop("command", None)
                     for key, section in SECTIONS:
-                        entry[key] = section(store, args.runs)
+                        if key not in sections:
+                            continue
+                        entry[key] = section(store, options)
                         for name, value in entry[key].items():
                             print(f"  {name:45} {value:7.3f}", file=sys.stderr)
                     results["runs"][f"{backend}-{rows}"] = entry
                     if backend == "sqlite":
                         for suffix in ("", "-wal", "-shm"):
                             Path(f"{store.database}{suffix}").unlink(missing_ok=True)
+            if "ingest" in sections:
+                results.setdefault("ingest", {}).update(
+                    section_ingest(backends, options, command))
     finally:
         if server is not None:
             server.close()

@@ -8,10 +8,11 @@ For each back end: a store of ``--rows`` requests over the last 7 days (3 proxie
 tools, a session per 50 requests, ended at its last request) is built by the database
 itself; a ``Store`` then records ``--rate`` events/s of fresh traffic into it while
 ``mcpr-store db vacuum --before 84h`` (half the rows) runs as its own process. Reported:
-the vacuum's wall time and peak RSS (``wait4``), the live writer's longest gap between two
-commits while it had events waiting (its stall), its failed commits and peak backlog, that
-its books balance (committed = recorded), and that ``--dry-run`` counted exactly what the
-real run deleted. ``section()`` is what ``python -m bench.scale`` calls.
+the vacuum's wall time and peak RSS (its own ``VmHWM``, read as it exits), the live
+writer's longest gap between two commits while it had events waiting (its stall), its
+failed commits and peak backlog, that its books balance (committed = recorded), and that
+``--dry-run`` counted exactly what the real run deleted. ``section()`` is what
+``python -m bench.scale`` calls.
 
 The machine is shared with other work: run it alone for figures, and read medians.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import subprocess
@@ -47,7 +47,20 @@ PER_SESSION = 50
 CUTOFF = "84h"
 GAP_MS = 30 * 60_000
 
-_CLI = "import sys; from mcpr_store.cli import main; sys.exit(main())"
+#: The vacuum's process: the CLI, then its own peak RSS on a last line of stderr. Not the
+#: ``ru_maxrss`` of ``wait4``: Linux carries the parent's high-water mark into a child across
+#: fork and exec, so a child of ``bench.scale`` (which holds a built store's figures) showed
+#: the parent's 232 MB, and one of this module alone its ~26 MB floor.
+_PEAK = "mcpr-bench-peak-rss-kb="
+_CLI = ("import sys\n"
+        "from mcpr_store.cli import main\n"
+        "try:\n"
+        "    code = main()\n"
+        "finally:\n"
+        "    with open('/proc/self/status') as status:\n"
+        "        peak = [line.split()[1] for line in status if line.startswith('VmHWM:')]\n"
+        f"    sys.stderr.write('\\n{_PEAK}' + (peak[0] if peak else '0') + '\\n')\n"
+        "sys.exit(code)\n")
 
 
 def fill_sqlite(path: Path, n: int, now_ms: int) -> None:
@@ -141,37 +154,20 @@ class VacuumRun:
     compaction: str
 
 
-def _popen_wait4(argv: list[str]) -> tuple[str, str, int, float]:
-    """(stdout, stderr, exit code, peak RSS MB) of a process, reaped with ``wait4``."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    chunks: dict[str, bytes] = {}
-
-    def drain(name: str, stream: Any) -> None:
-        chunks[name] = stream.read()
-
-    readers = [threading.Thread(target=drain, args=("out", proc.stdout)),
-               threading.Thread(target=drain, args=("err", proc.stderr))]
-    for reader in readers:
-        reader.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    for reader in readers:
-        reader.join()
-    return (chunks["out"].decode(), chunks["err"].decode(), proc.returncode,
-            usage.ru_maxrss / 1024)
-
-
 def vacuum_cli(database: str, *args: str) -> tuple[dict[str, Any], float, float]:
     """``mcpr-store --db DATABASE db vacuum ARGS --json`` in a process of its own: (its
     answer, wall seconds, peak RSS MB)."""
     started = time.perf_counter()
-    out, err, code, rss = _popen_wait4(
-        [sys.executable, "-c", _CLI, "--db", database, "db", "vacuum", *args, "--json"])
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, "--db", database, "db", "vacuum", *args, "--json"],
+        capture_output=True, text=True)
     took = time.perf_counter() - started
-    if code != 0:
-        raise RuntimeError(f"db vacuum {' '.join(args)} failed ({code}): {err[-2000:]}")
-    return json.loads(out.splitlines()[0]), took, rss
+    if done.returncode != 0:
+        raise RuntimeError(f"db vacuum {' '.join(args)} failed ({done.returncode}): "
+                           f"{done.stderr[-2000:]}")
+    peak_kb = [int(line[len(_PEAK):]) for line in done.stderr.splitlines()
+               if line.startswith(_PEAK)]
+    return json.loads(done.stdout.splitlines()[0]), took, peak_kb[-1] / 1024
 
 
 class LiveWriter:

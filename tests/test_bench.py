@@ -80,17 +80,28 @@ def test_bench__quick_run_writes_report_with_balanced_books(tmp_path: Path) -> N
 
 
 
-@pytest.mark.timeout(120)
-def test_scale__a_small_run_times_every_query_and_writes_its_section(tmp_path: Path) -> None:
+@pytest.mark.timeout(150)
+def test_scale__a_small_run_times_every_query_vacuum_and_ingest_and_writes_its_section(
+        tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.scale", "20000", "--backends", "sqlite",
-                           "--runs", "1", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=110)
+                           "--runs", "1", "--ingest-seconds", "1", "--owners", "1",
+                           "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=140)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = json.loads((tmp_path / "scale.json").read_text())["runs"]["sqlite-20000"]
+    results = json.loads((tmp_path / "scale.json").read_text())
+    run = results["runs"]["sqlite-20000"]
     assert len(run["engine"]) == 8 and set(run["engine"]) < set(run["queries"])
     assert all(seconds > 0 for seconds in run["queries"].values())
+    vacuum = run["vacuum"]
+    assert 8_000 < vacuum["deleted"] < 12_000  # about half
+    assert vacuum["dry_run_exact"] == vacuum["books_balance"] == 1.0
+    [ingest] = results["ingest"]["sqlite"]["runs"]
+    assert ingest["owners"] == 1 and ingest["committed"] > 0 and ingest["rows_equal"]
+    assert ingest["baseline_rows_per_s"] > 0
     page = (tmp_path / "benchmarks.md").read_text()
     assert "## Scale" in page and "| `status --since 30d` |" in page and "sqlite 20,000" in page
+    assert "| sqlite | 20,000 |" in page  # the vacuum's row
+    assert "### Ingest per back end and owner count" in page and "| sqlite | 1 |" in page
 
 
 @pytest.mark.parametrize("args", [["--runs", "0"], ["--designs", "none,nosuch"],

@@ -76,7 +76,8 @@ def test_demo__json_prints_one_summary_object(db_path: Path) -> None:
 @pytest.mark.parametrize("command", ["logs", "top"])
 def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Path,
                                                                      command: str) -> None:
-    """The query commands import the read side only (no faster-fifo, no Store, no psutil)."""
+    """The query commands import the read side only (no faster-fifo, no Store, no psutil, and
+    not even logging: each costs every command's start)."""
     db = tmp_path / "q.db"
     from mcpr_store.sqlite._file import open_database
 
@@ -90,7 +91,7 @@ def test_read_only_commands__never_load_the_queue_or_the_proxy_side(tmp_path: Pa
         "except SystemExit:\n"
         "    pass\n"
         "bad = {'faster_fifo', 'mcpr_store.engine._store', 'mcpr_store.engine._producer',\n"
-        "       'psutil'}\n"
+        "       'psutil', 'logging'}\n"
         "print(sorted(bad & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(db), command],

@@ -10,14 +10,14 @@ Shaped like ``sqlite/``, one module per job:
 - ``_export``: the copy of a SQLite store into PostgreSQL (``db export``).
 
 psycopg comes with the ``postgres`` extra, so the names that need it are loaded on first use
-(PEP 562): ``is_postgres_url`` and ``mask_url`` cost the core nothing.
+(``_lazy``): ``is_postgres_url`` and ``mask_url`` cost the core nothing.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_names
 from ._url import is_postgres_url, mask_url, url_scheme
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ __all__ = [
     "url_scheme",
 ]
 
-_LAZY = {
+__getattr__ = lazy_names(__name__, {
     "PostgresTarget": "_target",
     "read_stored_books": "_target",
     "store_batch": "_target",
@@ -55,13 +55,4 @@ _LAZY = {
     "ExportProgress": "_export",
     "ExportResult": "_export",
     "export_sqlite": "_export",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+})

@@ -9,15 +9,29 @@ Shaped like ``postgres/``, one module per job:
 - ``_target``: the writer's ``WriteTarget`` (one batch, one transaction),
 - ``_reader``: the query side's ``ReadBackend`` (reads, and ``db vacuum``'s chunks).
 
-It needs nothing beyond the standard library, so its names are imported eagerly (the
-PostgreSQL package loads its own on first use, for psycopg is an extra).
+Its names are loaded on first use (``_lazy``), as the PostgreSQL package's are: the read side
+touches ``SqliteBackend`` only, the writer ``SqliteTarget``.
 """
 
 from __future__ import annotations
 
-from ._file import identify, open_database
-from ._reader import SqliteBackend
-from ._target import SqliteTarget, read_stored_books, store_batch
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from ._file import identify, open_database
+    from ._reader import SqliteBackend
+    from ._target import SqliteTarget, read_stored_books, store_batch
 
 __all__ = ["SqliteBackend", "SqliteTarget", "identify", "open_database", "read_stored_books",
            "store_batch"]
+
+__getattr__ = lazy_names(__name__, {
+    "identify": "_file",
+    "open_database": "_file",
+    "SqliteBackend": "_reader",
+    "SqliteTarget": "_target",
+    "read_stored_books": "_target",
+    "store_batch": "_target",
+})
