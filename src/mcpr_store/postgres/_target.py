@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import weakref
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from functools import partial
@@ -169,6 +168,7 @@ _COPY_REQUESTS: Final = f"COPY requests ({_REQUEST_LIST}) FROM STDIN".encode()
 _INCOMING: Final = "mcpr_incoming_requests"
 # ``arrival`` numbers the rows as COPY writes them: requests get their ids in arrival order,
 # as on SQLite (a heap does not keep insertion order: COPY may fill space an earlier row left).
+_HAS_INCOMING: Final = f"SELECT to_regclass('pg_temp.{_INCOMING}')"
 _CREATE_INCOMING: Final = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} (arrival BIGSERIAL, "
     + ", ".join(f"{c} {t}" for c, t in zip(REQUEST_COLUMNS, _REQUEST_TYPES, strict=True))
@@ -270,15 +270,12 @@ def _all_rows(batch: BatchRows) -> list[tuple[Any, ...]]:
     return [*batch.sessions, *batch.requests, *batch.closes, *batch.schemas]
 
 
-_PREPARED_CONNECTIONS: Final[weakref.WeakSet[Connection]] = weakref.WeakSet()
-
-
 def prepare_connection(conn: Connection) -> None:
-    """Create the connection's temporary table for ``insert_requests`` once, outside any
-    transaction (a rollback would take it away)."""
-    if conn not in _PREPARED_CONNECTIONS:
+    """Give the connection its temporary table for ``insert_requests``, outside any
+    transaction (a rollback would take it away). The server is asked whether the connection
+    has it (one round trip, on the merge path only), so nothing here remembers connections."""
+    if conn.execute(_HAS_INCOMING).fetchone() == (None,):
         conn.execute(_CREATE_INCOMING)
-        _PREPARED_CONNECTIONS.add(conn)
 
 
 def _commit(conn: Connection, batch: BatchRows, ours: Container[str],
