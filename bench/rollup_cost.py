@@ -4,10 +4,10 @@ without ``_rollups.fold``, on SQLite and PostgreSQL, in one run.
     python -m bench.rollup_cost [--events 100000] [--runs 3]
 
 The same realistic events (``bench.traffic``: a session per 50 requests) go through the
-writer's own ``Target.store`` in batches of 500 (the writer's batch size), into a fresh
+writer's own ``WriteTarget.store`` in batches of 500 (the writer's batch size), into a fresh
 database each time; "without" replaces ``fold``, ``fold_behind``, ``compact`` and
 ``Unfolded.add`` by no-ops for that run (no rollup work at all). The time includes
-``Target.idle`` after the last batch: the fold SQLite defers and the compaction of
+``WriteTarget.idle`` after the last batch: the fold SQLite defers and the compaction of
 PostgreSQL's deltas are counted. Runs alternate with and without, and each figure is the
 median of ``--runs``; the ratio is what to read on a shared machine. The queue and the
 writer loop are left out on purpose: they cost the same either way.
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         server.close()
     median: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
     cpu: dict[str, Any] = {k: statistics.median(v) for k, v in per_cpu.items()}
-    print(f"committed events/s through Target.store, {args.events:,} events, batches of "
+    print(f"committed events/s through WriteTarget.store, {args.events:,} events, batches of "
           f"{BATCH}, median of {args.runs}; then events per CPU second (this process, and "
           "on PostgreSQL its server backend), which a shared machine disturbs less")
     print("| back end | with | without | ratio | per CPU s with | without | ratio |")

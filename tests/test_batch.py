@@ -1,4 +1,4 @@
-"""The SQLite writer's transaction (``_batch``): the write lock taken by tries every
+"""The SQLite writer's transaction (``sqlite/_target``): the write lock taken by tries every
 millisecond, and several stores' writers on one file whose books all balance.
 
 Real files, real connections holding the lock, real owner processes each with its own

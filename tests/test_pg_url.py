@@ -64,7 +64,7 @@ def test_config_reprs__mask_the_password() -> None:
     the password like every message does."""
     from mcpr_store import StoreConfig
     from mcpr_store._config import FileConfig
-    from mcpr_store.engine._launch import WriterSpec
+    from mcpr_store._launch import WriterSpec
 
     url = "postgresql://user:SECRET@db.example/mcpr?sslpassword=KEY2"
     shown = [repr(StoreConfig(db_path=url, batch_size=7)), str(FileConfig(path=url)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -283,8 +284,8 @@ def test_store__is_made_by_open_only(open_store: Callable[..., Store]) -> None:
 
 
 def test_store__shut_down_and_dropped_is_collected(db_path: Path) -> None:
-    """The exit hook holds open stores weakly: a store nobody references is not kept alive
-    until the interpreter exits."""
+    """A store that is shut down is held by nothing of ours: a store nobody references is
+    not kept alive until the interpreter exits."""
     import gc
     import weakref
 
@@ -295,3 +296,48 @@ def test_store__shut_down_and_dropped_is_collected(db_path: Path) -> None:
     del store
     gc.collect()
     assert ref() is None
+
+
+def test_store__dropped_without_shutdown_still_commits_everything_at_exit(
+        db_path: Path) -> None:
+    """A store the application dropped without ``shutdown()`` is still shut down at exit, as
+    the original's ``Drop`` flushes: everything it buffered is committed, and its books row
+    is gone from ``meta`` (a clean stop)."""
+    script = textwrap.dedent(f"""
+        import gc
+        from mcpr_store import RequestEvent, Store, StoreConfig
+
+        def record_and_forget():
+            store = Store.open(StoreConfig(db_path={str(db_path)!r}, mcpr_version="test"))
+            for i in range(50_000):
+                store.record(RequestEvent(f"r{{i}}", 1_760_000_000_000, "p",
+                                          method="tools/call", tool="t", latency_us=10))
+
+        record_and_forget()
+        gc.collect()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 50_000, done.stderr
+    assert scalar(db_path, "SELECT COUNT(*) FROM meta WHERE key LIKE 'mcpr-store.books.%'") == 0
+
+
+def test_writer__imports_the_owners_copy_of_the_package_whatever_its_path(
+        db_path: Path, tmp_path: Path) -> None:
+    """The writer imports the very copy the owner loaded, even when its own path puts
+    another first (``PYTHONPATH`` naming another copy, the owner run with ``-E``)."""
+    shadow = tmp_path / "shadow" / "mcpr_store"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the wrong copy of mcpr_store')\n")
+    script = textwrap.dedent(f"""
+        from mcpr_store import RequestEvent, Store, StoreConfig
+        store = Store.open(StoreConfig(db_path={str(db_path)!r}, mcpr_version="test"))
+        store.record(RequestEvent("r1", 1_760_000_000_000, "p", method="tools/call"))
+        assert store.shutdown()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    done = subprocess.run([sys.executable, "-E", "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert scalar(db_path, "SELECT COUNT(*) FROM requests") == 1

@@ -2,8 +2,9 @@
 
 Faults that repeat at the rate of events (a batch the database refuses, events a sender
 drops) would otherwise write a line per event: a flood that hides everything else and costs
-the loop that writes it. Both processes use it: the writer's loop and a producer's sender
-thread, one instance each (not thread-safe: one thread per instance).
+the loop that writes it. The writer's loop, a producer's sender thread and a process's
+streamable-HTTP exchanges (``_exchange``) use it, one instance each (not thread-safe: one
+thread per instance).
 """
 
 from __future__ import annotations

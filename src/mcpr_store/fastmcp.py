@@ -34,7 +34,7 @@ raised.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 from fastmcp.exceptions import DisabledError, FastMCPError, NotFoundError, to_mcp_error
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
@@ -44,6 +44,7 @@ from mcp_types import INVALID_PARAMS
 from pydantic import BaseModel
 
 from . import Store
+from ._schema_diff import LIST_METHODS
 from ._traffic import CLIENT_INFO_META_KEY, DEFAULT_TIMEOUT, Call, Traffic
 from .mcp import (
     connection_of,
@@ -55,15 +56,6 @@ from .mcp import (
 )
 
 __all__ = ["StoreMiddleware"]
-
-#: List methods and the member of their result holding the components.
-_LISTS: Final = {
-    "tools/list": "tools",
-    "resources/list": "resources",
-    "resources/templates/list": "resourceTemplates",
-    "prompts/list": "prompts",
-}
-
 
 class StoreMiddleware(Middleware):
     """A FastMCP middleware recording every request into ``store`` as ``proxy``.
@@ -144,11 +136,11 @@ def _wire(method: str, result: Any) -> Any:
         is_error = isinstance(result, ToolResult | BaseModel) and getattr(
             result, "is_error", False) is True
         return {"isError": True} if is_error else None
-    member = _LISTS.get(method)
-    if member is not None:
+    listed = LIST_METHODS.get(method)  # (the result's member holding the items, ...)
+    if listed is not None:
         if not isinstance(result, Sequence):
             return None
-        return {member: [_component(method, item) for item in result]}
+        return {listed[0]: [_component(method, item) for item in result]}
     return wire_form(result)
 
 

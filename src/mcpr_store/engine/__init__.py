@@ -5,9 +5,9 @@
 - ``_producer``: one process's buffers and its sender thread, which alone touches the queue,
 - ``_lifecycle``: one handle's life (open, closing, stop sent, writer done, settled), one
   actor per step, and what every writer epoch is owed,
-- ``_supervisor``: the owner's watch over the writer process: start, replace, stop,
-- ``_launch``: how a writer process is started and handed the queue.
+- ``_supervisor``: the owner's watch over the writer process: start (through ``_launch``,
+  the hand-over both sides share), replace, stop.
 
-Nothing is imported here: the writer process reads its spec through ``_launch`` and must not
-load the rest (``mcpr_store.Store`` is the public name).
+Nothing is imported here (``mcpr_store.Store`` is the public name); the writer process never
+imports this package.
 """

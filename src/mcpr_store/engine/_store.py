@@ -43,11 +43,11 @@ from typing import Any, Final, Self
 from .._books import G, ProducerBooks, SharedBooks
 from .._config import StoreConfig
 from .._events import Event
+from .._launch import WriterSpec
 from .._open import open_database
 from .._queue import bytes_in_use, create_queue
 from .._store_stats import StoreStats
 from ..postgres._url import mask_url
-from ._launch import WriterSpec
 from ._lifecycle import Lifecycle
 from ._producer import Producer
 from ._supervisor import Supervisor
@@ -60,7 +60,12 @@ _EXIT_TIMEOUT: Final = 10.0
 _MARGIN: Final = 1.0
 _POLL: Final = 0.002
 
+#: Every handle in this process, for the fork hook (a handle nobody holds needs no care).
 _stores: weakref.WeakSet[Store] = weakref.WeakSet()
+#: The handles not shut down yet, held until they are: one the application dropped without
+#: a ``shutdown()`` must still send what it buffered and stop its writer at exit, as the
+#: original's ``Drop`` does (held weakly, it was collected and its events lost).
+_unsettled: set[Store] = set()
 _hooks_registered = False
 
 
@@ -119,6 +124,7 @@ class Store:
         self._flush_seq = itertools.count(1)
         _register_process_hooks()
         _stores.add(self)
+        _unsettled.add(self)
         multiprocessing.util.register_after_fork(self, Store._exit_with_multiprocessing)
         return self
 
@@ -257,6 +263,7 @@ class Store:
         """
         life = self._life
         if life.result is not None:
+            _unsettled.discard(self)
             return life.result
         if life.deadline is None:
             timeout = self._config.shutdown_timeout if timeout is None else timeout
@@ -271,6 +278,7 @@ class Store:
             time.sleep(_POLL)
         if life.result is None:
             life.result = self._settle()
+        _unsettled.discard(self)
         return life.result
 
     def _settle(self) -> bool:
@@ -415,6 +423,7 @@ def _after_fork_in_child() -> None:
 
 
 def _shut_down_at_exit() -> None:
-    """Shut down every store the application left open, each bounded by ``_EXIT_TIMEOUT``."""
-    for store in list(_stores):
+    """Shut down every store the application left open (referenced or not), each bounded by
+    ``_EXIT_TIMEOUT``."""
+    for store in list(_unsettled):
         store._at_exit()

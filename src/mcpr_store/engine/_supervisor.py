@@ -25,9 +25,9 @@ from typing import Final
 
 from .._books import G, P, SharedBooks
 from .._errors import WriterStartError
+from .._launch import WriterProcess, WriterSpec, start_writer
 from .._proc import process_alive
 from .._queue import repair_if_wedged
-from ._launch import WriterProcess, WriterSpec, start_writer
 from ._lifecycle import Lifecycle
 
 __all__ = ["Supervisor"]

@@ -5,7 +5,7 @@ inserted or ignored (a session arriving after its requests starts from a recount
 requests go in with a ``request_id`` that is already stored rejected and counted (never an
 error for the batch), session counters change in the same transaction as the rows they
 count, closes set ``ended_at`` once, and server schemas are captured with
-``_server_schema.capture``.
+``_schema_diff.capture``.
 Each transaction is tried the cheapest way first: requests by a plain COPY into
 ``requests``. A request_id already stored fails that COPY: the transaction is redone with
 the COPY into a temporary table merged with ON CONFLICT DO NOTHING. A row the database
@@ -517,7 +517,7 @@ def read_books(conn: Connection, store_token: str) -> tuple[int, int] | None:
 
 
 def read_stored_books(url: str, store_token: str) -> tuple[int, int] | None:
-    """``_batch.read_stored_books`` on PostgreSQL: quick, and None on any failure."""
+    """``_open.read_stored_books`` on PostgreSQL: quick, and None on any failure."""
     try:
         conn = connect(url, connect_timeout=2.0)
     except Exception:
@@ -546,7 +546,7 @@ class PostgresTarget:
         self.connect_timeout = connect_timeout
         self.conn: Connection | None = conn
         self.reconnects = 0
-        self.reopens = 0  # ``Target.reopens``: a server's database has no file to lose
+        self.reopens = 0  # ``WriteTarget.reopens``: a server's database has no file to lose
         self.appended = 0  # batches whose rollup deltas this writer has not compacted
         self.appended_since: float | None = None  # monotonic: the oldest of them
         self._in_doubt: list[tuple[str, list[str]]] = []  # (xid, request ids it inserted)

@@ -37,11 +37,11 @@ from typing import Final
 
 from .._backend import WriteTarget
 from .._books import G, SharedBooks
+from .._launch import WriterSpec, child_read_spec
 from .._open import open_target
 from .._queue import repair_if_wedged
 from .._ratelog import RateLimitedLog
 from .._wire import KIND_NAMES, Detach, Events, Flush, Message, Stop, Undecodable
-from ..engine._launch import WriterSpec, child_read_spec
 from ._committer import Committer
 from ._reader import Pending, QueueReader
 from ._registry import ProducerRegistry

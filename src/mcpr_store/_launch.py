@@ -32,26 +32,26 @@ from multiprocessing.spawn import get_executable
 from pathlib import Path
 from typing import Any
 
-from .._errors import WriterStartError
+from ._errors import WriterStartError
 
 __all__ = ["WriterProcess", "WriterSpec", "start_writer"]
 
-#: The directory this copy of the package was loaded from. The writer must import this very
-#: copy. An installed package's directory (site-packages, or an editable install's finder) is
-#: on the child's own path already, and stays where it is: put first (as a ``PYTHONPATH``
-#: entry would be), site-packages would shadow the standard library. A source tree that only
-#: the caller's ``sys.path`` names (a checkout, a test runner's ``pythonpath``) is not, and
-#: goes first.
-_PACKAGE_ROOT = os.path.realpath(Path(__file__).parent.parent.parent)
+#: The directory this copy of the package was loaded from: the writer must import this very
+#: copy, whatever its own path holds (another copy on ``PYTHONPATH``, an interpreter run with
+#: ``-E``). It is put first only while the package is bound (``import mcpr_store``), then
+#: taken off: left first, a site-packages directory would shadow the standard library for
+#: every later import. The package's own modules are then found through the package.
+_PACKAGE_ROOT = os.path.realpath(Path(__file__).parent.parent)
 # SIGINT, SIGTERM and SIGHUP are ignored from the first line, before any import, so a
 # signal to the whole process group cannot end the writer even while it starts (see
 # writer._loop).
 _BOOT = ("import signal\n"
          "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
          "    signal.signal(s, signal.SIG_IGN)\n"
-         "import os, sys\n"
-         f"if {_PACKAGE_ROOT!r} not in {{os.path.realpath(p or '.') for p in sys.path}}:\n"
-         f"    sys.path.insert(0, {_PACKAGE_ROOT!r})\n"
+         "import sys\n"
+         f"sys.path.insert(0, {_PACKAGE_ROOT!r})\n"
+         "import mcpr_store\n"
+         "del sys.path[0]\n"
          "from mcpr_store.writer import main\n"
          "main()\n")
 
@@ -70,7 +70,7 @@ class WriterSpec:
     store_token: str  # names this store's row of committed totals in the database
 
     def __repr__(self) -> str:
-        from .._config import masked_repr
+        from ._config import masked_repr
 
         return masked_repr(self, "db_path")
 
