@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +63,34 @@ def wire_requests(encoder: WireEncoder, ids: list[str],
         report = (len(ids), 0, len(ids))
     message, _, _ = encoder.events(report, 0, [request(i) for i in ids])
     return message
+
+
+class Stream:
+    """Records ``event(i)`` for i = 0, 1, ... from a thread at a steady ``rate`` per second,
+    timing every ``record()`` call (``longest``), until ``finish()``."""
+
+    def __init__(self, store: Any, rate: float = 5000,
+                 event: Callable[[int], Any] | None = None) -> None:
+        self.store, self.rate = store, rate
+        self.event = event or (lambda i: request(f"s{i}"))
+        self.sent = 0
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            due = int((time.monotonic() - start) * self.rate) - self.sent
+            for _ in range(due):
+                event = self.event(self.sent)
+                t0 = time.perf_counter()
+                self.store.record(event)
+                self.longest = max(self.longest, time.perf_counter() - t0)
+                self.sent += 1
+            time.sleep(0.002)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(10)

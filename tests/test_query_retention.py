@@ -11,14 +11,13 @@ counts exact, every chunk seen by the hook.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import request, scalar, wait_for
+from helpers import Stream, request, scalar, wait_for
 
 from mcpr_store import Store, StoreConfig
 from mcpr_store._backend import Conn
@@ -83,25 +82,11 @@ class Live:
 
     def __init__(self, database: str, rate: float = 1000.0) -> None:
         self.store = Store.open(StoreConfig(db_path=database, mcpr_version="test"))
-        self.rate = rate
-        self.recorded = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            due = int((time.monotonic() - start) * self.rate) - self.recorded
-            now = int(time.time() * 1000)
-            for _ in range(max(0, due)):
-                self.store.record(request(f"live-{self.recorded:07d}", ts=now, proxy="live"))
-                self.recorded += 1
-            time.sleep(0.005)
+        self.stream = Stream(self.store, rate, lambda i: request(
+            f"live-{i:07d}", ts=int(time.time() * 1000), proxy="live"))
 
     def finish(self) -> Any:
-        self.stop.set()
-        self.thread.join(10)
+        self.stream.finish()
         assert self.store.flush(timeout=30)
         stats = self.store.stats()
         self.store.shutdown(timeout=30)
@@ -118,7 +103,7 @@ def live() -> Iterator[Callable[[str], Live]]:
 
     yield _start
     for one in started:
-        if not one.stop.is_set():
+        if not one.stream.stop.is_set():
             one.finish()
 
 

@@ -178,21 +178,31 @@ def test_flush__stays_true_for_a_worker_whose_events_were_committed_before_a_los
             os.close(fd)
 
 
+def _kill_the_writer_in_its_commit(store: Store, pause: Path, call: Callable[[], bool],
+                                   commit: str) -> _InThread:
+    """Record 100 requests, start ``call`` (which makes the writer commit them) in a thread,
+    and SIGKILL the writer while that commit is paused after its COMMIT; a replacement starts
+    and the call goes on. Returns the running call."""
+    for i in range(100):
+        store.record(request(f"r{i}"))
+    pause.touch()
+    running = _InThread(call)
+    wait_for(Path(f"{pause}.paused").exists, what=f"{commit} commit to pause")
+    old = store.stats().writer_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    pause.unlink()
+    return running
+
+
 def test_flush__is_asked_again_of_the_writer_that_replaces_one_killed_before_answering(
     open_store: Callable[..., Store], db_path: Path, pause_after_commit: Path
 ) -> None:
     """The writer took the flush, committed everything and was killed before it answered:
     nothing was lost, so the replacement must be asked, and its answer is True."""
     store = open_store(batch_interval=30)  # only the flush can commit
-    for i in range(100):
-        store.record(request(f"r{i}"))
-    pause_after_commit.touch()
-    flush = _InThread(lambda: store.flush(timeout=10))
-    wait_for(Path(f"{pause_after_commit}.paused").exists, what="the flush's commit to pause")
-    old = store.stats().writer_pid
-    assert old is not None
-    os.kill(old, signal.SIGKILL)
-    pause_after_commit.unlink()
+    flush = _kill_the_writer_in_its_commit(store, pause_after_commit,
+                                           lambda: store.flush(timeout=10), "the flush's")
     answer, _ = flush.result(timeout=15)
     assert answer is True
     stats = store.stats()
@@ -206,15 +216,8 @@ def test_shutdown__sends_the_stop_again_to_the_writer_that_replaces_one_killed_s
     """The writer took the stop and was killed in its final commit: the replacement must get
     the stop too, and finish at once instead of being killed at the deadline."""
     store = open_store(batch_interval=30)  # only the stop can commit
-    for i in range(100):
-        store.record(request(f"r{i}"))
-    pause_after_commit.touch()
-    shutdown = _InThread(lambda: store.shutdown(timeout=20))
-    wait_for(Path(f"{pause_after_commit}.paused").exists, what="the final commit to pause")
-    old = store.stats().writer_pid
-    assert old is not None
-    os.kill(old, signal.SIGKILL)
-    pause_after_commit.unlink()
+    shutdown = _kill_the_writer_in_its_commit(store, pause_after_commit,
+                                              lambda: store.shutdown(timeout=20), "the final")
     clean, took = shutdown.result(timeout=30)
     assert "killing it" not in caplog.text
     assert took < 10, f"shutdown took {took:.1f} s: the replacement writer never got the stop"

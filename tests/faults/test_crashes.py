@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 from faultkit import RECORD_NEVER_WAITS_S, FaultReport, assert_accounted, exited
-from helpers import request, scalar, wait_for
+from helpers import Stream, request, scalar, wait_for
 
 from mcpr_store import Store
 from mcpr_store._queue import _MUTEX, lock_holder
@@ -28,33 +27,6 @@ needs_lock_inspection = pytest.mark.skipif(
 #: (some inside a queue call).
 WRITER_KILLS = 12
 WORKER_KILLS = 12
-
-
-class Stream:
-    """Records from a thread at a steady rate, timing every record() call."""
-
-    def __init__(self, store: Store, rate: float = 5000, prefix: str = "s") -> None:
-        self.store, self.rate, self.prefix = store, rate, prefix
-        self.sent = 0
-        self.longest = 0.0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            due = int((time.monotonic() - start) * self.rate) - self.sent
-            for _ in range(due):
-                t0 = time.perf_counter()
-                self.store.record(request(f"{self.prefix}{self.sent}"))
-                self.longest = max(self.longest, time.perf_counter() - t0)
-                self.sent += 1
-            time.sleep(0.002)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 @pytest.mark.timing
@@ -225,7 +197,7 @@ def test_worker_sigkill__twenty_workers_killed_mid_stream(
     import random
 
     store = open_store(buffer_events=50_000)
-    stream = Stream(store, rate=2000, prefix="owner")
+    stream = Stream(store, rate=2000, event=lambda i: request(f"owner{i}"))
     rng = random.Random(7)
     try:
         for trial in range(WORKER_KILLS):
