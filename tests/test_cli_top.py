@@ -326,8 +326,10 @@ def test_live__sees_the_writer_without_touching_the_callers_own_locks(tmp_path: 
     db = tmp_path / "store.db"
 
     def my_locks() -> list[str]:
+        """This process's locks on the -shm, each without its place in the system's list
+        (``N:``), which moves as other processes' locks come and go."""
         inode = os.stat(f"{db}-shm").st_ino
-        return [line for line in Path("/proc/locks").read_text().splitlines()
+        return [line.split(":", 1)[1] for line in Path("/proc/locks").read_text().splitlines()
                 if f":{inode} " in line and f" {os.getpid()} " in line]
 
     with Store.open(StoreConfig(db_path=db, mcpr_version="test")) as store:
