@@ -35,6 +35,17 @@ from mcpr_store import RequestEvent, RequestStatus, Store, StoreConfig
 from mcpr_store.query import LiveWindow, QueryEngine
 
 
+def _record_a_second(store: Store, k: int) -> None:
+    """A second of traffic at 1,000 requests/s, stamped now, committed before it returns."""
+    now = int(time.time() * 1000)
+    for i in range(1000):
+        store.record(RequestEvent(
+            request_id=f"live-{k}-{i}", ts=now, proxy="proxy0", session_id=None,
+            method="tools/call", tool=f"t{i % 10}", latency_us=1000 + i,
+            status=RequestStatus.OK))
+    store.flush()
+
+
 def busy_minute(path: Path, n: int) -> None:
     """``n`` requests spread over the last minute, 10 tools, 2 % errors."""
     now = int(time.time() * 1000)
@@ -66,13 +77,7 @@ def measure(engine: QueryEngine, refreshes: int, store: Store | None) -> str:
     seen = 0
     for k in range(refreshes):
         if store is not None:
-            now = int(time.time() * 1000)
-            for i in range(1000):
-                store.record(RequestEvent(
-                    request_id=f"live-{k}-{i}", ts=now, proxy="proxy0", session_id=None,
-                    method="tools/call", tool=f"t{i % 10}", latency_us=1000 + i,
-                    status=RequestStatus.OK))
-            store.flush()
+            _record_a_second(store, k)
         t0 = time.thread_time()
         snap = engine.live(window=window)
         cpu.append(time.thread_time() - t0)
@@ -131,13 +136,7 @@ def measure_postgres(engine: QueryEngine, refreshes: int, store: Store) -> str:
     spent = 0.0
     seen = 0
     for k in range(refreshes):
-        now = int(time.time() * 1000)
-        for i in range(1000):
-            store.record(RequestEvent(
-                request_id=f"live-{k}-{i}", ts=now, proxy="proxy0", session_id=None,
-                method="tools/call", tool=f"t{i % 10}", latency_us=1000 + i,
-                status=RequestStatus.OK))
-        store.flush()
+        _record_a_second(store, k)
         t0 = cpu()
         seen = engine.live(window=window).total.requests
         spent += cpu() - t0
